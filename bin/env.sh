@@ -1,0 +1,17 @@
+# Sourced by the bin/ scripts: creates ./.venv and installs jaxlm into it (editable, with the
+# test extras) when it is missing or pyproject.toml changed since the last install.
+set -euo pipefail
+JAXLM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$JAXLM_ROOT/.venv"
+STAMP="$VENV/.jaxlm-installed"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "creating $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ] || [ "$JAXLM_ROOT/pyproject.toml" -nt "$STAMP" ]; then
+  echo "installing jaxlm and its dependencies into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e "$JAXLM_ROOT[test]"
+  touch "$STAMP"
+fi
+cd "$JAXLM_ROOT"

@@ -1,0 +1,88 @@
+"""The ``jaxlm`` command: ``train``, ``probe``, ``sweep``, ``report``. Thin: it parses, then
+calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import jaxlm
+from jaxlm.config import ConfigError
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set model.d_model=128 train.steps=500")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxlm", description=jaxlm.__doc__)
+    parser.add_argument("--version", action="version", version=f"jaxlm {jaxlm.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the base config of an experiment file, then probe it")
+    p.add_argument("config", help="experiment file, e.g. experiments/quickstart.py")
+    p.add_argument("--run-dir", help="where to write the run (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    _add_overrides(p)
+
+    p = sub.add_parser("probe", help="probe a trained run (optionally on a changed task)")
+    p.add_argument("run_dir")
+    _add_overrides(p)
+
+    p = sub.add_parser("sweep", help="run every point of an experiment's sweep and tabulate")
+    p.add_argument("config", help="experiment file defining config() and sweep()")
+    p.add_argument("--out", help="output directory (default runs/<name>)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_overrides(p)
+
+    p = sub.add_parser("report", help="rewrite a sweep's table and plot from its saved results")
+    p.add_argument("out_dir")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+        print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here so that `jaxlm --version` and argument errors stay fast.
+    from jaxlm import runner
+
+    if args.command == "train":
+        experiment = runner.load_experiment(args.config, args.overrides)
+        config = experiment.base
+        run_dir = pathlib.Path(args.run_dir or f"runs/{config.name}")
+        row = runner.run_one(config, run_dir, name=config.name, resume=args.resume,
+                             progress=not args.no_progress)
+        print(runner.markdown_table([row], [c for c in runner.COLUMNS if c in row]))
+        print(f"run written to {run_dir}")
+    elif args.command == "probe":
+        row = runner.probe_run(args.run_dir, args.overrides)
+        print(json.dumps(row, indent=2))
+    elif args.command == "sweep":
+        experiment = runner.load_experiment(args.config, args.overrides)
+        out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
+        rows = runner.run_sweep(experiment, out, progress=not args.no_progress)
+        print()
+        print(runner.markdown_table(rows, runner.COLUMNS))
+        print(f"\ntable and plot written to {out}/results.{{md,csv,png}}")
+    elif args.command == "report":
+        rows = runner.read_rows(args.out_dir)
+        print(runner.write_report(rows, args.out_dir, columns=runner.COLUMNS,
+                                  title=pathlib.Path(args.out_dir).name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Run configuration: frozen dataclasses, one override grammar, JSON round trips.
+
+A run is described by :class:`Config` (model, data, train, probe). Overrides use dotted keys,
+``model.d_model=128`` or ``model.attention.window=16``; an unknown key fails with the list of
+valid keys at that level, a bad value with the type expected, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from jaxlm.data import DataConfig
+from jaxlm.models import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that jaxlm cannot use."""
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant (after the linear warm-up)
+    final_lr_fraction: float = 0.0  # the decay ends at learning_rate * final_lr_fraction
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.98
+    grad_clip: float = 1.0  # global-norm clipping; 0 turns it off
+    seed: int = 0  # parameter initialisation
+    log_every: int = 50
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_batches: int = 4
+    checkpoint_every: int = 0  # 0: checkpoint at the end only
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "eval_batches", "keep_checkpoints"):
+            _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), ">= 1")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay",
+                     "grad_clip"):
+            _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), ">= 0")
+        _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
+        _require(self.schedule in ("cosine", "linear", "constant"), "train.schedule",
+                 self.schedule, "one of ['cosine', 'linear', 'constant']")
+        _require(0 <= self.final_lr_fraction <= 1, "train.final_lr_fraction",
+                 self.final_lr_fraction, "in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    num_examples: int = 1000
+    batch_size: int = 250
+    seed: int = 1234
+
+    def __post_init__(self):
+        for name in ("num_examples", "batch_size"):
+            _require(getattr(self, name) >= 1, f"probe.{name}", getattr(self, name), ">= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+
+    def __post_init__(self):
+        if self.model.vocab_size < self.data.vocab_size:
+            raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the "
+                              f"task's vocab_size={self.data.vocab_size}")
+        if self.model.learned_positions and self.model.max_length < self.data.seq_len:
+            raise ConfigError(f"model.max_length={self.model.max_length} is shorter than the "
+                              f"task's seq_len={self.data.seq_len}")
+
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides.
+
+
+def config_keys(config: Any, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a config dataclass."""
+    keys = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            keys += config_keys(value, f"{prefix}{field.name}.")
+        else:
+            keys.append(prefix + field.name)
+    return keys
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """``"model.d_model=128"`` -> ``("model.d_model", "128")``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. model.d_model=128")
+    return key.strip(), value.strip()
+
+
+def apply_overrides(config: Any, overrides: Iterable[str] | Mapping[str, Any]) -> Any:
+    """Returns ``config`` with the overrides applied.
+
+    ``overrides`` is a list of ``"key=value"`` strings (values parsed by the field's type) or a
+    mapping of dotted keys to Python values. Each section is rebuilt once with all of its
+    changes, so validation (including checks across sections) sees the final values and the
+    order of the overrides does not matter.
+    """
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    changes: dict[str, Any] = {}
+    for key, value in items:
+        node = changes
+        *sections, leaf = key.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+            if isinstance(node, _Leaf):
+                raise ConfigError(f"config key {key!r} conflicts with another override")
+        node[leaf] = _Leaf(key, value)
+    return _rebuild(config, changes, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    key: str
+    value: Any
+
+
+def _first_key(change: Any) -> str:
+    return change.key if isinstance(change, _Leaf) else _first_key(next(iter(change.values())))
+
+
+def _rebuild(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    updates = {}
+    for name, change in changes.items():
+        if name not in fields:
+            valid = [prefix + k for k in config_keys(obj)]
+            raise ConfigError(f"unknown config key {_first_key(change)!r}; valid keys: {valid}")
+        current = getattr(obj, name)
+        if isinstance(change, _Leaf):
+            if dataclasses.is_dataclass(current):
+                raise ConfigError(f"config key {change.key!r} is a section; set one of its keys: "
+                                  f"{[change.key + '.' + k for k in config_keys(current)]}")
+            updates[name] = _coerce(change.value, hints[name], change.key)
+        else:
+            if not dataclasses.is_dataclass(current):
+                raise ConfigError(f"config key {_first_key(change)!r}: {prefix + name!r} is a "
+                                  f"value, not a section")
+            updates[name] = _rebuild(current, change, f"{prefix}{name}.")
+    try:
+        return dataclasses.replace(obj, **updates)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+_NONE_WORDS = ("none", "null")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Parses a string (or checks a Python value) against a field's type hint."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if value is None or (isinstance(value, str) and value.lower() in _NONE_WORDS
+                         and type(None) in options and str not in options):
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{key} cannot be None; expected {_type_name(hint)}")
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce_one(value, option)
+        except (ValueError, TypeError):
+            continue
+    raise ConfigError(f"{key}={value!r} is not a valid {_type_name(hint)}")
+
+
+def _coerce_one(value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            return int(value)
+        raise TypeError(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            return float(value)
+        raise TypeError(value)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError(value)
+    raise TypeError(f"unsupported config type {kind}")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _type_name(hint: Any) -> str:
+    if _is_union(hint):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+# --------------------------------------------------------------------------------------------
+# JSON.
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Rebuilds a config dataclass from ``to_dict`` output (unknown keys are an error)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {unknown}; valid keys: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        kwargs[name] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+    return cls(**kwargs)
+
+
+def save_config(config: Config, path) -> None:
+    with open(path, "w") as f:
+        json.dump(to_dict(config), f, indent=2, sort_keys=True)
+
+
+def load_config(path) -> Config:
+    with open(path) as f:
+        return from_dict(Config, json.load(f))

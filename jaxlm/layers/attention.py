@@ -1,0 +1,139 @@
+"""Multi-head / grouped-query softmax attention as a sequence mixer, with a KV cache for ``step``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.layers.registry import register_mixer
+from jaxlm.ops import attention, attention_mask, masked_attention, segment_positions
+from jaxlm.ops.rope import apply_rope
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """Options of :class:`Attention` (the keyword arguments of its constructor)."""
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: as many as n_heads; fewer: grouped-query attention
+    head_dim: int | None = None  # None: d_model // n_heads
+    window: int | None = None  # sliding window length; None: full causal attention
+    rope: bool = True
+    rope_theta: float = 10_000.0
+    impl: str = "auto"
+
+    def __post_init__(self):
+        for name in ("n_heads", "n_kv_heads", "head_dim", "window"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"attention {name} must be a positive integer"
+                                 f"{'' if name == 'n_heads' else ' or None'}, got {value!r}")
+        n_kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % n_kv:
+            raise ValueError(f"attention n_kv_heads={self.n_kv_heads} must divide "
+                             f"n_heads={self.n_heads}")
+
+
+class Attention(nnx.Module):
+    """Causal softmax attention ("Attention Is All You Need"), optionally grouped-query
+    ("GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints"),
+    sliding-window, and with rotary positions.
+
+    ``__call__``: x [batch, length, d_model] -> [batch, length, d_model]; positions restart at
+    every document of a packed row when ``segment_ids`` is given.
+    ``step``: one token against a KV cache. With a window the cache is a ring buffer of
+    ``window`` slots, so decoding memory is O(window); without one it holds ``max_length``
+    tokens (past that it keeps the latest ``max_length``, i.e. acts as a window).
+    """
+
+    def __init__(self, d_model: int, *, n_heads: int = 4, n_kv_heads: int | None = None,
+                 head_dim: int | None = None, window: int | None = None, rope: bool = True,
+                 rope_theta: float = 10_000.0, impl: str = "auto", rngs: nnx.Rngs):
+        config = AttentionConfig(n_heads, n_kv_heads, head_dim, window, rope, rope_theta, impl)
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
+        self.head_dim = head_dim or d_model // n_heads
+        if self.head_dim < 1 or (rope and self.head_dim % 2):
+            raise ValueError(f"Attention: head_dim={self.head_dim} (from d_model={d_model}, "
+                             f"n_heads={n_heads}) must be positive{' and even with rope' * rope}")
+        self.window = config.window
+        self.rope = rope
+        self.rope_theta = rope_theta
+        self.impl = impl
+        kv_width = self.n_kv_heads * self.head_dim
+        self.q_proj = nnx.Linear(d_model, n_heads * self.head_dim, use_bias=False, rngs=rngs)
+        self.k_proj = nnx.Linear(d_model, kv_width, use_bias=False, rngs=rngs)
+        self.v_proj = nnx.Linear(d_model, kv_width, use_bias=False, rngs=rngs)
+        self.o_proj = nnx.Linear(n_heads * self.head_dim, d_model, use_bias=False, rngs=rngs)
+
+    def _qkv(self, x: jax.Array, positions: jax.Array):
+        batch, length, _ = x.shape
+        q = self.q_proj(x).reshape(batch, length, self.n_heads, self.head_dim)
+        k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
+        if self.rope:
+            q = apply_rope(q, positions, theta=self.rope_theta)
+            k = apply_rope(k, positions, theta=self.rope_theta)
+        return q, k, v
+
+    def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        batch, length, _ = x.shape
+        if segment_ids is None:
+            positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        else:
+            positions = segment_positions(segment_ids)
+        q, k, v = self._qkv(x, positions)
+        out = attention(q, k, v, causal=True, window=self.window, segment_ids=segment_ids,
+                        impl=self.impl)
+        return self.o_proj(out.reshape(batch, length, -1))
+
+    def init_state(self, batch_size: int, dtype: Any = jnp.float32, *,
+                   max_length: int | None = None) -> dict[str, jax.Array]:
+        """KV cache: k, v [batch, slots, kv_heads, head_dim]; slot_pos [slots] (-1 = empty);
+        pos: the position of the next token."""
+        if self.window is None and max_length is None:
+            raise ValueError("Attention.init_state: max_length (the KV cache length) is required "
+                             "for full attention; got None")
+        slots = self.window if max_length is None else min(self.window or max_length, max_length)
+        shape = (batch_size, slots, self.n_kv_heads, self.head_dim)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                "slot_pos": jnp.full((slots,), -1, jnp.int32), "pos": jnp.zeros((), jnp.int32)}
+
+    def step(self, x_t: jax.Array, state: dict[str, jax.Array]):
+        """x_t: [batch, d_model] -> (y_t [batch, d_model], new state)."""
+        batch = x_t.shape[0]
+        pos = state["pos"]
+        q, k, v = self._qkv(x_t[:, None], jnp.broadcast_to(pos, (batch, 1)))
+        slot = pos % state["slot_pos"].shape[0]
+        cache_k = state["k"].at[:, slot].set(k[:, 0].astype(state["k"].dtype))
+        cache_v = state["v"].at[:, slot].set(v[:, 0].astype(state["v"].dtype))
+        slot_pos = state["slot_pos"].at[slot].set(pos)
+        mask = attention_mask(pos[None], slot_pos, causal=True, window=self.window)
+        mask &= (slot_pos >= 0)[None, :]
+        mask = jnp.broadcast_to(mask, (batch, 1, slot_pos.shape[0]))
+        out = masked_attention(q, cache_k, cache_v, mask, self.head_dim ** -0.5)
+        new_state = {"k": cache_k, "v": cache_v, "slot_pos": slot_pos, "pos": pos + 1}
+        return self.o_proj(out.reshape(batch, -1)), new_state
+
+
+@register_mixer("attention", AttentionConfig)
+def _build_attention(d_model: int, config: AttentionConfig, *, rngs: nnx.Rngs) -> Attention:
+    return Attention(d_model, **dataclasses.asdict(config), rngs=rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowAttentionConfig(AttentionConfig):
+    """Options of the ``attention_window`` mixer: attention with a sliding window by default."""
+    window: int | None = 32
+
+
+@register_mixer("attention_window", WindowAttentionConfig)
+def _build_window_attention(d_model: int, config: WindowAttentionConfig, *,
+                            rngs: nnx.Rngs) -> Attention:
+    if config.window is None:
+        raise ValueError("attention_window: window must be a positive integer, got None "
+                         "(use the 'attention' mixer for full attention)")
+    return Attention(d_model, **dataclasses.asdict(config), rngs=rngs)

@@ -1,0 +1,63 @@
+"""The mixer registry: layer-pattern names -> constructors of sequence mixers.
+
+Every mixer follows one protocol (see ``Mixer``), so the LM, the runner, generation and the
+tests work for all of them. A mixer registers a constructor and the frozen dataclass of its
+options; ``jaxlm.models.ModelConfig`` holds one such dataclass per registered name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+from flax import nnx
+
+
+class Mixer(Protocol):
+    """The sequence-mixer protocol.
+
+    ``__call__(x, *, segment_ids=None)``: x [batch, length, d_model] -> [batch, length, d_model].
+    ``init_state(batch_size, dtype, *, max_length=None)``: the recurrent state (or KV cache).
+    ``step(x_t, state)``: x_t [batch, d_model] -> (y_t [batch, d_model], new state).
+    """
+
+    def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array: ...
+
+    def init_state(self, batch_size: int, dtype: Any, *, max_length: int | None = None) -> Any: ...
+
+    def step(self, x_t: jax.Array, state: Any) -> tuple[jax.Array, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerSpec:
+    name: str
+    config_type: type
+    build: Callable[..., nnx.Module]  # build(d_model, config, *, rngs) -> Mixer
+
+
+MIXERS: dict[str, MixerSpec] = {}
+
+
+def register_mixer(name: str, config_type: type):
+    """Decorator registering ``build(d_model, config, *, rngs)`` under ``name``."""
+
+    def wrap(build):
+        if name in MIXERS:
+            raise ValueError(f"register_mixer: a mixer named {name!r} is already registered")
+        MIXERS[name] = MixerSpec(name, config_type, build)
+        return build
+
+    return wrap
+
+
+def build_mixer(name: str, d_model: int, config: Any, *, rngs: nnx.Rngs) -> nnx.Module:
+    """Builds the registered mixer ``name`` with its options ``config``."""
+    if name not in MIXERS:
+        raise ValueError(f"unknown mixer {name!r}; registered mixers: {sorted(MIXERS)}")
+    spec = MIXERS[name]
+    if not isinstance(config, spec.config_type):
+        raise TypeError(f"mixer {name!r} takes a {spec.config_type.__name__}, "
+                        f"got {type(config).__name__}")
+    return spec.build(d_model, config, rngs=rngs)

@@ -1,0 +1,53 @@
+"""Autoregressive sampling through the recurrent ``step`` path (O(1) state per token for
+recurrent mixers, a KV cache for attention)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.models.lm import DecoderLM
+
+
+def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
+             key: jax.Array | None = None, temperature: float = 0.0) -> jax.Array:
+    """Continues ``prompt`` by ``max_new_tokens`` tokens.
+
+    prompt: [batch, prompt_length] int. ``temperature=0`` is greedy (argmax); otherwise tokens are
+    sampled from softmax(logits / temperature) with ``key``. Returns
+    [batch, prompt_length + max_new_tokens] (the prompt, then the new tokens). Jit-compatible.
+    """
+    if prompt.ndim != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"generate: prompt must have shape [batch, prompt_length >= 1], "
+                         f"got {tuple(prompt.shape)}")
+    if max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+    if temperature > 0 and key is None:
+        raise ValueError("generate: a key is required when temperature > 0")
+    key = jax.random.key(0) if key is None else key
+    batch, prompt_length = prompt.shape
+    state = model.init_state(batch, max_length=prompt_length + max_new_tokens)
+
+    def prefill(state, token):
+        logits, state = model.step(token, state)
+        return state, logits
+
+    state, logits = jax.lax.scan(prefill, state, prompt[:, :-1].T)
+    del logits
+
+    def pick(logits, step_key):
+        if temperature == 0:
+            return jnp.argmax(logits, axis=-1).astype(prompt.dtype)
+        return jax.random.categorical(step_key, logits / temperature).astype(prompt.dtype)
+
+    def decode(carry, step_key):
+        state, token = carry
+        logits, state = model.step(token, state)
+        token = pick(logits, step_key)
+        return (state, token), token
+
+    keys = jax.random.split(key, max_new_tokens)
+    _, new = jax.lax.scan(decode, (state, prompt[:, -1]), keys)
+    return jnp.concatenate([prompt, new.T], axis=1)

@@ -1,0 +1,101 @@
+"""Decoder-only language model over any registered mixer pattern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.layers import GatedMLP, build_mixer
+from jaxlm.models.config import ModelConfig
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) when d_ff > 0."""
+
+    def __init__(self, config: ModelConfig, mixer_name: str, *, rngs: nnx.Rngs):
+        d = config.d_model
+        self.mixer_name = mixer_name
+        self.mixer_norm = nnx.RMSNorm(d, epsilon=config.norm_eps, rngs=rngs)
+        self.mixer = build_mixer(mixer_name, d, config.mixer_config(mixer_name), rngs=rngs)
+        if config.d_ff:
+            self.mlp_norm = nnx.RMSNorm(d, epsilon=config.norm_eps, rngs=rngs)
+            self.mlp = GatedMLP(d, config.d_ff, rngs=rngs)
+        else:
+            self.mlp_norm = self.mlp = None
+
+    def _mlp(self, x):
+        return x if self.mlp is None else x + self.mlp(self.mlp_norm(x))
+
+    def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids)
+        return self._mlp(x)
+
+    def step(self, x_t: jax.Array, state: Any) -> tuple[jax.Array, Any]:
+        y, state = self.mixer.step(self.mixer_norm(x_t), state)
+        return self._mlp(x_t + y), state
+
+
+class DecoderLM(nnx.Module):
+    """Token embedding -> blocks -> RMSNorm -> logits.
+
+    ``__call__``: tokens [batch, length] int -> logits [batch, length, vocab_size] (float32).
+    ``init_state`` / ``step``: the recurrent form used for generation; one token at a time,
+    tokens [batch] -> logits [batch, vocab_size].
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = nnx.Embed(config.vocab_size, config.d_model, rngs=rngs)
+        self.positions = (nnx.Embed(config.max_length, config.d_model, rngs=rngs)
+                          if config.learned_positions else None)
+        self.blocks = nnx.List([Block(config, name, rngs=rngs)
+                                for name in config.layer_mixers()])
+        self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
+        self.head = (None if config.tie_embeddings else
+                     nnx.Linear(config.d_model, config.vocab_size, use_bias=False, rngs=rngs))
+
+    def _logits(self, h: jax.Array) -> jax.Array:
+        h = self.final_norm(h)
+        logits = self.embed.attend(h) if self.head is None else self.head(h)
+        return logits.astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        if tokens.ndim != 2:
+            raise ValueError(f"DecoderLM: tokens must have shape [batch, length], "
+                             f"got {tuple(tokens.shape)}")
+        h = self.embed(tokens)
+        if self.positions is not None:
+            length = tokens.shape[1]
+            if length > self.config.max_length:
+                raise ValueError(f"DecoderLM: length {length} exceeds model.max_length="
+                                 f"{self.config.max_length} of the learned positions")
+            h = h + self.positions(jnp.arange(length))[None]
+        for block in self.blocks:
+            h = block(h, segment_ids=segment_ids)
+        return self._logits(h)
+
+    def init_state(self, batch_size: int, *, max_length: int,
+                   dtype: Any = jnp.float32) -> dict[str, Any]:
+        """Recurrent state for ``step``: one state per layer and the next position."""
+        layers = [block.mixer.init_state(batch_size, dtype, max_length=max_length)
+                  for block in self.blocks]
+        return {"pos": jnp.zeros((), jnp.int32), "layers": layers}
+
+    def step(self, tokens: jax.Array, state: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
+        """tokens: [batch] int -> (logits [batch, vocab_size], new state)."""
+        h = self.embed(tokens)
+        if self.positions is not None:
+            h = h + self.positions(state["pos"])
+        new_layers = []
+        for block, layer_state in zip(self.blocks, state["layers"]):
+            h, layer_state = block.step(h, layer_state)
+            new_layers.append(layer_state)
+        return self._logits(h), {"pos": state["pos"] + 1, "layers": new_layers}
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

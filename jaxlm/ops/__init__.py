@@ -1,0 +1,9 @@
+"""Pure functions on arrays: no parameters, no Flax. Each op offers ``impl=`` forms."""
+
+from jaxlm.ops.attention import attention, attention_mask, masked_attention
+from jaxlm.ops.checks import Impl
+from jaxlm.ops.rope import apply_rope
+from jaxlm.ops.segments import segment_positions
+
+__all__ = ["Impl", "apply_rope", "attention", "attention_mask", "masked_attention",
+           "segment_positions"]

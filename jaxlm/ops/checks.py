@@ -1,0 +1,61 @@
+"""Argument checks shared by the ops: each error names the argument, what it got and what it expects."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import jax
+
+
+class Impl(str, enum.Enum):
+    """Which form of an op runs (recurrentgemma's ``ScanType`` idea).
+
+    ``AUTO`` picks the fastest form that holds for the backend and shapes; ``REFERENCE`` is the
+    slow, obviously-correct form; ``XLA`` is the fast plain-JAX form; ``PALLAS`` is a kernel.
+    """
+
+    AUTO = "auto"
+    REFERENCE = "reference"
+    XLA = "xla"
+    PALLAS = "pallas"
+
+
+def resolve_impl(op: str, impl: str | Impl, available: Sequence[str]) -> Impl:
+    """Parses ``impl`` for ``op``, raising if it is unknown or not offered by that op."""
+    try:
+        parsed = Impl(impl)
+    except ValueError:
+        raise ValueError(
+            f"{op}: impl={impl!r} is not a known form; expected one of "
+            f"{[i.value for i in Impl]}") from None
+    if parsed is not Impl.AUTO and parsed.value not in available:
+        raise ValueError(f"{op}: impl={parsed.value!r} is not available for this op; "
+                         f"expected one of {['auto', *available]}")
+    return parsed
+
+
+def check_rank(op: str, name: str, x: jax.Array, layout: str) -> None:
+    """Raises unless ``x`` has as many axes as ``layout`` names, e.g. ``"[batch, length, dim]"``."""
+    rank = len(layout.strip("[]").split(","))
+    if x.ndim != rank:
+        raise ValueError(f"{op}: {name} must have shape {layout}, got shape {tuple(x.shape)}")
+
+
+def check_shape(op: str, name: str, x: jax.Array, expected: Sequence[int | None],
+                layout: str) -> None:
+    """Raises unless ``x.shape`` matches ``expected`` (``None`` matches any size)."""
+    shape = tuple(x.shape)
+    ok = len(shape) == len(expected) and all(e is None or e == s for e, s in zip(expected, shape))
+    if not ok:
+        want = tuple("*" if e is None else e for e in expected)
+        raise ValueError(f"{op}: {name} must have shape {layout} = {want}, got {shape}")
+
+
+def check_positive(op: str, name: str, value: int | None, *, allow_none: bool = True) -> None:
+    """Raises unless ``value`` is a positive int (or ``None`` when allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{op}: {name} must be a positive integer"
+                         f"{' or None' if allow_none else ''}, got {value!r}")

@@ -1,0 +1,76 @@
+"""Experiment files: plain Python under ``experiments/`` defining ``config()`` and, for a sweep,
+``sweep()``.
+
+``config() -> jaxlm.config.Config`` gives the base run; ``sweep() -> list[dict]`` gives one dict
+of overrides (dotted key -> value) per run, e.g. from :func:`grid`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jaxlm.config import Config, ConfigError, apply_overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    path: pathlib.Path
+    base: Config
+    points: list[dict[str, Any]]  # overrides of each run of the sweep
+
+    def configs(self) -> list[Config]:
+        """Every run's config, validated (all before any run starts)."""
+        return [apply_overrides(self.base, point) for point in self.points]
+
+
+def grid(axes: Mapping[str | tuple[str, ...], Sequence[Any]]) -> list[dict[str, Any]]:
+    """The product of the axes. A tuple key zips several config keys into one axis:
+    ``grid({"model.pattern": ["attention"], ("data.mqar.seq_len", "data.mqar.num_kv_pairs"):
+    [(64, 4), (128, 8)]})`` gives two runs."""
+    names = list(axes)
+    points = []
+    for values in itertools.product(*(axes[n] for n in names)):
+        point: dict[str, Any] = {}
+        for name, value in zip(names, values):
+            if isinstance(name, tuple):
+                if len(value) != len(name):
+                    raise ConfigError(f"grid axis {name} needs {len(name)} values per entry, "
+                                      f"got {value!r}")
+                point.update(zip(name, value))
+            else:
+                point[name] = value
+        points.append(point)
+    return points
+
+
+def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Imports an experiment file and applies command-line overrides to its base config."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"jaxlm_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "config"):
+        raise ConfigError(f"{path} must define config() returning a jaxlm.config.Config")
+    base = module.config()
+    if not isinstance(base, Config):
+        raise ConfigError(f"{path}: config() must return a jaxlm.config.Config, "
+                          f"got {type(base).__name__}")
+    base = apply_overrides(base, overrides)
+    points = list(module.sweep()) if hasattr(module, "sweep") else [{}]
+    experiment = Experiment(path, base, points)
+    experiment.configs()
+    return experiment
+
+
+def run_name(point: Mapping[str, Any]) -> str:
+    """A directory name for one sweep point, e.g. ``pattern=attention,seq_len=64``."""
+    if not point:
+        return "run"
+    return ",".join(f"{key.split('.')[-1]}={value}" for key, value in point.items())

@@ -1,0 +1,97 @@
+"""Running experiments: one run (train + probe) or a sweep of them, resumable."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from flax import nnx
+
+from jaxlm.config import Config, apply_overrides, load_config
+from jaxlm.probes import evaluate
+from jaxlm.runner.experiment import Experiment, run_name
+from jaxlm.runner.report import RESULTS, write_report
+from jaxlm.train import Checkpointer, build_model, init_train_state, make_optimizer, train
+
+RESULT = "result.json"
+COLUMNS = ("model", "d_model", "layers", "params", "seq_len", "kv_pairs", "steps",
+           "accuracy", "baseline", "train_s")
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The table columns that come from the config."""
+    row = {"model": config.model.pattern, "d_model": config.model.d_model,
+           "layers": config.model.n_layers, "seq_len": config.data.seq_len,
+           "steps": config.train.steps}
+    if config.data.task == "mqar":
+        row["kv_pairs"] = config.data.mqar.num_kv_pairs
+    return row
+
+
+def run_one(config: Config, run_dir: str | pathlib.Path, *, name: str = "run",
+            resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Trains (or resumes) one run, probes it, and saves the row as ``result.json``."""
+    run_dir = pathlib.Path(run_dir)
+    result = train(config, run_dir, resume=resume, progress=progress)
+    probe = evaluate(result.model, config.data, num_examples=config.probe.num_examples,
+                     batch_size=config.probe.batch_size, seed=config.probe.seed)
+    row = {"run": name, **describe(config), "params": result.num_params, **probe,
+           "train_s": round(result.seconds, 1),
+           **{f"val_{k}": v for k, v in result.eval_metrics.items()}}
+    (run_dir / RESULT).write_text(json.dumps(row, indent=2))
+    return row
+
+
+def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
+              progress: bool = True, log=print) -> list[dict[str, Any]]:
+    """Runs every point of ``experiment`` into ``out_dir/<run name>/``.
+
+    Finished runs (those with a ``result.json``) are skipped and interrupted ones resume from
+    their latest checkpoint, so rerunning a sweep after an interruption finishes it. The rows go
+    to ``out_dir/results.jsonl`` and the table to ``results.{md,csv,png}``.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configs = experiment.configs()  # every point validated before anything trains
+    names = [run_name(p) for p in experiment.points]
+    if len(set(names)) != len(names):
+        names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
+    rows = []
+    for i, (name, config) in enumerate(zip(names, configs)):
+        run_dir = out_dir / name
+        if (run_dir / RESULT).exists():
+            log(f"[{i + 1}/{len(configs)}] {name}: done earlier, skipped")
+            rows.append(json.loads((run_dir / RESULT).read_text()))
+            continue
+        log(f"[{i + 1}/{len(configs)}] {name}")
+        rows.append(run_one(config, run_dir, name=name, progress=progress))
+    with open(out_dir / RESULTS, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    write_report(rows, out_dir, columns=COLUMNS, title=experiment.base.name)
+    return rows
+
+
+def load_run(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[Config, nnx.Module]:
+    """The config and trained model of a run directory (latest checkpoint by default)."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a jaxlm run directory (no config.json)")
+    config = load_config(run_dir / "config.json")
+    graphdef, like = init_train_state(build_model(config), make_optimizer(config.train))
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    try:
+        state = checkpointer.restore(like, step)
+    finally:
+        checkpointer.close()
+    return config, nnx.merge(graphdef, state.params)
+
+
+def probe_run(run_dir: str | pathlib.Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Probes a trained run, optionally on a changed task (``data.mqar.seq_len=128``, ...)."""
+    config, model = load_run(run_dir)
+    probe_config = apply_overrides(config, overrides)
+    return {**describe(probe_config), **evaluate(
+        model, probe_config.data, num_examples=probe_config.probe.num_examples,
+        batch_size=probe_config.probe.batch_size, seed=probe_config.probe.seed)}

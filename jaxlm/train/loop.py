@@ -1,0 +1,132 @@
+"""The training loop: config in, trained model, metrics and checkpoints out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import platform
+import time
+from typing import Any
+
+import flax
+import jax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxlm.config import Config, save_config
+from jaxlm.data import TaskSource, make_source
+from jaxlm.models import DecoderLM, count_params
+from jaxlm.train.checkpoint import Checkpointer
+from jaxlm.train.metrics import MetricWriter
+from jaxlm.train.optim import make_optimizer, make_schedule
+from jaxlm.train.state import TrainState, init_train_state, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: DecoderLM
+    state: TrainState
+    eval_metrics: dict[str, float]
+    num_params: int
+    seconds: float  # wall time of this call's training loop (compilation included)
+
+
+def build_model(config: Config) -> DecoderLM:
+    """The model of ``config``, initialised from ``config.train.seed``."""
+    return DecoderLM(config.model, rngs=nnx.Rngs(params=config.train.seed))
+
+
+def evaluate_params(eval_step, params, source: TaskSource, *, split: str, num_batches: int,
+                    batch_size: int) -> dict[str, float]:
+    """Token-weighted mean of the eval metrics over ``num_batches`` batches of ``split``."""
+    totals: dict[str, float] = {}
+    tokens = 0.0
+    for index in range(num_batches):
+        metrics = jax.device_get(eval_step(params, source.batch(index, batch_size, split)))
+        n = float(metrics["tokens"])
+        tokens += n
+        for name in ("loss", "accuracy"):
+            totals[name] = totals.get(name, 0.0) + float(metrics[name]) * n
+    return {name: value / max(tokens, 1.0) for name, value in totals.items()}
+
+
+def environment() -> dict[str, Any]:
+    """Versions and devices, logged beside every run."""
+    return {"jax": jax.__version__, "flax": flax.__version__, "python": platform.python_version(),
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "process_index": jax.process_index(), "process_count": jax.process_count()}
+
+
+def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
+          stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """Trains ``config``'s model on its task, writing into ``run_dir``.
+
+    ``run_dir`` receives ``config.json``, ``environment.json``, ``metrics.jsonl``, TensorBoard
+    events and ``checkpoints/``. With ``resume=True`` the latest checkpoint there is restored and
+    training continues from its step (data batches are a function of the step, so the result is
+    the same as an uninterrupted run); without it an existing checkpoint is an error, so no run
+    overwrites another by accident. ``stop_after`` ends this call after that many total steps
+    (a planned interruption), checkpointing first.
+    """
+    run_dir = pathlib.Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tc = config.train
+    model = build_model(config)
+    num_params = count_params(model)
+    tx = make_optimizer(tc)
+    graphdef, state = init_train_state(model, tx)
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=tc.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        if not resume:
+            checkpointer.close()
+            raise FileExistsError(f"{run_dir} already holds checkpoints; pass resume=True "
+                                  f"(--resume) to continue that run, or choose another run_dir")
+        state = checkpointer.restore(state)
+    if jax.process_index() == 0:
+        save_config(config, run_dir / "config.json")
+        (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
+
+    source = make_source(config.data)
+    train_step = make_train_step(graphdef, tx)
+    eval_step = make_eval_step(graphdef)
+    writer = MetricWriter(run_dir, tensorboard=tc.tensorboard)
+    start = int(state.step)
+    end = tc.steps if stop_after is None else min(stop_after, tc.steps)
+
+    def evaluate(step):
+        metrics = evaluate_params(eval_step, state.params, source, split="validation",
+                                  num_batches=tc.eval_batches, batch_size=tc.batch_size)
+        writer.write(step, metrics, split="validation")
+        return metrics
+
+    schedule = make_schedule(tc)
+    eval_metrics: dict[str, float] = {}
+    t_start = time.perf_counter()
+    bar = tqdm(range(start, end), desc=config.name, disable=not progress or jax.process_index())
+    try:
+        for step in bar:
+            batch = source.batch(step, tc.batch_size, "train")
+            state, metrics = train_step(state, batch)
+            done = step + 1
+            if done % tc.log_every == 0 or done == end:
+                metrics = jax.device_get(metrics)
+                writer.write(done, {**metrics, "learning_rate": float(schedule(done - 1))})
+                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
+                                acc=f"{float(metrics['accuracy']):.3f}")
+            if tc.eval_every and done % tc.eval_every == 0 and done != end:
+                evaluate(done)
+            if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != end:
+                checkpointer.save(done, state)
+        jax.block_until_ready(state)
+        seconds = time.perf_counter() - t_start
+        if end > start or checkpointer.latest_step() is None:
+            checkpointer.save(int(state.step), state)
+        if end == tc.steps:
+            eval_metrics = evaluate(int(state.step))
+    finally:
+        bar.close()
+        writer.close()
+        checkpointer.close()  # waits until every started checkpoint is on disk
+    return TrainResult(model=nnx.merge(graphdef, state.params), state=state,
+                       eval_metrics=eval_metrics, num_params=num_params, seconds=seconds)

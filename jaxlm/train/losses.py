@@ -1,0 +1,25 @@
+"""Token-level losses and metrics that skip ``IGNORE`` targets."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlm.data import IGNORE
+
+
+def lm_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean cross-entropy over the targets that are not ``IGNORE``.
+
+    logits: [batch, length, vocab]; targets: [batch, length] int (IGNORE = skipped).
+    Returns (loss, {"loss", "accuracy", "tokens"}); accuracy is argmax == target on the
+    counted positions.
+    """
+    valid = targets != IGNORE
+    safe = jnp.where(valid, targets, 0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    count = jnp.maximum(valid.sum(), 1)
+    loss = jnp.where(valid, losses, 0.0).sum() / count
+    correct = (jnp.argmax(logits, axis=-1) == safe) & valid
+    return loss, {"loss": loss, "accuracy": correct.sum() / count, "tokens": valid.sum()}

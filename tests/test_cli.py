@@ -1,0 +1,94 @@
+"""The jaxlm command end to end, at tiny sizes."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jaxlm.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+EXPERIMENT = '''
+from jaxlm.config import Config, apply_overrides
+from jaxlm.runner import grid
+
+def config():
+    return apply_overrides(Config(name="tiny"), [
+        "model.d_model=16", "model.n_layers=1", "model.vocab_size=64",
+        "model.attention.n_heads=2", "model.attention_window.n_heads=2",
+        "data.mqar.vocab_size=64", "data.mqar.seq_len=16", "data.mqar.num_kv_pairs=2",
+        "train.steps=4", "train.batch_size=8", "train.log_every=2", "train.warmup_steps=1",
+        "train.eval_batches=1", "train.tensorboard=false", "probe.num_examples=16",
+        "probe.batch_size=16",
+    ])
+
+def sweep():
+    return grid({"model.pattern": ["attention", "attention_window"]})
+'''
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(EXPERIMENT)
+    return path
+
+
+def test_version():
+    out = subprocess.run([sys.executable, "-m", "jaxlm.cli", "--version"], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.startswith("jaxlm ")
+
+
+def test_sweep_probe_report(experiment, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", str(experiment), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| attention_window |" in printed and "accuracy" in printed
+    for name in ("results.md", "results.csv", "results.png", "results.jsonl"):
+        assert (out / name).exists()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["attention", "attention_window"]
+    assert all(0 <= r["accuracy"] <= 1 and r["baseline"] == 0.5 for r in rows)
+
+    # A second sweep skips the finished runs.
+    assert main(["sweep", str(experiment), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("done earlier, skipped") == 2
+
+    # Probe a trained run on a longer task than it was trained on; rewrite the report.
+    run_dir = out / "pattern=attention"
+    assert main(["probe", str(run_dir), "--set", "data.mqar.seq_len=32"]) == 0
+    assert json.loads(capsys.readouterr().out)["seq_len"] == 32
+    (out / "results.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "results.md").exists()
+
+
+def test_train_then_resume(experiment, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", str(experiment), "--run-dir", str(run_dir), "--no-progress"]
+    assert main(args + ["--set", "train.steps=2"]) == 0
+    assert "| attention |" in capsys.readouterr().out
+    assert main(args) == 2  # checkpoints exist and --resume was not given
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.d_modle=8", "unknown config key 'model.d_modle'"),
+    ("model.attention.window=0", "window must be a positive integer"),
+])
+def test_bad_overrides_fail_before_training(experiment, tmp_path, capsys, override, message):
+    assert main(["sweep", str(experiment), "--out", str(tmp_path / "o"), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_quickstart_experiment_is_valid():
+    from jaxlm.runner import load_experiment
+    experiment = load_experiment(ROOT / "experiments" / "quickstart.py")
+    assert len(experiment.configs()) >= 2

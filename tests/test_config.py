@@ -1,0 +1,60 @@
+"""Config overrides: typed parsing, named errors listing the valid choices, JSON round trips."""
+
+import pytest
+
+from jaxlm.config import (Config, ConfigError, apply_overrides, config_keys, load_config,
+                          save_config)
+
+
+def test_overrides_parse_by_type():
+    config = apply_overrides(Config(), [
+        "model.d_model=32", "train.learning_rate=1e-2", "train.tensorboard=false",
+        "model.attention.window=16", "model.attention.n_kv_heads=none", "name=exp",
+        "model.attention.n_heads=2",
+    ])
+    assert config.model.d_model == 32
+    assert config.train.learning_rate == 0.01
+    assert config.train.tensorboard is False
+    assert config.model.attention.window == 16
+    assert config.model.attention.n_kv_heads is None
+    assert config.name == "exp"
+
+
+def test_mapping_overrides_take_python_values():
+    config = apply_overrides(Config(), {"model.pattern": "attention_window",
+                                        "train.learning_rate": 1})
+    assert config.model.pattern == "attention_window"
+    assert config.train.learning_rate == 1.0
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.d_modle'.*model\.d_model"):
+        apply_overrides(Config(), ["model.d_modle=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'trian.steps'"):
+        apply_overrides(Config(), ["trian.steps=3"])
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.d_model=abc", r"model\.d_model='abc' is not a valid int"),
+    ("model.attention.window=0", "window must be a positive integer"),
+    ("model.pattern=attention,mamba9", "unknown mixers.*registered mixers"),
+    ("train.schedule=step", r"train\.schedule must be one of \['cosine', 'linear', 'constant'\]"),
+    ("data.task=wikitext", r"data\.task='wikitext' is unknown; expected one of \['mqar'\]"),
+    ("model", "must look like key=value"),
+    ("model.attention=3", "is a section"),
+    ("model.vocab_size=16", "smaller than the task's vocab_size"),
+])
+def test_bad_values_are_named(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(Config(), [override])
+
+
+def test_json_round_trip(tmp_path):
+    config = apply_overrides(Config(), ["model.attention.window=7", "train.steps=12"])
+    save_config(config, tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json") == config
+
+
+def test_config_keys_cover_nested_sections():
+    keys = config_keys(Config())
+    assert "model.attention.window" in keys and "data.mqar.seq_len" in keys
