@@ -10,7 +10,7 @@ from jaxlm.layers import AttentionConfig, WindowAttentionConfig
 from jaxlm.models import ModelConfig
 from jaxlm.runner import grid
 
-VOCAB = 256
+VOCAB = 128
 
 
 def config() -> Config:

@@ -2,8 +2,10 @@
 
 from jaxlm.ops.attention import attention, attention_mask, masked_attention
 from jaxlm.ops.checks import Impl
+from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule
+from jaxlm.ops.linear_attention import gated_linear_attention, linear_attention
 from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import segment_positions
 
-__all__ = ["Impl", "apply_rope", "attention", "attention_mask", "masked_attention",
-           "segment_positions"]
+__all__ = ["Impl", "apply_rope", "attention", "attention_mask", "delta_rule", "gated_delta_rule",
+           "gated_linear_attention", "linear_attention", "masked_attention", "segment_positions"]

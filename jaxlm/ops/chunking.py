@@ -1,0 +1,88 @@
+"""Shared plumbing of the chunkwise-parallel recurrent ops (linear attention, GLA, delta rule).
+
+Inputs arrive channels-last, ``[batch, length, heads, ...]``; inside, the ops work on
+``[chunks, batch, heads, chunk, ...]`` so that a ``lax.scan`` over the leading axis passes the
+state from chunk to chunk. Ragged lengths are padded with positions that leave the state
+unchanged (zero keys, zero log-gates, the last segment id).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.ops.checks import check_positive, check_shape
+
+
+def heads_first(x: jax.Array) -> jax.Array:
+    """[batch, length, heads, ...] -> [batch, heads, length, ...]."""
+    return jnp.moveaxis(x, 2, 1)
+
+
+def heads_last(x: jax.Array) -> jax.Array:
+    """[batch, heads, length, ...] -> [batch, length, heads, ...]."""
+    return jnp.moveaxis(x, 1, 2)
+
+
+def pad_length(x: jax.Array, padded: int, axis: int, value=0) -> jax.Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, padded - x.shape[axis])
+    return jnp.pad(x, pad, constant_values=value)
+
+
+def to_chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[batch, heads, length, ...] (length a multiple of chunk) -> [n, batch, heads, chunk, ...]."""
+    b, h, length = x.shape[:3]
+    x = x.reshape(b, h, length // chunk, chunk, *x.shape[3:])
+    return jnp.moveaxis(x, 2, 0)
+
+
+def from_chunks(x: jax.Array) -> jax.Array:
+    """[n, batch, heads, chunk, ...] -> [batch, heads, n * chunk, ...]."""
+    x = jnp.moveaxis(x, 0, 2)
+    return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
+
+
+def prepare_segments(segment_ids: jax.Array | None, batch: int, length: int, padded: int,
+                     chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Per-chunk segment ids and the id each chunk's incoming state belongs to.
+
+    Returns (seg [n, batch, chunk], seg_prev [n, batch]): ``seg_prev[c]`` is the id of the
+    position just before chunk c (for the first chunk, the id of position 0, so an initial
+    state belongs to the row's first document). Padding repeats the last id.
+    """
+    if segment_ids is None:
+        seg = jnp.zeros((batch, padded), jnp.int32)
+    else:
+        seg = segment_ids.astype(jnp.int32)
+        seg = jnp.concatenate(
+            [seg, jnp.broadcast_to(seg[:, -1:], (batch, padded - length))], axis=1)
+    prev = jnp.concatenate([seg[:, :1], seg[:, chunk - 1:-1:chunk]], axis=1)  # [batch, n]
+    seg = jnp.moveaxis(seg.reshape(batch, padded // chunk, chunk), 1, 0)
+    return seg, prev.T
+
+
+def segment_reset_reference(segment_ids: jax.Array | None, batch: int,
+                            length: int) -> jax.Array:
+    """bool [length, batch]: True where a new document starts (the state resets first)."""
+    if segment_ids is None:
+        return jnp.zeros((length, batch), bool)
+    seg = segment_ids
+    starts = jnp.concatenate([jnp.zeros_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+    return starts.T
+
+
+def check_recurrent_inputs(op: str, q, k, v, *, chunk_size: int, segment_ids,
+                           initial_state, state_dv: int) -> None:
+    """Shape checks shared by the linear-attention and delta-rule ops."""
+    from jaxlm.ops.checks import check_rank
+    check_rank(op, "q", q, "[batch, length, heads, d_k]")
+    batch, length, heads, dk = q.shape
+    check_shape(op, "k", k, (batch, length, heads, dk), "[batch, length, heads, d_k]")
+    check_shape(op, "v", v, (batch, length, heads, None), "[batch, length, heads, d_v]")
+    check_positive(op, "chunk_size", chunk_size, allow_none=False)
+    if segment_ids is not None:
+        check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
+    if initial_state is not None:
+        check_shape(op, "initial_state", initial_state, (batch, heads, dk, state_dv),
+                    "[batch, heads, d_k, d_v]")

@@ -1,0 +1,140 @@
+"""The delta rule (DeltaNet) and the gated delta rule, recurrent and chunkwise-parallel.
+
+"Parallelizing Linear Transformers with the Delta Rule over Sequence Length" and "Gated Delta
+Networks: Improving Mamba2 with Delta Rule". With state S ``[d_k, d_v]``:
+
+    S_t = α_t (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,     o_t = (scale · q_t)ᵀ S_t,
+
+with α_t = exp(log_alpha_t) (α = 1 for the plain delta rule). The ``xla`` form is the chunkwise
+WY / UT-transform algorithm: inside a chunk with incoming state S₀ and cumulative decays
+γ_t = Π_{r≤t} α_r, the updates u_t = β_t (v_t − α_t S_{t-1}ᵀ k_t) solve the unit-lower-triangular
+system (I + diag(β) tril(Γ ⊙ K Kᵀ, −1)) U = diag(β)(V − diag(γ) K S₀), Γ_ts = γ_t / γ_s, so
+U = Ũ − W S₀ with Ũ and W computed for every chunk in parallel (no per-token state is ever
+formed). Then O = diag(γ) Q S₀ + (tril(Q Kᵀ) ⊙ Γ) U and S_end = γ_C S₀ + Kᵀ diag(Γ_C·) U.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.ops import chunking as ch
+from jaxlm.ops.checks import Impl, check_shape, resolve_impl
+
+DEFAULT_CHUNK = 64
+
+
+def delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, *,
+               scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+               initial_state: jax.Array | None = None, return_final_state: bool = False,
+               segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
+    """DeltaNet: S_t = (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ. Arguments as in
+    :func:`gated_delta_rule` without ``log_alpha``."""
+    return gated_delta_rule(q, k, v, beta, None, scale=scale, chunk_size=chunk_size,
+                            initial_state=initial_state, return_final_state=return_final_state,
+                            segment_ids=segment_ids, impl=impl)
+
+
+def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
+                     log_alpha: jax.Array | None, *, scale: float | None = None,
+                     chunk_size: int = DEFAULT_CHUNK, initial_state: jax.Array | None = None,
+                     return_final_state: bool = False, segment_ids: jax.Array | None = None,
+                     impl: str | Impl = "auto"):
+    """Gated delta rule: S_t = exp(log_alpha_t) (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ.
+
+    Args:
+      q, k: [batch, length, heads, d_k] (DeltaNet L2-normalises k; the op does not).
+      v: [batch, length, heads, d_v].
+      beta: [batch, length, heads] write strengths (in [0, 1] for a contraction).
+      log_alpha: [batch, length, heads] log-decays <= 0, or None (no decay).
+      scale: multiplies q; default d_k ** -0.5.
+      chunk_size: chunk length of the xla form; the result does not depend on it.
+      initial_state: [batch, heads, d_k, d_v]; zeros when None.
+      return_final_state: also return the state after the last token.
+      segment_ids: [batch, length]; the state resets to zero where a new document starts.
+      impl: "reference" (sequential scan), "xla" (chunkwise WY/UT) or "auto" (xla).
+
+    Returns:
+      o [batch, length, heads, d_v] in v's dtype; with ``return_final_state`` also the state
+      [batch, heads, d_k, d_v] in the accumulation dtype (at least float32).
+    """
+    op = "gated_delta_rule"
+    ch.check_recurrent_inputs(op, q, k, v, chunk_size=chunk_size, segment_ids=segment_ids,
+                              initial_state=initial_state, state_dv=v.shape[-1])
+    batch, length, heads, dk = q.shape
+    check_shape(op, "beta", beta, (batch, length, heads), "[batch, length, heads]")
+    if log_alpha is not None:
+        check_shape(op, "log_alpha", log_alpha, (batch, length, heads), "[batch, length, heads]")
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    acc = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
+    scale = dk ** -0.5 if scale is None else scale
+    q, k, v = (ch.heads_first(x).astype(acc) for x in (q, k, v))
+    q = q * scale
+    beta = jnp.moveaxis(beta, 2, 1).astype(acc)
+    a = (jnp.zeros_like(beta) if log_alpha is None
+         else jnp.moveaxis(log_alpha, 2, 1).astype(acc))
+    state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
+             else initial_state.astype(acc))
+    if chosen is Impl.REFERENCE:
+        out, state = _reference(q, k, v, beta, a, segment_ids, state)
+    else:
+        out, state = _chunked(q, k, v, beta, a, segment_ids, state, min(chunk_size, length))
+    out = ch.heads_last(out).astype(v.dtype)
+    return (out, state) if return_final_state else out
+
+
+def _reference(q, k, v, beta, a, segment_ids, state):
+    """Token by token: the definition."""
+    batch, _, length, _ = q.shape
+    resets = ch.segment_reset_reference(segment_ids, batch, length)
+
+    def step(s, inputs):
+        q_t, k_t, v_t, beta_t, a_t, reset = inputs
+        s = jnp.where(reset[:, None, None, None], 0.0, s * jnp.exp(a_t)[..., None, None])
+        read = jnp.einsum("bhk,bhkv->bhv", k_t, s)
+        s = s + beta_t[..., None, None] * k_t[..., :, None] * (v_t - read)[..., None, :]
+        return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+
+    xs = (*(jnp.moveaxis(x, 2, 0) for x in (q, k, v, beta, a)), resets)
+    state, out = jax.lax.scan(step, state, xs)
+    return jnp.moveaxis(out, 0, 2), state
+
+
+def _chunked(q, k, v, beta, a, segment_ids, state, chunk):
+    batch, heads, length, dk = q.shape
+    padded = -(-length // chunk) * chunk
+    q, k, v, beta, a = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk)
+                        for x in (q, k, v, beta, a))
+    seg, seg_prev = ch.prepare_segments(segment_ids, batch, length, padded, chunk)
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+    strict = jnp.tril(jnp.ones((chunk, chunk), bool), -1)
+
+    def within_chunk(q_c, k_c, v_c, beta_c, a_c, seg_c, prev_c):
+        """The state-independent WY factors of one chunk."""
+        b = jnp.cumsum(a_c, axis=-1)  # [batch, heads, chunk], non-increasing
+        same = (seg_c[:, :, None] == seg_c[:, None, :])[:, None] & causal  # [b, 1, t, s]
+        gamma_ts = jnp.exp(jnp.where(same, b[..., :, None] - b[..., None, :], -jnp.inf))
+        from_prev = (seg_c == prev_c[:, None])[:, None]  # [batch, 1, chunk]
+        gamma = jnp.where(from_prev, jnp.exp(b), 0.0)  # decay since the chunk start
+        kk = jnp.einsum("bhtk,bhsk->bhts", k_c, k_c)
+        system = jnp.eye(chunk, dtype=k_c.dtype) + jnp.where(strict, beta_c[..., None] * gamma_ts * kk, 0.0)
+        rhs = beta_c[..., None] * jnp.concatenate([v_c, gamma[..., None] * k_c], axis=-1)
+        solved = jax.scipy.linalg.solve_triangular(system, rhs, lower=True,
+                                                   unit_diagonal=True)
+        u_tilde, w = solved[..., :v_c.shape[-1]], solved[..., v_c.shape[-1]:]
+        attn = jnp.einsum("bhtk,bhsk->bhts", q_c, k_c) * gamma_ts  # tril(Q Kᵀ) ⊙ Γ
+        q_in = gamma[..., None] * q_c
+        k_out = gamma_ts[:, :, -1, :, None] * k_c  # Γ_{C,s} k_s
+        keep = gamma[:, :, -1, None, None]  # γ_C: [batch, heads, 1, 1]
+        return u_tilde, w, attn, q_in, k_out, keep
+
+    factors = jax.vmap(jax.checkpoint(within_chunk))(q, k, v, beta, a, seg, seg_prev)
+
+    def across_chunks(s, chunk_factors):
+        u_tilde, w, attn, q_in, k_out, keep = chunk_factors
+        u = u_tilde - jnp.einsum("bhtk,bhkv->bhtv", w, s)
+        out = jnp.einsum("bhtk,bhkv->bhtv", q_in, s) + jnp.einsum("bhts,bhsv->bhtv", attn, u)
+        return keep * s + jnp.einsum("bhsk,bhsv->bhkv", k_out, u), out
+
+    state, out = jax.lax.scan(across_chunks, state, factors)
+    return ch.from_chunks(out)[:, :, :length], state

@@ -1,0 +1,167 @@
+"""Linear attention and gated linear attention, recurrent and chunkwise-parallel.
+
+"Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention" and "Gated
+Linear Attention Transformers with Hardware-Efficient Training". With state S ``[d_k, d_v]``:
+
+    S_t = diag(exp(log_g_t)) S_{t-1} + k_t v_tᵀ,     o_t = (scale · q_t)ᵀ S_t.
+
+``log_g`` is per key channel ``[batch, length, heads, d_k]`` (GLA) or per head
+``[batch, length, heads]`` (a scalar decay, as in RetNet / Mamba-2); without it this is plain
+linear attention. Forms: ``reference`` (a sequential scan over tokens) and ``xla`` (chunkwise:
+quadratic attention-like products inside a chunk, a scan over chunk states between chunks).
+Decays are only ever formed as exp(b_t − b_s) for s ≤ t inside a chunk, so exp never sees a
+positive argument, whatever the log-gates.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.ops import chunking as ch
+from jaxlm.ops.checks import Impl, check_shape, resolve_impl
+
+DEFAULT_CHUNK = 64
+
+
+def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, normalize: bool = False,
+                     scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+                     initial_state: jax.Array | None = None, return_final_state: bool = False,
+                     segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
+    """Causal linear attention: o_t = Σ_{s≤t} (scale·q_t·k_s) v_s.
+
+    Args:
+      q, k: [batch, length, heads, d_k] (feature maps are applied by the caller).
+      v: [batch, length, heads, d_v].
+      normalize: divide by Σ_{s≤t} scale·q_t·k_s (needs positive features). The state then has
+        d_v + 1 columns, the last one holding Σ k_s.
+      scale: multiplies q; default d_k ** -0.5.
+      chunk_size, initial_state [batch, heads, d_k, d_v(+1)], return_final_state, segment_ids
+        [batch, length] (the state resets where a packed document starts), impl: as in
+        :func:`gated_linear_attention`.
+
+    Returns:
+      o [batch, length, heads, d_v], and the final state when ``return_final_state``.
+    """
+    if not normalize:
+        return gated_linear_attention(q, k, v, None, scale=scale, chunk_size=chunk_size,
+                                      initial_state=initial_state,
+                                      return_final_state=return_final_state,
+                                      segment_ids=segment_ids, impl=impl)
+    ones = jnp.ones(v.shape[:-1] + (1,), v.dtype)
+    out, state = gated_linear_attention(q, k, jnp.concatenate([v, ones], -1), None, scale=scale,
+                                        chunk_size=chunk_size, initial_state=initial_state,
+                                        return_final_state=True, segment_ids=segment_ids,
+                                        impl=impl)
+    out = out[..., :-1] / out[..., -1:]
+    return (out, state) if return_final_state else out
+
+
+def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.Array | None,
+                           *, scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+                           initial_state: jax.Array | None = None,
+                           return_final_state: bool = False,
+                           segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
+    """Gated linear attention: S_t = diag(exp(log_g_t)) S_{t-1} + k_t v_tᵀ, o_t = scale·q_tᵀ S_t.
+
+    Args:
+      q, k: [batch, length, heads, d_k]; v: [batch, length, heads, d_v].
+      log_g: log-gates <= 0, [batch, length, heads, d_k] (per channel) or [batch, length, heads]
+        (per head), or None (no decay: linear attention).
+      scale: multiplies q; default d_k ** -0.5.
+      chunk_size: chunk length of the xla form; the result does not depend on it.
+      initial_state: [batch, heads, d_k, d_v]; zeros when None.
+      return_final_state: also return the state after the last token.
+      segment_ids: [batch, length]; the state resets to zero where a new document starts (the
+        initial state belongs to the row's first document).
+      impl: "reference" (sequential scan), "xla" (chunkwise) or "auto" (xla).
+
+    Returns:
+      o [batch, length, heads, d_v] in v's dtype; with ``return_final_state`` also the state
+      [batch, heads, d_k, d_v] in the accumulation dtype (at least float32).
+    """
+    op = "gated_linear_attention"
+    ch.check_recurrent_inputs(op, q, k, v, chunk_size=chunk_size, segment_ids=segment_ids,
+                              initial_state=initial_state, state_dv=v.shape[-1])
+    batch, length, heads, dk = q.shape
+    if log_g is not None and log_g.ndim == 3:
+        check_shape(op, "log_g", log_g, (batch, length, heads), "[batch, length, heads]")
+        log_g = log_g[..., None]
+    elif log_g is not None:
+        check_shape(op, "log_g", log_g, (batch, length, heads, dk),
+                    "[batch, length, heads, d_k] or [batch, length, heads]")
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    acc = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
+    scale = dk ** -0.5 if scale is None else scale
+    q, k, v = (ch.heads_first(x).astype(acc) for x in (q, k, v))
+    q = q * scale
+    g = (jnp.zeros((batch, heads, length, 1), acc) if log_g is None
+         else ch.heads_first(log_g).astype(acc))
+    state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
+             else initial_state.astype(acc))
+    if chosen is Impl.REFERENCE:
+        out, state = _reference(q, k, v, g, segment_ids, state)
+    else:
+        out, state = _chunked(q, k, v, g, segment_ids, state, min(chunk_size, length))
+    out = ch.heads_last(out).astype(v.dtype)
+    return (out, state) if return_final_state else out
+
+
+def _reference(q, k, v, g, segment_ids, state):
+    """Token by token: the definition."""
+    batch, _, length, _ = q.shape
+    resets = ch.segment_reset_reference(segment_ids, batch, length)
+
+    def step(s, inputs):
+        q_t, k_t, v_t, g_t, reset = inputs
+        s = jnp.where(reset[:, None, None, None], 0.0, s * jnp.exp(g_t)[..., None])
+        s = s + k_t[..., :, None] * v_t[..., None, :]
+        return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+
+    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v, g)) + (resets,)
+    state, out = jax.lax.scan(step, state, xs)
+    return jnp.moveaxis(out, 0, 2), state
+
+
+def _chunked(q, k, v, g, segment_ids, state, chunk):
+    batch, heads, length, dk = q.shape
+    padded = -(-length // chunk) * chunk
+    q, k, v, g = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk) for x in (q, k, v, g))
+    seg, seg_prev = ch.prepare_segments(segment_ids, batch, length, padded, chunk)
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+
+    @jax.checkpoint
+    def within_chunk(inputs):
+        """Everything that does not depend on the incoming state, for one chunk."""
+        q_c, k_c, v_c, g_c, seg_c, prev_c = inputs
+        b = jnp.cumsum(g_c, axis=2)  # [batch, heads, chunk, dg], non-increasing
+        same = (seg_c[:, :, None] == seg_c[:, None, :]) & causal  # [batch, t, s]
+        expo = b[:, :, :, None, :] - b[:, :, None, :, :]  # b_t - b_s: [b, h, t, s, dg]
+        decay = jnp.exp(jnp.where(same[:, None, :, :, None], expo, -jnp.inf))
+        if g_c.shape[-1] == 1:  # one decay per head: a [t, s] matrix
+            scores = jnp.einsum("bhtk,bhsk->bhts", q_c, k_c) * decay[..., 0]
+        else:
+            scores = jnp.einsum("bhtk,bhsk,bhtsk->bhts", q_c, k_c, decay)
+        out = jnp.einsum("bhts,bhsv->bhtv", scores, v_c)
+        from_prev = (seg_c == prev_c[:, None])[:, None, :, None]  # [batch, 1, chunk, 1]
+        q_in = jnp.where(from_prev, q_c * jnp.exp(b), 0.0)  # reads the incoming state
+        to_end = (seg_c == seg_c[:, -1:])[:, None, :, None]
+        k_out = jnp.where(to_end, k_c * jnp.exp(b[:, :, -1:] - b), 0.0)  # writes the outgoing
+        chunk_state = jnp.einsum("bhsk,bhsv->bhkv", k_out, v_c)
+        keep = (seg_c[:, -1] == prev_c)[:, None, None, None]
+        carry = jnp.where(keep, jnp.exp(b[:, :, -1])[..., None], 0.0)  # [b, h, dg, 1]
+        return out, q_in, chunk_state, carry
+
+    per_channel = g.shape[-1] > 1
+    inputs = (q, k, v, g, seg, seg_prev)
+    # Per-channel decays hold a [chunk, chunk, d_k] tensor: visit chunks one at a time.
+    out, q_in, chunk_state, carry = (jax.lax.map(within_chunk, inputs) if per_channel
+                                     else jax.vmap(within_chunk)(inputs))
+
+    def across_chunks(s, inputs):
+        chunk_state_c, carry_c = inputs
+        return s * carry_c + chunk_state_c, s
+
+    state, incoming = jax.lax.scan(across_chunks, state, (chunk_state, carry))
+    out = out + jnp.einsum("nbhtk,nbhkv->nbhtv", q_in, incoming)
+    return ch.from_chunks(out)[:, :, :length], state
