@@ -9,9 +9,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ] || [ "$JAXLM_ROOT/pyproject.toml" -nt "$STAMP" ]; then
-  echo "installing jaxlm and its dependencies into $VENV" >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$JAXLM_ROOT[test]"
+  echo "installing jaxlm and its dependencies into $VENV (log: $VENV/install.log)" >&2
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+         && "$VENV/bin/python" -m pip install -e "$JAXLM_ROOT[test]"; } >"$VENV/install.log" 2>&1
+  then
+    tail -n 40 "$VENV/install.log" >&2
+    echo "pip install failed; full log in $VENV/install.log" >&2
+    exit 1
+  fi
   touch "$STAMP"
 fi
 cd "$JAXLM_ROOT"

@@ -1,24 +1,33 @@
 """The main job: small models trained on MQAR on CPU in a few minutes, one table row each.
 
-Run:  jaxlm sweep experiments/quickstart.py
-Each mixer family adds its row here as it lands.
+Run:  bin/quickstart   (or: jaxlm sweep experiments/quickstart.py)
+Every mixer gets the same width (d_model 64, 2 layers, 2 heads, no MLP, as Zoology's MQAR
+models), the same data and the same optimizer budget. Each mixer family adds its row here.
 """
 
 from jaxlm.config import Config, ProbeConfig, TrainConfig
 from jaxlm.data import DataConfig, MQARConfig
-from jaxlm.layers import AttentionConfig, WindowAttentionConfig
+from jaxlm.layers import (AttentionConfig, DeltaNetConfig, GatedDeltaNetConfig, GLAConfig,
+                          LinearAttentionConfig, WindowAttentionConfig)
 from jaxlm.models import ModelConfig
 from jaxlm.runner import grid
 
 VOCAB = 128
+HEADS = 2
+CHUNK = 16
 
 
 def config() -> Config:
     return Config(
         name="quickstart",
-        model=ModelConfig(vocab_size=VOCAB, d_model=64, n_layers=2, pattern="attention",
-                          d_ff=0, attention=AttentionConfig(n_heads=2),
-                          attention_window=WindowAttentionConfig(n_heads=2, window=8)),
+        model=ModelConfig(
+            vocab_size=VOCAB, d_model=64, n_layers=2, pattern="attention", d_ff=0,
+            attention=AttentionConfig(n_heads=HEADS),
+            attention_window=WindowAttentionConfig(n_heads=HEADS, window=8),
+            linear_attention=LinearAttentionConfig(n_heads=HEADS, chunk_size=CHUNK),
+            gla=GLAConfig(n_heads=HEADS, chunk_size=CHUNK),
+            deltanet=DeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK),
+            gated_deltanet=GatedDeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK)),
         data=DataConfig(task="mqar", mqar=MQARConfig(vocab_size=VOCAB, seq_len=64,
                                                      num_kv_pairs=4)),
         train=TrainConfig(steps=2000, batch_size=32, learning_rate=3e-3, warmup_steps=100,
@@ -28,6 +37,7 @@ def config() -> Config:
 
 
 def sweep() -> list[dict]:
-    return grid({
-        "model.pattern": ["attention", "attention_window"],
-    })
+    return grid({"model.pattern": [
+        "attention", "linear_attention", "gla", "deltanet", "gated_deltanet",
+        "deltanet,attention_window",
+    ]})

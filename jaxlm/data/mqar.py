@@ -54,8 +54,10 @@ def mqar_example(key: jax.Array, config: MQARConfig) -> tuple[jax.Array, jax.Arr
     """One example: (inputs [seq_len] int32, targets [seq_len] int32 with IGNORE)."""
     v, length, pairs = config.vocab_size, config.seq_len, config.num_kv_pairs
     k_keys, k_values, k_gaps, k_noise = jax.random.split(key, 4)
-    keys = jax.random.choice(k_keys, jnp.arange(1, v // 2), (pairs,), replace=False)
-    values = jax.random.choice(k_values, jnp.arange(v // 2, v), (pairs,), replace=False)
+    keys = jax.random.choice(k_keys, jnp.arange(1, v // 2, dtype=jnp.int32), (pairs,),
+                             replace=False)
+    values = jax.random.choice(k_values, jnp.arange(v // 2, v, dtype=jnp.int32), (pairs,),
+                               replace=False)
     context = 2 * pairs
     space = (length - context) // 2
     gap_p = config.power_a * jnp.arange(1, space + 1, dtype=jnp.float32) ** (config.power_a - 1)
@@ -64,7 +66,7 @@ def mqar_example(key: jax.Array, config: MQARConfig) -> tuple[jax.Array, jax.Arr
     kvs = jnp.stack([keys, values], axis=1).reshape(-1)
     queries = jnp.zeros(length - context + 1, jnp.int32).at[2 * gaps].set(keys)
     if config.random_non_queries:
-        noise = jax.random.randint(k_noise, queries.shape, 1, v)
+        noise = jax.random.randint(k_noise, queries.shape, 1, v, dtype=jnp.int32)
         is_query = jnp.zeros(queries.shape, bool).at[2 * gaps].set(True)
         queries = jnp.where(is_query, queries, noise)
     tokens = jnp.concatenate([kvs, queries]).astype(jnp.int32)  # [seq_len + 1]

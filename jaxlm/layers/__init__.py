@@ -4,8 +4,16 @@ Importing this package registers every mixer in ``MIXERS``.
 """
 
 from jaxlm.layers.attention import Attention, AttentionConfig, WindowAttentionConfig
+from jaxlm.layers.conv import ShortConv
+from jaxlm.layers.deltanet import DeltaNet, DeltaNetConfig, GatedDeltaNetConfig
+from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
+                                          feature_map)
 from jaxlm.layers.mlp import GatedMLP
-from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, register_mixer
+from jaxlm.layers.jrt import JRT, JRTConfig
+from jaxlm.layers.mom import MoM, MoMConfig
+from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 
-__all__ = ["MIXERS", "Attention", "AttentionConfig", "GatedMLP", "Mixer",
-           "WindowAttentionConfig", "build_mixer", "register_mixer"]
+__all__ = ["GLA", "MIXERS", "Attention", "AttentionConfig", "DeltaNet", "DeltaNetConfig",
+           "GLAConfig", "GatedDeltaNetConfig", "GatedMLP", "JRT", "JRTConfig", "LinearAttention",
+           "LinearAttentionConfig", "Mixer", "MoM", "MoMConfig", "ShortConv",
+           "WindowAttentionConfig", "build_mixer", "feature_map", "prefill", "register_mixer"]

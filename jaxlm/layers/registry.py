@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -21,6 +22,9 @@ class Mixer(Protocol):
     ``__call__(x, *, segment_ids=None)``: x [batch, length, d_model] -> [batch, length, d_model].
     ``init_state(batch_size, dtype, *, max_length=None)``: the recurrent state (or KV cache).
     ``step(x_t, state)``: x_t [batch, d_model] -> (y_t [batch, d_model], new state).
+    Optionally ``prefill(x, *, max_length)`` -> (y, state): the parallel form that also returns
+    the state after ``x``; mixers whose outputs are not causal token by token (JRT's prefix)
+    must define it. :func:`prefill` falls back to a scan of ``step``.
     """
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array: ...
@@ -61,3 +65,18 @@ def build_mixer(name: str, d_model: int, config: Any, *, rngs: nnx.Rngs) -> nnx.
         raise TypeError(f"mixer {name!r} takes a {spec.config_type.__name__}, "
                         f"got {type(config).__name__}")
     return spec.build(d_model, config, rngs=rngs)
+
+
+def prefill(mixer: Any, x: jax.Array, *, max_length: int | None = None) -> tuple[jax.Array, Any]:
+    """Runs ``mixer`` over x [batch, length, d_model] and returns (y, state after x): the
+    mixer's own ``prefill`` where it has one, else a ``lax.scan`` of ``step``."""
+    if hasattr(mixer, "prefill"):
+        return mixer.prefill(x, max_length=max_length)
+    state = mixer.init_state(x.shape[0], x.dtype, max_length=max_length)
+
+    def body(state, x_t):
+        y, state = mixer.step(x_t, state)
+        return state, y
+
+    state, ys = jax.lax.scan(body, state, jnp.swapaxes(x, 0, 1))
+    return jnp.swapaxes(ys, 0, 1), state

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxlm.layers import MIXERS, AttentionConfig, WindowAttentionConfig
+from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNetConfig,
+                          GLAConfig, JRTConfig, LinearAttentionConfig, MoMConfig,
+                          WindowAttentionConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,12 @@ class ModelConfig:
     norm_eps: float = 1e-6
     attention: AttentionConfig = AttentionConfig()
     attention_window: WindowAttentionConfig = WindowAttentionConfig()
+    linear_attention: LinearAttentionConfig = LinearAttentionConfig()
+    gla: GLAConfig = GLAConfig()
+    deltanet: DeltaNetConfig = DeltaNetConfig()
+    gated_deltanet: GatedDeltaNetConfig = GatedDeltaNetConfig()
+    mom: MoMConfig = MoMConfig()
+    jrt: JRTConfig = JRTConfig()
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "max_length"):

@@ -1,4 +1,5 @@
-"""Autoregressive sampling through the recurrent ``step`` path (O(1) state per token for
+"""Autoregressive sampling: the prompt is read by ``prefill`` (each mixer's parallel form where
+it has one), new tokens come from the recurrent ``step`` path (O(1) state per token for
 recurrent mixers, a KV cache for attention)."""
 
 from __future__ import annotations
@@ -27,27 +28,24 @@ def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
     if temperature > 0 and key is None:
         raise ValueError("generate: a key is required when temperature > 0")
     key = jax.random.key(0) if key is None else key
-    batch, prompt_length = prompt.shape
-    state = model.init_state(batch, max_length=prompt_length + max_new_tokens)
-
-    def prefill(state, token):
-        logits, state = model.step(token, state)
-        return state, logits
-
-    state, logits = jax.lax.scan(prefill, state, prompt[:, :-1].T)
-    del logits
+    prompt_length = prompt.shape[1]
+    logits, state = model.prefill(prompt, max_length=prompt_length + max_new_tokens)
 
     def pick(logits, step_key):
         if temperature == 0:
             return jnp.argmax(logits, axis=-1).astype(prompt.dtype)
         return jax.random.categorical(step_key, logits / temperature).astype(prompt.dtype)
 
+    first_key, *step_keys = jax.random.split(key, max_new_tokens)
+    first = pick(logits[:, -1], first_key)
+
     def decode(carry, step_key):
         state, token = carry
         logits, state = model.step(token, state)
-        token = pick(logits, step_key)
-        return (state, token), token
+        new = pick(logits, step_key)
+        return (state, new), new
 
-    keys = jax.random.split(key, max_new_tokens)
-    _, new = jax.lax.scan(decode, (state, prompt[:, -1]), keys)
-    return jnp.concatenate([prompt, new.T], axis=1)
+    if max_new_tokens == 1:
+        return jnp.concatenate([prompt, first[:, None]], axis=1)
+    _, rest = jax.lax.scan(decode, (state, first), jnp.stack(step_keys))
+    return jnp.concatenate([prompt, first[:, None], rest.T], axis=1)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.layers import GatedMLP, build_mixer
+from jaxlm.layers import GatedMLP, build_mixer, prefill
 from jaxlm.models.config import ModelConfig
 
 
@@ -36,6 +36,10 @@ class Block(nnx.Module):
     def step(self, x_t: jax.Array, state: Any) -> tuple[jax.Array, Any]:
         y, state = self.mixer.step(self.mixer_norm(x_t), state)
         return self._mlp(x_t + y), state
+
+    def prefill(self, x: jax.Array, *, max_length: int) -> tuple[jax.Array, Any]:
+        y, state = prefill(self.mixer, self.mixer_norm(x), max_length=max_length)
+        return self._mlp(x + y), state
 
 
 class DecoderLM(nnx.Module):
@@ -83,6 +87,19 @@ class DecoderLM(nnx.Module):
         layers = [block.mixer.init_state(batch_size, dtype, max_length=max_length)
                   for block in self.blocks]
         return {"pos": jnp.zeros((), jnp.int32), "layers": layers}
+
+    def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
+        """Reads a prompt: tokens [batch, length] -> (logits [batch, length, vocab_size], the
+        state after the prompt, ready for ``step``; room for ``max_length`` tokens in all)."""
+        h = self.embed(tokens)
+        if self.positions is not None:
+            h = h + self.positions(jnp.arange(tokens.shape[1]))[None]
+        layers = []
+        for block in self.blocks:
+            h, layer_state = block.prefill(h, max_length=max_length)
+            layers.append(layer_state)
+        pos = jnp.asarray(tokens.shape[1], jnp.int32)
+        return self._logits(h), {"pos": pos, "layers": layers}
 
     def step(self, tokens: jax.Array, state: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
         """tokens: [batch] int -> (logits [batch, vocab_size], new state)."""

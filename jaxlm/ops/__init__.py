@@ -2,10 +2,14 @@
 
 from jaxlm.ops.attention import attention, attention_mask, masked_attention
 from jaxlm.ops.checks import Impl
-from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule
-from jaxlm.ops.linear_attention import gated_linear_attention, linear_attention
+from jaxlm.ops.conv import causal_conv1d, causal_conv1d_step
+from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
+from jaxlm.ops.linear_attention import (gated_linear_attention, gated_linear_attention_step,
+                                       linear_attention)
 from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import segment_positions
 
-__all__ = ["Impl", "apply_rope", "attention", "attention_mask", "delta_rule", "gated_delta_rule",
-           "gated_linear_attention", "linear_attention", "masked_attention", "segment_positions"]
+__all__ = ["Impl", "apply_rope", "attention", "attention_mask", "causal_conv1d",
+           "causal_conv1d_step", "delta_rule", "gated_delta_rule", "gated_delta_rule_step",
+           "gated_linear_attention", "gated_linear_attention_step", "linear_attention",
+           "masked_attention", "segment_positions"]

@@ -25,8 +25,11 @@ import jax.numpy as jnp
 from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
 
 _OP = "attention"
-# Below this many query positions the materialized reference is both fast and small.
+# "auto" on CPU: below this many positions the materialized reference is fast and small.
 _AUTO_REFERENCE_MAX_LENGTH = 512
+# "auto" on accelerators: the blockwise form's block loops run one block at a time, which the
+# fused reference beats wherever its [batch, heads, length, length] scores fit this budget.
+_AUTO_REFERENCE_MAX_SCORE_BYTES = 2**30
 
 
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: int | None,
@@ -86,7 +89,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         not causal). None means unlimited.
       segment_ids: [batch, length] document ids of packed rows; no token reads another document.
       scale: multiplies q·k; defaults to head_dim ** -0.5.
-      impl: "reference", "xla" (blockwise, memory-efficient) or "auto".
+      impl: "reference", "xla" (blockwise, memory-efficient) or "auto" (the reference where its
+        scores are small: length <= 512 on CPU, scores <= 1 GiB on accelerators; else xla).
       block_size: query and key block length of the xla form; any length works (padded inside).
 
     Returns:
@@ -111,7 +115,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
 
     chosen = resolve_impl(_OP, impl, ("reference", "xla"))
     if chosen is Impl.AUTO:
-        chosen = Impl.REFERENCE if length <= _AUTO_REFERENCE_MAX_LENGTH else Impl.XLA
+        chosen = _auto_form(batch, heads, length)
     if chosen is Impl.REFERENCE:
         pos = jnp.arange(length)
         mask = attention_mask(pos, pos, causal=causal, window=window,
@@ -120,6 +124,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         return masked_attention(q, k, v, mask, scale)
     return _blockwise_attention(q, k, v, segment_ids, causal=causal, window=window,
                                 scale=scale, block_size=block_size)
+
+
+def _auto_form(batch: int, heads: int, length: int) -> Impl:
+    if jax.default_backend() == "cpu":
+        small = length <= _AUTO_REFERENCE_MAX_LENGTH
+    else:
+        small = 4 * batch * heads * length * length <= _AUTO_REFERENCE_MAX_SCORE_BYTES
+    return Impl.REFERENCE if small else Impl.XLA
 
 
 # --------------------------------------------------------------------------------------------

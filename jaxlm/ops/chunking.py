@@ -86,3 +86,16 @@ def check_recurrent_inputs(op: str, q, k, v, *, chunk_size: int, segment_ids,
     if initial_state is not None:
         check_shape(op, "initial_state", initial_state, (batch, heads, dk, state_dv),
                     "[batch, heads, d_k, d_v]")
+
+
+def prepare_qkv_state(q, k, v, scale, initial_state):
+    """Common set-up: heads-first q (times ``scale``, default d_k ** -0.5), k, v and the
+    initial state (zeros when None), all in the accumulation dtype (at least float32).
+    Returns (q, k, v, state, acc_dtype)."""
+    batch, _, heads, dk = q.shape
+    acc = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
+    scale = dk ** -0.5 if scale is None else scale
+    q, k, v = (heads_first(x).astype(acc) for x in (q, k, v))
+    state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
+             else initial_state.astype(acc))
+    return q * scale, k, v, state, acc

@@ -10,7 +10,8 @@ WY / UT-transform algorithm: inside a chunk with incoming state S₀ and cumulat
 γ_t = Π_{r≤t} α_r, the updates u_t = β_t (v_t − α_t S_{t-1}ᵀ k_t) solve the unit-lower-triangular
 system (I + diag(β) tril(Γ ⊙ K Kᵀ, −1)) U = diag(β)(V − diag(γ) K S₀), Γ_ts = γ_t / γ_s, so
 U = Ũ − W S₀ with Ũ and W computed for every chunk in parallel (no per-token state is ever
-formed). Then O = diag(γ) Q S₀ + (tril(Q Kᵀ) ⊙ Γ) U and S_end = γ_C S₀ + Kᵀ diag(Γ_C·) U.
+formed; the triangular system is inverted by forward substitution, see
+:func:`unit_lower_inverse`). Then O = diag(γ) Q S₀ + (tril(Q Kᵀ) ⊙ Γ) U and S_end = γ_C S₀ + Kᵀ diag(Γ_C·) U.
 """
 
 from __future__ import annotations
@@ -66,15 +67,10 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     if log_alpha is not None:
         check_shape(op, "log_alpha", log_alpha, (batch, length, heads), "[batch, length, heads]")
     chosen = resolve_impl(op, impl, ("reference", "xla"))
-    acc = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
-    scale = dk ** -0.5 if scale is None else scale
-    q, k, v = (ch.heads_first(x).astype(acc) for x in (q, k, v))
-    q = q * scale
+    q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
     beta = jnp.moveaxis(beta, 2, 1).astype(acc)
     a = (jnp.zeros_like(beta) if log_alpha is None
          else jnp.moveaxis(log_alpha, 2, 1).astype(acc))
-    state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
-             else initial_state.astype(acc))
     if chosen is Impl.REFERENCE:
         out, state = _reference(q, k, v, beta, a, segment_ids, state)
     else:
@@ -83,21 +79,69 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     return (out, state) if return_final_state else out
 
 
+def gated_delta_rule_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
+                          beta: jax.Array, log_alpha: jax.Array | None = None, *,
+                          scale: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """One token of the recurrence: the ``step`` form.
+
+    state: [batch, heads, d_k, d_v]; q, k: [batch, heads, d_k]; v: [batch, heads, d_v];
+    beta, log_alpha: [batch, heads]. Returns (o [batch, heads, d_v], new state).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if log_alpha is not None:
+        state = state * jnp.exp(log_alpha)[..., None, None]
+    read = jnp.einsum("bhk,bhkv->bhv", k, state)
+    state = state + beta[..., None, None] * k[..., :, None] * (v - read)[..., None, :]
+    return jnp.einsum("bhk,bhkv->bhv", q * scale, state).astype(state.dtype), state
+
+
 def _reference(q, k, v, beta, a, segment_ids, state):
-    """Token by token: the definition."""
+    """Token by token: the definition (q arrives scaled)."""
     batch, _, length, _ = q.shape
     resets = ch.segment_reset_reference(segment_ids, batch, length)
 
     def step(s, inputs):
         q_t, k_t, v_t, beta_t, a_t, reset = inputs
-        s = jnp.where(reset[:, None, None, None], 0.0, s * jnp.exp(a_t)[..., None, None])
-        read = jnp.einsum("bhk,bhkv->bhv", k_t, s)
-        s = s + beta_t[..., None, None] * k_t[..., :, None] * (v_t - read)[..., None, :]
-        return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+        s = jnp.where(reset[:, None, None, None], 0.0, s)
+        out, s = gated_delta_rule_step(s, q_t, k_t, v_t, beta_t, a_t, scale=1.0)
+        return s, out
 
     xs = (*(jnp.moveaxis(x, 2, 0) for x in (q, k, v, beta, a)), resets)
     state, out = jax.lax.scan(step, state, xs)
     return jnp.moveaxis(out, 0, 2), state
+
+
+@jax.custom_vjp
+def unit_lower_inverse(n: jax.Array) -> jax.Array:
+    """(I + N)⁻¹ for strictly lower-triangular N [..., C, C], by forward substitution.
+
+    Row i of T = (I + N)⁻¹ is e_i − N[i, :] T, and only rows j < i of T enter it, so C
+    row updates give T exactly (plain matrix-vector products: no LAPACK call, the same
+    recurrence a kernel runs in on-chip memory).
+    """
+    size = n.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(size, dtype=n.dtype), n.shape)
+
+    def row(i, t):
+        new = eye[..., i, :] - jnp.einsum("...j,...jc->...c", n[..., i, :], t)
+        return t.at[..., i, :].set(new)
+
+    return jax.lax.fori_loop(1, size, row, eye)
+
+
+def _unit_lower_inverse_fwd(n):
+    t = unit_lower_inverse(n)
+    return t, t
+
+
+def _unit_lower_inverse_bwd(t, g):
+    # d(A⁻¹) = −A⁻¹ dA A⁻¹ with dA = dN strictly lower: N̄ = −Tᵀ Ḡ Tᵀ on the strict lower part.
+    tt = jnp.swapaxes(t, -1, -2)
+    grad = -tt @ g @ tt
+    return (jnp.tril(grad, -1),)
+
+
+unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
 def _chunked(q, k, v, beta, a, segment_ids, state, chunk):
@@ -117,10 +161,9 @@ def _chunked(q, k, v, beta, a, segment_ids, state, chunk):
         from_prev = (seg_c == prev_c[:, None])[:, None]  # [batch, 1, chunk]
         gamma = jnp.where(from_prev, jnp.exp(b), 0.0)  # decay since the chunk start
         kk = jnp.einsum("bhtk,bhsk->bhts", k_c, k_c)
-        system = jnp.eye(chunk, dtype=k_c.dtype) + jnp.where(strict, beta_c[..., None] * gamma_ts * kk, 0.0)
+        t = unit_lower_inverse(jnp.where(strict, beta_c[..., None] * gamma_ts * kk, 0.0))
         rhs = beta_c[..., None] * jnp.concatenate([v_c, gamma[..., None] * k_c], axis=-1)
-        solved = jax.scipy.linalg.solve_triangular(system, rhs, lower=True,
-                                                   unit_diagonal=True)
+        solved = jnp.einsum("bhts,bhsd->bhtd", t, rhs)
         u_tilde, w = solved[..., :v_c.shape[-1]], solved[..., v_c.shape[-1]:]
         attn = jnp.einsum("bhtk,bhsk->bhts", q_c, k_c) * gamma_ts  # tril(Q Kᵀ) ⊙ Γ
         q_in = gamma[..., None] * q_c

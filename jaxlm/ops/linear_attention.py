@@ -91,14 +91,9 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
         check_shape(op, "log_g", log_g, (batch, length, heads, dk),
                     "[batch, length, heads, d_k] or [batch, length, heads]")
     chosen = resolve_impl(op, impl, ("reference", "xla"))
-    acc = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
-    scale = dk ** -0.5 if scale is None else scale
-    q, k, v = (ch.heads_first(x).astype(acc) for x in (q, k, v))
-    q = q * scale
+    q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
     g = (jnp.zeros((batch, heads, length, 1), acc) if log_g is None
          else ch.heads_first(log_g).astype(acc))
-    state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
-             else initial_state.astype(acc))
     if chosen is Impl.REFERENCE:
         out, state = _reference(q, k, v, g, segment_ids, state)
     else:
@@ -107,16 +102,33 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     return (out, state) if return_final_state else out
 
 
+def gated_linear_attention_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
+                                log_g: jax.Array | None = None, *, scale: float | None = None
+                                ) -> tuple[jax.Array, jax.Array]:
+    """One token of the recurrence: the ``step`` form.
+
+    state: [batch, heads, d_k, d_v]; q, k: [batch, heads, d_k]; v: [batch, heads, d_v];
+    log_g: [batch, heads, d_k] or [batch, heads] or None. Returns (o [batch, heads, d_v],
+    new state), computed in the state's dtype.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if log_g is not None:
+        decay = jnp.exp(log_g if log_g.ndim == state.ndim - 1 else log_g[..., None])
+        state = state * decay[..., None]
+    state = state + k[..., :, None] * v[..., None, :]
+    return jnp.einsum("bhk,bhkv->bhv", q * scale, state).astype(state.dtype), state
+
+
 def _reference(q, k, v, g, segment_ids, state):
-    """Token by token: the definition."""
+    """Token by token: the definition (q arrives scaled)."""
     batch, _, length, _ = q.shape
     resets = ch.segment_reset_reference(segment_ids, batch, length)
 
     def step(s, inputs):
         q_t, k_t, v_t, g_t, reset = inputs
-        s = jnp.where(reset[:, None, None, None], 0.0, s * jnp.exp(g_t)[..., None])
-        s = s + k_t[..., :, None] * v_t[..., None, :]
-        return s, jnp.einsum("bhk,bhkv->bhv", q_t, s)
+        s = jnp.where(reset[:, None, None, None], 0.0, s)
+        out, s = gated_linear_attention_step(s, q_t, k_t, v_t, g_t, scale=1.0)
+        return s, out
 
     xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v, g)) + (resets,)
     state, out = jax.lax.scan(step, state, xs)

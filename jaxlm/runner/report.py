@@ -61,7 +61,8 @@ def plot_accuracy(rows: Sequence[dict], path: str | pathlib.Path, *, title: str)
         ax.set_xlabel("sequence length")
         ax.legend()
     else:
-        labels = [row["run"] for row in rows]
+        names = [row["model"] for row in rows]
+        labels = names if len(set(names)) == len(names) else [row["run"] for row in rows]
         ax.bar(range(len(rows)), [row["accuracy"] for row in rows])
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
     if rows and "baseline" in rows[0]:

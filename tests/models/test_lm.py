@@ -52,6 +52,18 @@ def test_greedy_generation_extends_with_argmax(model):
     assert (jnp.argmax(logits[:, 3:], axis=-1) == out[:, 4:]).all()
 
 
+def test_generation_with_a_prefix_mixer():
+    """JRT reads the prompt non-causally: prefill runs its parallel form, then steps decode."""
+    from jaxlm.layers import JRTConfig
+    config = ModelConfig(vocab_size=40, d_model=16, n_layers=2, pattern="jrt,attention",
+                         jrt=JRTConfig(prefix_length=5))
+    model = to_float64(DecoderLM(config, rngs=nnx.Rngs(1)))
+    prompt = tokens(2, 6, seed=3)
+    out = jax.jit(lambda m, p: generate(m, p, max_new_tokens=5))(model, prompt)
+    logits = model(out[:, :-1])
+    assert (jnp.argmax(logits[:, 5:], axis=-1) == out[:, 6:]).all()
+
+
 def test_sampling_is_a_function_of_the_key(model):
     prompt = tokens(3, 2, seed=2)
     sample = jax.jit(lambda m, p, k: generate(m, p, max_new_tokens=12, key=k, temperature=1.5))

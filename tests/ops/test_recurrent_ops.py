@@ -121,12 +121,14 @@ def test_very_negative_log_gates_stay_finite(name):
 
 @pytest.mark.parametrize("name", ["gla_per_channel", "delta_rule"])
 def test_float32_close_to_float64(name):
-    """float32 inputs: within 1e-5 of the float64 result (float32 rounding over short sums)."""
+    """float32 inputs: within 1e-5 of the float64 result (float32 rounding over short sums).
+    Matrix products in full float32 (GPUs default to TF32, ~1e-3)."""
     x = inputs(jax.random.key(5), 2, 64)
     ref, _ = run(name, x, "reference", 16)
     x32 = {k: (v.astype(jnp.float32) if v is not None and v.dtype == jnp.float64 else v)
            for k, v in x.items()}
-    out, state = run(name, x32, "xla", 16)
+    with jax.default_matmul_precision("highest"):
+        out, state = OPS[name](x32, impl="xla", chunk_size=16, return_final_state=True)
     assert out.dtype == jnp.float32 and state.dtype == jnp.float32
     assert rel_err(out.astype(jnp.float64), ref) < 1e-5
 
@@ -143,3 +145,15 @@ def test_bad_shapes_are_named():
         linear_attention(x["q"], x["k"], x["v"], chunk_size=-4)
     with pytest.raises(ValueError, match="k must have shape"):
         linear_attention(x["q"], x["k"][:, :3], x["v"])
+
+
+def test_unit_lower_inverse_matches_inverse_and_its_gradient():
+    """Forward substitution vs jnp.linalg.inv, and the custom vjp vs autodiff of inv (float64)."""
+    from jaxlm.ops.delta_rule import unit_lower_inverse
+    n = jnp.tril(jax.random.normal(jax.random.key(8), (3, 2, 9, 9), jnp.float64) * 0.3, -1)
+    eye = jnp.eye(9)
+    assert rel_err(unit_lower_inverse(n), jnp.linalg.inv(eye + n)) < TOL
+    weights = jax.random.normal(jax.random.key(9), n.shape, jnp.float64)
+    grad = jax.grad(lambda n: jnp.sum(unit_lower_inverse(n) * weights))(n)
+    expected = jax.grad(lambda n: jnp.sum(jnp.linalg.inv(eye + n) * weights))(n)
+    assert rel_err(grad, jnp.tril(expected, -1)) < TOL

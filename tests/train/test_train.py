@@ -21,13 +21,18 @@ def leaves(state):
 
 
 def test_resume_equals_uninterrupted(tmp_path):
+    """Bit for bit on CPU; within float tolerance on accelerators, whose reductions may be
+    non-deterministic."""
     whole = train(TINY, tmp_path / "whole", progress=False)
     first = train(TINY, tmp_path / "split", stop_after=4, progress=False)
     assert int(first.state.step) == 4
     second = train(TINY, tmp_path / "split", resume=True, progress=False)
     assert int(second.state.step) == 8
     for a, b in zip(leaves(whole.state), leaves(second.state)):
-        np.testing.assert_array_equal(a, b)
+        if jax.default_backend() == "cpu":
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     # Metrics of both halves were written, once each.
     steps = [m["step"] for m in read_metrics(tmp_path / "split") if m["split"] == "train"]
     assert steps == [2, 4, 6, 8]
