@@ -10,10 +10,12 @@ from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, Line
                                           feature_map)
 from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.jrt import JRT, JRTConfig
+from jaxlm.layers.mamba import Mamba, Mamba2, Mamba2Config, MambaConfig
 from jaxlm.layers.mom import MoM, MoMConfig
+from jaxlm.layers.ssm import H3, S4D, DiagonalSSM, H3Config, S4DConfig
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 
-__all__ = ["GLA", "MIXERS", "Attention", "AttentionConfig", "DeltaNet", "DeltaNetConfig",
+__all__ = ["GLA", "H3", "MIXERS", "S4D", "DiagonalSSM", "H3Config", "S4DConfig", "Attention", "AttentionConfig", "DeltaNet", "DeltaNetConfig",
            "GLAConfig", "GatedDeltaNetConfig", "GatedMLP", "JRT", "JRTConfig", "LinearAttention",
-           "LinearAttentionConfig", "Mixer", "MoM", "MoMConfig", "ShortConv",
+           "LinearAttentionConfig", "Mamba", "Mamba2", "Mamba2Config", "MambaConfig", "Mixer", "MoM", "MoMConfig", "ShortConv",
            "WindowAttentionConfig", "build_mixer", "feature_map", "prefill", "register_mixer"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNetConfig,
-                          GLAConfig, JRTConfig, LinearAttentionConfig, MoMConfig,
-                          WindowAttentionConfig)
+                          GLAConfig, JRTConfig, LinearAttentionConfig, Mamba2Config,
+                          MambaConfig, MoMConfig, H3Config, S4DConfig, WindowAttentionConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,10 @@ class ModelConfig:
     gated_deltanet: GatedDeltaNetConfig = GatedDeltaNetConfig()
     mom: MoMConfig = MoMConfig()
     jrt: JRTConfig = JRTConfig()
+    mamba: MambaConfig = MambaConfig()
+    mamba2: Mamba2Config = Mamba2Config()
+    s4d: S4DConfig = S4DConfig()
+    h3: H3Config = H3Config()
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "max_length"):

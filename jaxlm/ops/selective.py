@@ -1,0 +1,244 @@
+"""Selective state spaces: Mamba's selective scan and Mamba-2's SSD.
+
+"Mamba: Linear-Time Sequence Modeling with Selective State Spaces" and "Transformers are SSMs:
+Generalized Models and Efficient Algorithms Through Structured State Space Duality". Layout is
+channels-last (``[batch, length, channels]``), unlike the CUDA kernels' channels-first.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.ops import chunking as ch
+from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+from jaxlm.ops.linear_attention import gated_linear_attention
+
+DEFAULT_CHUNK = 64
+
+
+def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
+                   D: jax.Array | None = None, z: jax.Array | None = None,
+                   delta_bias: jax.Array | None = None, delta_softplus: bool = False, *,
+                   initial_state: jax.Array | None = None, return_final_state: bool = False,
+                   segment_ids: jax.Array | None = None, chunk_size: int = DEFAULT_CHUNK,
+                   impl: str | Impl = "auto"):
+    """Mamba's selective scan (the semantics of ``selective_scan_fn``, channels-last).
+
+    With Δ = delta (+ delta_bias, then softplus when ``delta_softplus``):
+        h_t[d, n] = exp(Δ_t[d] A[d, n]) h_{t-1}[d, n] + Δ_t[d] B_t[n] u_t[d]
+        y_t[d] = Σ_n C_t[n] h_t[d, n] + D[d] u_t[d],   then y ← y · silu(z) when z is given.
+
+    Args:
+      u, delta, z: [batch, length, d_inner].
+      A: [d_inner, d_state] (negative real parts for a stable scan).
+      B, C: [batch, length, d_state] or [batch, length, groups, d_state]; channel d reads group
+        d // (d_inner / groups).
+      D, delta_bias: [d_inner].
+      initial_state: [batch, d_inner, d_state]; zeros when None.
+      segment_ids: [batch, length]; the state resets where a packed document starts.
+      chunk_size: chunk length of the xla form (a parallel associative scan inside each chunk,
+        recomputed in the backward pass, so memory grows with one chunk's
+        [batch, chunk, d_inner, d_state], not with the sequence).
+      impl: "reference" (sequential scan), "xla" (chunked associative scan) or "auto" (xla).
+
+    Returns:
+      y [batch, length, d_inner] in u's dtype, and the final state [batch, d_inner, d_state]
+      (accumulation dtype) when ``return_final_state``.
+    """
+    op = "selective_scan"
+    check_rank(op, "u", u, "[batch, length, d_inner]")
+    batch, length, d_inner = u.shape
+    check_shape(op, "delta", delta, (batch, length, d_inner), "[batch, length, d_inner]")
+    check_rank(op, "A", A, "[d_inner, d_state]")
+    check_shape(op, "A", A, (d_inner, None), "[d_inner, d_state]")
+    d_state = A.shape[1]
+    B = _grouped(op, "B", B, batch, length, d_inner, d_state)
+    C = _grouped(op, "C", C, batch, length, d_inner, d_state)
+    for name, x in (("D", D), ("delta_bias", delta_bias)):
+        if x is not None:
+            check_shape(op, name, x, (d_inner,), "[d_inner]")
+    if z is not None:
+        check_shape(op, "z", z, (batch, length, d_inner), "[batch, length, d_inner]")
+    if initial_state is not None:
+        check_shape(op, "initial_state", initial_state, (batch, d_inner, d_state),
+                    "[batch, d_inner, d_state]")
+    if segment_ids is not None:
+        check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
+    check_positive(op, "chunk_size", chunk_size, allow_none=False)
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+
+    acc = jnp.promote_types(jnp.result_type(u, delta, A, B, C), jnp.float32)
+    dt = delta.astype(acc) + (0 if delta_bias is None else delta_bias.astype(acc))
+    if delta_softplus:
+        dt = jax.nn.softplus(dt)
+    state = (jnp.zeros((batch, d_inner, d_state), acc) if initial_state is None
+             else initial_state.astype(acc))
+    starts = ch.segment_reset_reference(segment_ids, batch, length).T  # [batch, length]
+    # Per-token decay and input: [batch, length, d_inner, d_state] (formed a chunk at a time).
+    parts = (dt, u.astype(acc), B.astype(acc), C.astype(acc), starts)
+    if chosen is Impl.REFERENCE:
+        y, state = _scan_reference(parts, A.astype(acc), state)
+    else:
+        y, state = _scan_chunked(parts, A.astype(acc), state, min(chunk_size, length))
+    if D is not None:
+        y = y + D.astype(acc) * u.astype(acc)
+    if z is not None:
+        y = y * jax.nn.silu(z.astype(acc))
+    y = y.astype(u.dtype)
+    return (y, state) if return_final_state else y
+
+
+def _grouped(op, name, x, batch, length, d_inner, d_state):
+    """B or C as [batch, length, d_inner, d_state] views' source: [batch, length, groups, n]."""
+    if x.ndim == 3:
+        check_shape(op, name, x, (batch, length, d_state), "[batch, length, d_state]")
+        return x[:, :, None]
+    check_shape(op, name, x, (batch, length, None, d_state),
+                "[batch, length, groups, d_state]")
+    groups = x.shape[2]
+    if d_inner % groups:
+        raise ValueError(f"{op}: {name} has groups={groups}, which must divide "
+                         f"d_inner={d_inner}")
+    return x
+
+
+def _expand(x, d_inner):
+    """[..., groups, n] -> [..., d_inner, n] (channel d reads group d // (d_inner / groups))."""
+    return jnp.repeat(x, d_inner // x.shape[-2], axis=-2)
+
+
+def _decay_and_input(dt, u, B, A, starts):
+    """exp(Δ A) (0 at document starts) and Δ B u: both [..., d_inner, d_state]."""
+    decay = jnp.exp(dt[..., None] * A)
+    decay = jnp.where(starts[..., None, None], 0.0, decay)
+    return decay, (dt * u)[..., None] * _expand(B, u.shape[-1])
+
+
+def selective_scan_step(state: jax.Array, u: jax.Array, dt: jax.Array, A: jax.Array,
+                        B: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One token: state [batch, d_inner, d_state]; u, dt: [batch, d_inner] (dt already
+    positive); B, C: [batch, groups, d_state]. Returns (y [batch, d_inner] without the D and z
+    terms, new state)."""
+    no_start = jnp.zeros(u.shape[:1], bool)
+    decay, inp = _decay_and_input(dt, u, B, A, no_start)
+    state = decay * state + inp
+    return jnp.einsum("bdn,bdn->bd", state, _expand(C, u.shape[-1])), state
+
+
+def _scan_reference(parts, A, state):
+    """Token by token: the definition."""
+    dt, u, B, C, starts = parts
+
+    def step(h, x):
+        dt_t, u_t, B_t, C_t, start_t = x
+        decay, inp = _decay_and_input(dt_t, u_t, B_t, A, start_t)
+        h = decay * h + inp
+        return h, jnp.einsum("bdn,bdn->bd", h, _expand(C_t, u_t.shape[-1]))
+
+    state, y = jax.lax.scan(step, state, tuple(jnp.moveaxis(x, 1, 0) for x in parts))
+    return jnp.moveaxis(y, 0, 1), state
+
+
+def _scan_chunked(parts, A, state, chunk):
+    dt, u, B, C, starts = parts
+    batch, length, _ = u.shape
+    padded = -(-length // chunk) * chunk
+    # Padding: Δ = 0 gives decay 1 and input 0, so the state passes through unchanged.
+    parts = tuple(ch.pad_length(x, padded, 1) for x in parts)
+    chunks = tuple(jnp.moveaxis(x.reshape(batch, padded // chunk, chunk, *x.shape[2:]), 1, 0)
+                   for x in parts)
+
+    @jax.checkpoint
+    def one_chunk(h, x):
+        dt_c, u_c, B_c, C_c, starts_c = x
+        decay, inp = _decay_and_input(dt_c, u_c, B_c, A, starts_c)  # [b, chunk, d, n]
+        inp = inp.at[:, 0].add(decay[:, 0] * h)  # fold the incoming state into the first token
+
+        def combine(left, right):
+            return left[0] * right[0], right[0] * left[1] + right[1]
+
+        _, states = jax.lax.associative_scan(combine, (decay, inp), axis=1)
+        y = jnp.einsum("bldn,bldn->bld", states, _expand(C_c, u_c.shape[-1]))
+        return states[:, -1], y
+
+    state, y = jax.lax.scan(one_chunk, state, chunks)
+    y = jnp.moveaxis(y, 0, 1).reshape(batch, padded, -1)[:, :length]
+    return y, state
+
+
+def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *,
+        chunk_size: int = DEFAULT_CHUNK, D: jax.Array | None = None,
+        initial_state: jax.Array | None = None, return_final_state: bool = False,
+        segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
+    """Mamba-2's state-space duality (SSD) layer:
+
+        h_t = exp(dt_t A) h_{t-1} + dt_t x_t ⊗ B_t,    y_t = h_t C_t + D x_t.
+
+    Args:
+      x: [batch, length, heads, head_dim]; dt: [batch, length, heads] (already positive);
+      A: [heads] (negative); B, C: [batch, length, groups, d_state], groups dividing heads
+      (head h reads group h // (heads / groups)); D: [heads].
+      chunk_size, initial_state [batch, heads, head_dim, d_state], return_final_state,
+      segment_ids [batch, length]: as in :func:`gated_linear_attention`.
+      impl: "reference" (sequential scan) or "xla" (chunked: quadratic inside a chunk, a scan
+        over chunk states; it is gated linear attention with q = C, k = B, v = dt·x and one
+        log-decay dt·A per head) or "auto" (xla).
+
+    Returns:
+      y [batch, length, heads, head_dim] in x's dtype, and the final state
+      [batch, heads, head_dim, d_state] when ``return_final_state``.
+    """
+    op = "ssd"
+    check_rank(op, "x", x, "[batch, length, heads, head_dim]")
+    batch, length, heads, head_dim = x.shape
+    check_shape(op, "dt", dt, (batch, length, heads), "[batch, length, heads]")
+    check_shape(op, "A", A, (heads,), "[heads]")
+    check_rank(op, "B", B, "[batch, length, groups, d_state]")
+    check_shape(op, "C", C, B.shape, "[batch, length, groups, d_state] (as B)")
+    groups, d_state = B.shape[2], B.shape[3]
+    check_shape(op, "B", B, (batch, length, groups, d_state), "[batch, length, groups, d_state]")
+    if heads % groups:
+        raise ValueError(f"{op}: B and C have groups={groups}, which must divide heads={heads}")
+    if D is not None:
+        check_shape(op, "D", D, (heads,), "[heads]")
+    check_positive(op, "chunk_size", chunk_size, allow_none=False)
+    if initial_state is not None:
+        check_shape(op, "initial_state", initial_state, (batch, heads, head_dim, d_state),
+                    "[batch, heads, head_dim, d_state]")
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    acc = jnp.promote_types(jnp.result_type(x, dt, A, B, C), jnp.float32)
+    q = jnp.repeat(C, heads // groups, axis=2).astype(acc)
+    k = jnp.repeat(B, heads // groups, axis=2).astype(acc)
+    v = (dt[..., None] * x).astype(acc)
+    log_g = (dt * A).astype(acc)
+    state = None if initial_state is None else jnp.swapaxes(initial_state, -1, -2)
+    if chosen is Impl.REFERENCE:
+        y, state = _ssd_reference(q, k, v, log_g, segment_ids, state, acc)
+    else:
+        y, state = gated_linear_attention(q, k, v, log_g, scale=1.0, chunk_size=chunk_size,
+                                          initial_state=state, return_final_state=True,
+                                          segment_ids=segment_ids, impl="xla")
+    if D is not None:
+        y = y + D.astype(acc)[:, None] * x.astype(acc)
+    y = y.astype(x.dtype)
+    return (y, jnp.swapaxes(state, -1, -2)) if return_final_state else y
+
+
+def _ssd_reference(c, b, v, log_g, segment_ids, state, acc):
+    """The SSD recurrence token by token, state [batch, heads, head_dim, d_state]."""
+    batch, length, heads, d_state = b.shape
+    head_dim = v.shape[-1]
+    h = (jnp.zeros((batch, heads, head_dim, d_state), acc) if state is None
+         else jnp.swapaxes(state, -1, -2))
+    starts = ch.segment_reset_reference(segment_ids, batch, length)
+
+    def step(h, inputs):
+        c_t, b_t, v_t, g_t, start_t = inputs
+        decay = jnp.where(start_t[:, None], 0.0, jnp.exp(g_t))
+        h = decay[..., None, None] * h + v_t[..., :, None] * b_t[..., None, :]
+        return h, jnp.einsum("bhpn,bhn->bhp", h, c_t)
+
+    xs = (*(jnp.moveaxis(t, 1, 0) for t in (c, b, v, log_g)), starts)
+    h, y = jax.lax.scan(step, h, xs)
+    return jnp.moveaxis(y, 0, 1), jnp.swapaxes(h, -1, -2)

@@ -1,0 +1,132 @@
+"""Diagonal linear time-invariant state spaces (S4D) and FFT causal convolution.
+
+"On the Parameterization and Initialization of Diagonal State Space Models" (S4D). Each of
+``channels`` independent SSMs has a complex diagonal A [N], input B [N], output C [N] and step
+Δ; zero-order hold gives Ā = exp(ΔA), B̄ = (Ā − 1)/A · B, and
+
+    x_t = Ā x_{t-1} + B̄ u_t,    y_t = 2 Re(C · x_t)
+
+(the factor 2 and Re stand for the conjugate half of the spectrum). As a convolution,
+y = K * u with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l), a Vandermonde product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.ops import chunking as ch
+from jaxlm.ops.checks import Impl, check_rank, check_shape, resolve_impl
+
+
+def s4d_init(kind: str, channels: int, d_state: int) -> tuple[jax.Array, jax.Array]:
+    """(log(-Re A), Im A), each [channels, d_state], for S4D-Lin (A_n = -1/2 + iπn), S4D-Inv
+    (A_n = -1/2 + i N/π (N/(2n+1) - 1)) or S4D-Real (A_n = -(n+1))."""
+    n = jnp.arange(d_state, dtype=jnp.float32)
+    if kind == "lin":
+        re, im = jnp.full_like(n, 0.5), math.pi * n
+    elif kind == "inv":
+        re, im = jnp.full_like(n, 0.5), d_state / math.pi * (d_state / (2 * n + 1) - 1)
+    elif kind == "real":
+        re, im = n + 1, jnp.zeros_like(n)
+    else:
+        raise ValueError(f"s4d_init: kind={kind!r} is unknown; expected 'lin', 'inv' or 'real'")
+    return (jnp.broadcast_to(jnp.log(re), (channels, d_state)),
+            jnp.broadcast_to(im, (channels, d_state)))
+
+
+def zoh(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Zero-order hold: (Ā, B̄) = (exp(ΔA), (exp(ΔA) − 1)/A · B). dt: [channels];
+    A, B: [channels, N] complex."""
+    dA = dt[:, None] * A
+    a_bar = jnp.exp(dA)
+    return a_bar, (a_bar - 1) / A * B
+
+
+def ssm_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int) -> jax.Array:
+    """K [length, channels] with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l) (Vandermonde)."""
+    powers = jnp.exp(jnp.arange(length)[:, None, None] * jnp.log(a_bar)[None])  # [L, c, N]
+    return 2 * jnp.real(jnp.einsum("cn,lcn->lc", C * b_bar, powers))
+
+
+def fft_causal_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
+    """y_t = Σ_{s≤t} kernel[t - s] u_s by FFT, zero-padded to 2·length (no circular wrap).
+
+    u: [batch, length, channels]; kernel: [length, channels]. Returns u's shape."""
+    length = u.shape[1]
+    n = 2 * length
+    acc = jnp.promote_types(u.dtype, jnp.float32)
+    spectrum = jnp.fft.rfft(u.astype(acc), n=n, axis=1) * jnp.fft.rfft(kernel.astype(acc), n=n,
+                                                                         axis=0)
+    return jnp.fft.irfft(spectrum, n=n, axis=1)[:, :length].astype(u.dtype)
+
+
+def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *,
+                 initial_state: jax.Array | None = None, return_final_state: bool = False,
+                 segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
+    """Runs ``channels`` diagonal SSMs over u.
+
+    Args:
+      u: [batch, length, channels] real.
+      dt: [channels] positive steps; A, B, C: [channels, N] complex (Re A < 0 for stability).
+      initial_state: [batch, channels, N] complex; zeros when None.
+      segment_ids: [batch, length]; the state resets where a packed document starts.
+      impl: "reference" (sequential scan), "xla" (FFT convolution with the Vandermonde
+        kernel; an associative scan when a state goes in or out or rows are packed), "auto".
+
+    Returns:
+      y [batch, length, channels] in u's dtype, and the final state when asked.
+    """
+    op = "diagonal_ssm"
+    check_rank(op, "u", u, "[batch, length, channels]")
+    batch, length, channels = u.shape
+    check_shape(op, "dt", dt, (channels,), "[channels]")
+    check_rank(op, "A", A, "[channels, d_state]")
+    d_state = A.shape[1]
+    for name, x in (("A", A), ("B", B), ("C", C)):
+        check_shape(op, name, x, (channels, d_state), "[channels, d_state]")
+    if segment_ids is not None:
+        check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
+    if initial_state is not None:
+        check_shape(op, "initial_state", initial_state, (batch, channels, d_state),
+                    "[batch, channels, d_state]")
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    real = jnp.promote_types(jnp.result_type(u, dt), jnp.float32)
+    cplx = jnp.promote_types(real, jnp.complex64)
+    a_bar, b_bar = zoh(dt.astype(real), A.astype(cplx), B.astype(cplx))
+    C = C.astype(cplx)
+    stateful = initial_state is not None or return_final_state or segment_ids is not None
+    if chosen is Impl.XLA and not stateful:
+        return fft_causal_conv(u.astype(real), ssm_kernel(a_bar, b_bar, C, length)).astype(
+            u.dtype)
+    state = (jnp.zeros((batch, channels, d_state), cplx) if initial_state is None
+             else initial_state.astype(cplx))
+    starts = ch.segment_reset_reference(segment_ids, batch, length).T  # [batch, length]
+    decay = jnp.where(starts[..., None, None], 0, a_bar)  # [batch, length, c, N]
+    decay = jnp.broadcast_to(decay, (batch, length, channels, d_state))
+    inputs = u.astype(real)[..., None] * b_bar
+    if chosen is Impl.REFERENCE:
+        def step(x, t):
+            x = t[0] * x + t[1]
+            return x, x
+        state, states = jax.lax.scan(step, state, (jnp.moveaxis(decay, 1, 0),
+                                                   jnp.moveaxis(inputs, 1, 0)))
+        states = jnp.moveaxis(states, 0, 1)
+    else:
+        inputs = inputs.at[:, 0].add(decay[:, 0] * state)
+        _, states = jax.lax.associative_scan(
+            lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (decay, inputs), axis=1)
+        state = states[:, -1]
+    y = 2 * jnp.real(jnp.einsum("blcn,cn->blc", states, C)).astype(u.dtype)
+    return (y, state) if return_final_state else y
+
+
+def diagonal_ssm_step(state: jax.Array, u_t: jax.Array, dt: jax.Array, A: jax.Array,
+                      B: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One token: state [batch, channels, N] complex, u_t [batch, channels].
+    Returns (y_t [batch, channels], new state)."""
+    a_bar, b_bar = zoh(dt, A.astype(state.dtype), B.astype(state.dtype))
+    state = a_bar * state + u_t[..., None] * b_bar
+    return 2 * jnp.real(jnp.einsum("bcn,cn->bc", state, C.astype(state.dtype))), state
