@@ -1,6 +1,6 @@
 """The main job: small models trained on MQAR on CPU in a few minutes, one table row each.
 
-Run:  bin/quickstart   (or: jaxlm sweep experiments/quickstart.py)
+Run:  bin/quickstart   (or: jaxlm sweep experiments/quickstart.py --workers 2)
 Every mixer gets the same width (d_model 64, 2 layers, 2 heads, no MLP, as Zoology's MQAR
 models), the same data and the same optimizer budget. Each mixer family adds its row here.
 """
@@ -8,7 +8,7 @@ models), the same data and the same optimizer budget. Each mixer family adds its
 from jaxlm.config import Config, ProbeConfig, TrainConfig
 from jaxlm.data import DataConfig, MQARConfig
 from jaxlm.layers import (AttentionConfig, DeltaNetConfig, GatedDeltaNetConfig, GLAConfig,
-                          LinearAttentionConfig, WindowAttentionConfig)
+                          H3Config, LinearAttentionConfig, Mamba2Config, WindowAttentionConfig)
 from jaxlm.models import ModelConfig
 from jaxlm.runner import grid
 
@@ -27,7 +27,9 @@ def config() -> Config:
             linear_attention=LinearAttentionConfig(n_heads=HEADS, chunk_size=CHUNK),
             gla=GLAConfig(n_heads=HEADS, chunk_size=CHUNK),
             deltanet=DeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK),
-            gated_deltanet=GatedDeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK)),
+            gated_deltanet=GatedDeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK),
+            h3=H3Config(),
+            mamba2=Mamba2Config(head_dim=16, chunk_size=CHUNK)),
         data=DataConfig(task="mqar", mqar=MQARConfig(vocab_size=VOCAB, seq_len=64,
                                                      num_kv_pairs=4)),
         train=TrainConfig(steps=2000, batch_size=32, learning_rate=3e-3, warmup_steps=100,
@@ -39,5 +41,5 @@ def config() -> Config:
 def sweep() -> list[dict]:
     return grid({"model.pattern": [
         "attention", "linear_attention", "gla", "deltanet", "gated_deltanet",
-        "deltanet,attention_window",
+        "deltanet,attention_window", "h3", "mamba2",
     ]})

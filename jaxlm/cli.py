@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every point of an experiment's sweep and tabulate")
     p.add_argument("config", help="experiment file defining config() and sweep()")
     p.add_argument("--out", help="output directory (default runs/<name>)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs at once, each in its own single-threaded process (default 1)")
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 
@@ -73,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "sweep":
         experiment = runner.load_experiment(args.config, args.overrides)
         out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
-        rows = runner.run_sweep(experiment, out, progress=not args.no_progress)
+        rows = runner.run_sweep(experiment, out, progress=not args.no_progress,
+                                workers=args.workers)
         print()
         print(runner.markdown_table(rows, runner.COLUMNS))
         print(f"\ntable and plot written to {out}/results.{{md,csv,png}}")

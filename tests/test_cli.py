@@ -67,6 +67,16 @@ def test_sweep_probe_report(experiment, tmp_path, capsys):
     assert (out / "results.md").exists()
 
 
+def test_sweep_with_worker_processes(experiment, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", str(experiment), "--out", str(out), "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished pattern=") == 2
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["attention", "attention_window"]
+    assert (out / "results.png").exists()
+
+
 def test_train_then_resume(experiment, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["train", str(experiment), "--run-dir", str(run_dir), "--no-progress"]

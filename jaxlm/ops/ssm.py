@@ -93,6 +93,7 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
         check_shape(op, "initial_state", initial_state, (batch, channels, d_state),
                     "[batch, channels, d_state]")
     chosen = resolve_impl(op, impl, ("reference", "xla"))
+    chosen = Impl.XLA if chosen is Impl.AUTO else chosen
     real = jnp.promote_types(jnp.result_type(u, dt), jnp.float32)
     cplx = jnp.promote_types(real, jnp.complex64)
     a_bar, b_bar = zoh(dt.astype(real), A.astype(cplx), B.astype(cplx))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import pathlib
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from flax import nnx
 
-from jaxlm.config import Config, apply_overrides, load_config
+from jaxlm.config import Config, ConfigError, apply_overrides, load_config, save_config
 from jaxlm.probes import evaluate
 from jaxlm.runner.experiment import Experiment, run_name
 from jaxlm.runner.report import RESULTS, write_report
@@ -45,32 +49,67 @@ def run_one(config: Config, run_dir: str | pathlib.Path, *, name: str = "run",
 
 
 def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
-              progress: bool = True, log=print) -> list[dict[str, Any]]:
+              progress: bool = True, workers: int = 1, log=print) -> list[dict[str, Any]]:
     """Runs every point of ``experiment`` into ``out_dir/<run name>/``.
 
     Finished runs (those with a ``result.json``) are skipped and interrupted ones resume from
-    their latest checkpoint, so rerunning a sweep after an interruption finishes it. The rows go
+    their latest checkpoint, so rerunning a sweep after an interruption finishes it. With
+    ``workers > 1`` the pending runs go to that many single-threaded processes at once (on a
+    CPU, small models gain more from parallel runs than from threads inside one). The rows go
     to ``out_dir/results.jsonl`` and the table to ``results.{md,csv,png}``.
     """
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     configs = experiment.configs()  # every point validated before anything trains
     names = [run_name(p) for p in experiment.points]
     if len(set(names)) != len(names):
         names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
-    rows = []
-    for i, (name, config) in enumerate(zip(names, configs)):
-        run_dir = out_dir / name
-        if (run_dir / RESULT).exists():
+    pending = []
+    for i, name in enumerate(names):
+        if (out_dir / name / RESULT).exists():
             log(f"[{i + 1}/{len(configs)}] {name}: done earlier, skipped")
-            rows.append(json.loads((run_dir / RESULT).read_text()))
-            continue
-        log(f"[{i + 1}/{len(configs)}] {name}")
-        rows.append(run_one(config, run_dir, name=name, progress=progress))
+        else:
+            pending.append(i)
+    if workers > 1 and len(pending) > 1:
+        _run_in_processes([(names[i], configs[i]) for i in pending], out_dir, workers, log)
+    else:
+        for i in pending:
+            log(f"[{i + 1}/{len(configs)}] {names[i]}")
+            run_one(configs[i], out_dir / names[i], name=names[i], progress=progress)
+    rows = [json.loads((out_dir / name / RESULT).read_text()) for name in names]
     with open(out_dir / RESULTS, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     write_report(rows, out_dir, columns=COLUMNS, title=experiment.base.name)
     return rows
+
+
+def _run_in_processes(runs, out_dir: pathlib.Path, workers: int, log) -> None:
+    """Runs each (name, config) in ``python -m jaxlm.runner.worker`` with one XLA thread."""
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + _ONE_THREAD).strip()}
+
+    def launch(run):
+        name, config = run
+        run_dir = out_dir / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.json")
+        log(f"started {name}")
+        with open(run_dir / "worker.log", "w") as out:
+            code = subprocess.run([sys.executable, "-m", "jaxlm.runner.worker", str(run_dir),
+                                   name], stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        if code:
+            tail = (run_dir / "worker.log").read_text().splitlines()[-20:]
+            raise RuntimeError(f"sweep run {name} failed (exit {code}); end of "
+                               f"{run_dir / 'worker.log'}:\n" + "\n".join(tail))
+        log(f"finished {name}")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(launch, run) for run in runs]:
+            future.result()
+
+
+_ONE_THREAD = " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def load_run(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[Config, nnx.Module]:
