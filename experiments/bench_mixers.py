@@ -11,17 +11,17 @@ would pass --max-gib are skipped and marked.
 from __future__ import annotations
 
 import argparse
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import attention, delta_rule, gated_delta_rule, gated_linear_attention
-from jaxlm.ops import linear_attention
+from jaxlm.ops import diagonal_ssm, linear_attention, selective_scan, ssd
+from jaxlm.ops.ssm import s4d_init
 from jaxlm.runner.bench import compile_fn, median_seconds, temp_bytes
 from jaxlm.runner.report import markdown_table
 
 BATCH, HEADS, DIM = 1, 4, 64
+D_INNER, D_STATE = 256, 16  # selective scan and diagonal SSM channels and state size
 
 
 def inputs(length, dtype):
@@ -32,7 +32,13 @@ def inputs(length, dtype):
     gates = -jax.nn.softplus(jax.random.normal(ks[3], shape, dtype)) / 16
     head_gates = -jax.nn.softplus(jax.random.normal(ks[4], shape[:3], dtype))
     beta = jax.nn.sigmoid(jax.random.normal(ks[5], shape[:3], dtype))
-    return dict(q=q, k=k, v=v, log_g=gates, log_a=head_gates, beta=beta)
+    ku = jax.random.split(ks[0], 4)
+    u = jax.random.normal(ku[0], (BATCH, length, D_INNER), dtype)
+    bc = jax.random.normal(ku[1], (BATCH, length, 1, D_STATE), dtype)
+    log_re, im = s4d_init("lin", D_INNER, D_STATE)
+    return dict(q=q, k=k, v=v, log_g=gates, log_a=head_gates, beta=beta, u=u, bc=bc,
+                a_ssm=-jnp.exp(jax.random.normal(ku[2], (D_INNER, D_STATE))).astype(dtype),
+                a_diag=-jnp.exp(log_re) + 1j * im)
 
 
 OPS = {
@@ -46,6 +52,14 @@ OPS = {
         x["q"], x["k"], x["v"], x["beta"], impl=impl)),
     "gated_delta_rule": (("reference", "xla"), lambda x, impl: gated_delta_rule(
         x["q"], x["k"], x["v"], x["beta"], x["log_a"], impl=impl)),
+    "selective_scan": (("reference", "xla"), lambda x, impl: selective_scan(
+        x["u"], x["u"], x["a_ssm"], x["bc"], x["bc"], delta_softplus=True, impl=impl)),
+    "ssd": (("reference", "xla"), lambda x, impl: ssd(
+        x["v"], jax.nn.softplus(x["log_a"]), -jnp.ones((HEADS,), x["v"].dtype), x["bc"],
+        x["bc"], impl=impl)),
+    "diagonal_ssm": (("reference", "xla"), lambda x, impl: diagonal_ssm(
+        x["u"], jnp.full((D_INNER,), 0.01, x["u"].dtype), x["a_diag"],
+        jnp.ones_like(x["a_diag"]), jnp.ones_like(x["a_diag"]), impl=impl)),
 }
 
 
@@ -54,13 +68,14 @@ def attention_reference_bytes(length):
 
 
 def measure(op, impl, length, dtype, max_bytes):
-    x = inputs(length, dtype)
     fn = OPS[op][1]
     if op == "attention" and impl == "reference" and attention_reference_bytes(length) > max_bytes:
         return None
-    forward = functools.partial(fn, impl=impl)
-    loss = lambda x: jnp.sum(forward(x).astype(jnp.float32))
-    both = jax.grad(loss)
+    inputs_all = inputs(length, dtype)
+    consts = {k: v for k, v in inputs_all.items() if jnp.iscomplexobj(v)}  # not differentiated
+    x = {k: v for k, v in inputs_all.items() if k not in consts}
+    forward = lambda floats: fn({**floats, **consts}, impl=impl)
+    both = jax.grad(lambda floats: jnp.sum(forward(floats).astype(jnp.float32)))
     fwd_compiled = compile_fn(forward, x)
     both_compiled = compile_fn(both, x)
     memory = temp_bytes(both_compiled)

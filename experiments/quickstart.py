@@ -1,6 +1,6 @@
 """The main job: small models trained on MQAR on CPU in a few minutes, one table row each.
 
-Run:  bin/quickstart   (or: jaxlm sweep experiments/quickstart.py --workers 2)
+Run:  bin/quickstart   (or: jaxlm sweep experiments/quickstart.py)
 Every mixer gets the same width (d_model 64, 2 layers, 2 heads, no MLP, as Zoology's MQAR
 models), the same data and the same optimizer budget. Each mixer family adds its row here.
 """
@@ -28,7 +28,7 @@ def config() -> Config:
             gla=GLAConfig(n_heads=HEADS, chunk_size=CHUNK),
             deltanet=DeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK),
             gated_deltanet=GatedDeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK),
-            h3=H3Config(),
+            h3=H3Config(head_dim=2, d_state=64),  # as Zoology's MQAR H3 (d_state = seq_len)
             mamba2=Mamba2Config(head_dim=16, chunk_size=CHUNK)),
         data=DataConfig(task="mqar", mqar=MQARConfig(vocab_size=VOCAB, seq_len=64,
                                                      num_kv_pairs=4)),

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="experiment file defining config() and sweep()")
     p.add_argument("--out", help="output directory (default runs/<name>)")
     p.add_argument("--workers", type=int, default=1,
-                   help="runs at once, each in its own single-threaded process (default 1)")
+                   help="runs at once, each in its own process (default 1); helps on machines "
+                        "with many cores, not on 2")
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 

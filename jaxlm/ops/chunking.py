@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import check_positive, check_shape
+from jaxlm.ops.checks import check_positive, check_rank, check_shape
 
 
 def heads_first(x: jax.Array) -> jax.Array:
@@ -75,7 +75,6 @@ def segment_reset_reference(segment_ids: jax.Array | None, batch: int,
 def check_recurrent_inputs(op: str, q, k, v, *, chunk_size: int, segment_ids,
                            initial_state, state_dv: int) -> None:
     """Shape checks shared by the linear-attention and delta-rule ops."""
-    from jaxlm.ops.checks import check_rank
     check_rank(op, "q", q, "[batch, length, heads, d_k]")
     batch, length, heads, dk = q.shape
     check_shape(op, "k", k, (batch, length, heads, dk), "[batch, length, heads, d_k]")

@@ -54,8 +54,9 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
 
     Finished runs (those with a ``result.json``) are skipped and interrupted ones resume from
     their latest checkpoint, so rerunning a sweep after an interruption finishes it. With
-    ``workers > 1`` the pending runs go to that many single-threaded processes at once (on a
-    CPU, small models gain more from parallel runs than from threads inside one). The rows go
+    ``workers > 1`` the pending runs go to that many processes at once, each asked to keep XLA's
+    CPU matrix products on one thread (worth it with many cores; on 2 cores it measured no
+    faster than one run at a time). The rows go
     to ``out_dir/results.jsonl`` and the table to ``results.{md,csv,png}``.
     """
     if workers < 1:
