@@ -3,6 +3,9 @@
 Run:  bin/quickstart   (or: jaxlm sweep experiments/quickstart.py)
 Every mixer gets the same width (d_model 64, 2 layers, 2 heads, no MLP, as Zoology's MQAR
 models), the same data and the same optimizer budget. Each mixer family adds its row here.
+H3 (config kept below) is left out until it learns MQAR here: at 2000 steps it stays at chance
+(Zoology reports 0.91 at this size after much longer training). Mamba is left out for its CPU
+cost (about 0.2 s a step at this size, 7 minutes for the row).
 """
 
 from jaxlm.config import Config, ProbeConfig, TrainConfig
@@ -41,5 +44,5 @@ def config() -> Config:
 def sweep() -> list[dict]:
     return grid({"model.pattern": [
         "attention", "linear_attention", "gla", "deltanet", "gated_deltanet",
-        "deltanet,attention_window", "h3", "mamba2",
+        "deltanet,attention_window", "mamba2",
     ]})
