@@ -7,11 +7,14 @@ from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_
 from jaxlm.ops.linear_attention import (gated_linear_attention, gated_linear_attention_step,
                                        linear_attention)
 from jaxlm.ops.rope import apply_rope
-from jaxlm.ops.ssm import diagonal_ssm, diagonal_ssm_step, fft_causal_conv
+from jaxlm.ops.segments import segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
-from jaxlm.ops.segments import segment_positions
+from jaxlm.ops.ssm import diagonal_ssm, diagonal_ssm_step, fft_causal_conv
 
-__all__ = ["diagonal_ssm", "diagonal_ssm_step", "fft_causal_conv", "Impl", "apply_rope", "attention", "attention_mask", "causal_conv1d",
-           "causal_conv1d_step", "delta_rule", "gated_delta_rule", "gated_delta_rule_step",
-           "gated_linear_attention", "gated_linear_attention_step", "linear_attention",
-           "masked_attention", "segment_positions", "selective_scan", "selective_scan_step", "ssd"]
+__all__ = [
+    "Impl", "apply_rope", "attention", "attention_mask", "causal_conv1d", "causal_conv1d_step",
+    "delta_rule", "diagonal_ssm", "diagonal_ssm_step", "fft_causal_conv", "gated_delta_rule",
+    "gated_delta_rule_step", "gated_linear_attention", "gated_linear_attention_step",
+    "linear_attention", "masked_attention", "segment_positions", "segment_starts",
+    "selective_scan", "selective_scan_step", "ssd",
+]

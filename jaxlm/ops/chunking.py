@@ -3,7 +3,8 @@
 Inputs arrive channels-last, ``[batch, length, heads, ...]``; inside, the ops work on
 ``[chunks, batch, heads, chunk, ...]`` so that a ``lax.scan`` over the leading axis passes the
 state from chunk to chunk. Ragged lengths are padded with positions that leave the state
-unchanged (zero keys, zero log-gates, the last segment id).
+unchanged (zero keys, zero log-gates, the last segment id). :func:`linear_recurrence` is the
+parallel scan of h_t = a_t h_{t-1} + b_t shared by the diagonal and selective state spaces.
 """
 
 from __future__ import annotations
@@ -62,16 +63,6 @@ def prepare_segments(segment_ids: jax.Array | None, batch: int, length: int, pad
     return seg, prev.T
 
 
-def segment_reset_reference(segment_ids: jax.Array | None, batch: int,
-                            length: int) -> jax.Array:
-    """bool [length, batch]: True where a new document starts (the state resets first)."""
-    if segment_ids is None:
-        return jnp.zeros((length, batch), bool)
-    seg = segment_ids
-    starts = jnp.concatenate([jnp.zeros_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
-    return starts.T
-
-
 def check_recurrent_inputs(op: str, q, k, v, *, chunk_size: int, segment_ids,
                            initial_state, state_dv: int) -> None:
     """Shape checks shared by the linear-attention and delta-rule ops."""
@@ -98,3 +89,16 @@ def prepare_qkv_state(q, k, v, scale, initial_state):
     state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
              else initial_state.astype(acc))
     return q * scale, k, v, state, acc
+
+
+def linear_recurrence(decay: jax.Array, inputs: jax.Array, initial: jax.Array) -> jax.Array:
+    """Every h_t of h_t = decay_t · h_{t-1} + inputs_t along axis 1, with h_{-1} = ``initial``,
+    by a parallel associative scan. decay, inputs: [batch, length, ...] (decay broadcastable);
+    initial: [batch, ...]. Returns [batch, length, ...]."""
+    decay = jnp.broadcast_to(decay, inputs.shape)
+    inputs = inputs.at[:, 0].add(decay[:, 0] * initial)  # fold the incoming state in
+
+    def combine(left, right):
+        return left[0] * right[0], right[0] * left[1] + right[1]
+
+    return jax.lax.associative_scan(combine, (decay, inputs), axis=1)[1]

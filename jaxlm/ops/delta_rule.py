@@ -11,7 +11,8 @@ WY / UT-transform algorithm: inside a chunk with incoming state S₀ and cumulat
 system (I + diag(β) tril(Γ ⊙ K Kᵀ, −1)) U = diag(β)(V − diag(γ) K S₀), Γ_ts = γ_t / γ_s, so
 U = Ũ − W S₀ with Ũ and W computed for every chunk in parallel (no per-token state is ever
 formed; the triangular system is inverted by forward substitution, see
-:func:`unit_lower_inverse`). Then O = diag(γ) Q S₀ + (tril(Q Kᵀ) ⊙ Γ) U and S_end = γ_C S₀ + Kᵀ diag(Γ_C·) U.
+:func:`unit_lower_inverse`). Then O = diag(γ) Q S₀ + (tril(Q Kᵀ) ⊙ Γ) U and
+S_end = γ_C S₀ + Kᵀ diag(Γ_C·) U.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
 from jaxlm.ops.checks import Impl, check_shape, resolve_impl
+from jaxlm.ops.segments import segment_starts
 
 DEFAULT_CHUNK = 64
 
@@ -98,7 +100,7 @@ def gated_delta_rule_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.A
 def _reference(q, k, v, beta, a, segment_ids, state):
     """Token by token: the definition (q arrives scaled)."""
     batch, _, length, _ = q.shape
-    resets = ch.segment_reset_reference(segment_ids, batch, length)
+    resets = segment_starts(segment_ids, batch, length)
 
     def step(s, inputs):
         q_t, k_t, v_t, beta_t, a_t, reset = inputs
@@ -106,7 +108,7 @@ def _reference(q, k, v, beta, a, segment_ids, state):
         out, s = gated_delta_rule_step(s, q_t, k_t, v_t, beta_t, a_t, scale=1.0)
         return s, out
 
-    xs = (*(jnp.moveaxis(x, 2, 0) for x in (q, k, v, beta, a)), resets)
+    xs = (*(jnp.moveaxis(x, 2, 0) for x in (q, k, v, beta, a)), resets.T)
     state, out = jax.lax.scan(step, state, xs)
     return jnp.moveaxis(out, 0, 2), state
 

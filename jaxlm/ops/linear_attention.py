@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
 from jaxlm.ops.checks import Impl, check_shape, resolve_impl
+from jaxlm.ops.segments import segment_starts
 
 DEFAULT_CHUNK = 64
 
@@ -122,7 +123,7 @@ def gated_linear_attention_step(state: jax.Array, q: jax.Array, k: jax.Array, v:
 def _reference(q, k, v, g, segment_ids, state):
     """Token by token: the definition (q arrives scaled)."""
     batch, _, length, _ = q.shape
-    resets = ch.segment_reset_reference(segment_ids, batch, length)
+    resets = segment_starts(segment_ids, batch, length)
 
     def step(s, inputs):
         q_t, k_t, v_t, g_t, reset = inputs
@@ -130,7 +131,7 @@ def _reference(q, k, v, g, segment_ids, state):
         out, s = gated_linear_attention_step(s, q_t, k_t, v_t, g_t, scale=1.0)
         return s, out
 
-    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v, g)) + (resets,)
+    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (q, k, v, g)) + (resets.T,)
     state, out = jax.lax.scan(step, state, xs)
     return jnp.moveaxis(out, 0, 2), state
 

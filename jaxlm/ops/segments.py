@@ -6,16 +6,24 @@ import jax
 import jax.numpy as jnp
 
 
+def segment_starts(segment_ids: jax.Array | None, batch: int, length: int) -> jax.Array:
+    """bool [batch, length]: True where a later document of a packed row starts (position 0
+    is False: a recurrent state carried into the row belongs to its first document). All
+    False when ``segment_ids`` is None."""
+    if segment_ids is None:
+        return jnp.zeros((batch, length), bool)
+    return jnp.concatenate([jnp.zeros_like(segment_ids[:, :1], dtype=bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
     """Position of each token inside its own document.
 
     segment_ids: [batch, length] integers; a new document starts wherever the id changes.
     Returns [batch, length] int32 positions that restart at 0 at every document start.
     """
-    length = segment_ids.shape[-1]
+    batch, length = segment_ids.shape
     index = jnp.arange(length, dtype=jnp.int32)
-    starts = jnp.concatenate(
-        [jnp.ones_like(segment_ids[..., :1], dtype=bool),
-         segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
+    starts = segment_starts(segment_ids, batch, length)  # position 0 maps to 0 either way
     start_index = jax.lax.cummax(jnp.where(starts, index, 0), axis=segment_ids.ndim - 1)
     return index - start_index

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxlm.ops import chunking as ch
 from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
 from jaxlm.ops.linear_attention import gated_linear_attention
+from jaxlm.ops.segments import segment_starts
 
 DEFAULT_CHUNK = 64
 
@@ -74,7 +75,7 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         dt = jax.nn.softplus(dt)
     state = (jnp.zeros((batch, d_inner, d_state), acc) if initial_state is None
              else initial_state.astype(acc))
-    starts = ch.segment_reset_reference(segment_ids, batch, length).T  # [batch, length]
+    starts = segment_starts(segment_ids, batch, length)
     # Per-token decay and input: [batch, length, d_inner, d_state] (formed a chunk at a time).
     parts = (dt, u.astype(acc), B.astype(acc), C.astype(acc), starts)
     if chosen is Impl.REFERENCE:
@@ -153,12 +154,7 @@ def _scan_chunked(parts, A, state, chunk):
     def one_chunk(h, x):
         dt_c, u_c, B_c, C_c, starts_c = x
         decay, inp = _decay_and_input(dt_c, u_c, B_c, A, starts_c)  # [b, chunk, d, n]
-        inp = inp.at[:, 0].add(decay[:, 0] * h)  # fold the incoming state into the first token
-
-        def combine(left, right):
-            return left[0] * right[0], right[0] * left[1] + right[1]
-
-        _, states = jax.lax.associative_scan(combine, (decay, inp), axis=1)
+        states = ch.linear_recurrence(decay, inp, h)
         y = jnp.einsum("bldn,bldn->bld", states, _expand(C_c, u_c.shape[-1]))
         return states[:, -1], y
 
@@ -212,17 +208,19 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
     k = jnp.repeat(B, heads // groups, axis=2).astype(acc)
     v = (dt[..., None] * x).astype(acc)
     log_g = (dt * A).astype(acc)
-    state = None if initial_state is None else jnp.swapaxes(initial_state, -1, -2)
     if chosen is Impl.REFERENCE:
-        y, state = _ssd_reference(q, k, v, log_g, segment_ids, state, acc)
-    else:
+        y, state = _ssd_reference(q, k, v, log_g, segment_ids, initial_state, acc)
+    else:  # gated linear attention keeps its state as [.., d_state, head_dim]: transpose
+        swap = lambda s: None if s is None else jnp.swapaxes(s, -1, -2)
         y, state = gated_linear_attention(q, k, v, log_g, scale=1.0, chunk_size=chunk_size,
-                                          initial_state=state, return_final_state=True,
-                                          segment_ids=segment_ids, impl="xla")
+                                          initial_state=swap(initial_state),
+                                          return_final_state=True, segment_ids=segment_ids,
+                                          impl="xla")
+        state = swap(state)
     if D is not None:
         y = y + D.astype(acc)[:, None] * x.astype(acc)
     y = y.astype(x.dtype)
-    return (y, jnp.swapaxes(state, -1, -2)) if return_final_state else y
+    return (y, state) if return_final_state else y
 
 
 def _ssd_reference(c, b, v, log_g, segment_ids, state, acc):
@@ -230,8 +228,8 @@ def _ssd_reference(c, b, v, log_g, segment_ids, state, acc):
     batch, length, heads, d_state = b.shape
     head_dim = v.shape[-1]
     h = (jnp.zeros((batch, heads, head_dim, d_state), acc) if state is None
-         else jnp.swapaxes(state, -1, -2))
-    starts = ch.segment_reset_reference(segment_ids, batch, length)
+         else state.astype(acc))
+    starts = segment_starts(segment_ids, batch, length).T  # time-major, as the scan reads
 
     def step(h, inputs):
         c_t, b_t, v_t, g_t, start_t = inputs
@@ -241,4 +239,4 @@ def _ssd_reference(c, b, v, log_g, segment_ids, state, acc):
 
     xs = (*(jnp.moveaxis(t, 1, 0) for t in (c, b, v, log_g)), starts)
     h, y = jax.lax.scan(step, h, xs)
-    return jnp.moveaxis(y, 0, 1), jnp.swapaxes(h, -1, -2)
+    return jnp.moveaxis(y, 0, 1), h

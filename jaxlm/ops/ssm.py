@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
 from jaxlm.ops.checks import Impl, check_rank, check_shape, resolve_impl
+from jaxlm.ops.segments import segment_starts
 
 
 def s4d_init(kind: str, channels: int, d_state: int) -> tuple[jax.Array, jax.Array]:
@@ -104,7 +105,7 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
             u.dtype)
     state = (jnp.zeros((batch, channels, d_state), cplx) if initial_state is None
              else initial_state.astype(cplx))
-    starts = ch.segment_reset_reference(segment_ids, batch, length).T  # [batch, length]
+    starts = segment_starts(segment_ids, batch, length)
     decay = jnp.where(starts[..., None, None], 0, a_bar)  # [batch, length, c, N]
     decay = jnp.broadcast_to(decay, (batch, length, channels, d_state))
     inputs = u.astype(real)[..., None] * b_bar
@@ -116,9 +117,7 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
                                                    jnp.moveaxis(inputs, 1, 0)))
         states = jnp.moveaxis(states, 0, 1)
     else:
-        inputs = inputs.at[:, 0].add(decay[:, 0] * state)
-        _, states = jax.lax.associative_scan(
-            lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (decay, inputs), axis=1)
+        states = ch.linear_recurrence(decay, inputs, state)
         state = states[:, -1]
     y = 2 * jnp.real(jnp.einsum("blcn,cn->blc", states, C)).astype(u.dtype)
     return (y, state) if return_final_state else y
