@@ -1,4 +1,5 @@
-"""Multi-head / grouped-query softmax attention as a sequence mixer, with a KV cache for ``step``."""
+"""Multi-head / grouped-query softmax attention as a sequence mixer, with a KV cache for
+``step``."""
 
 from __future__ import annotations
 
@@ -119,9 +120,7 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(batch, -1)), new_state
 
 
-@register_mixer("attention", AttentionConfig)
-def _build_attention(d_model: int, config: AttentionConfig, *, rngs: nnx.Rngs) -> Attention:
-    return Attention(d_model, **dataclasses.asdict(config), rngs=rngs)
+register_mixer("attention", AttentionConfig, Attention)
 
 
 @dataclasses.dataclass(frozen=True)

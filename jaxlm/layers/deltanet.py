@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import jax
@@ -11,8 +10,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.layers.conv import ShortConv
+from jaxlm.layers.mamba import head_decay_init
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops import gated_delta_rule, gated_delta_rule_step
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """x / ||x|| over the last axis (the q/k normalisation that keeps the delta rule stable)."""
+    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +62,8 @@ class DeltaNet(nnx.Module):
         if gated:
             key = rngs.params()
             self.alpha_proj = nnx.Linear(d_model, n_heads, use_bias=False, rngs=rngs)
-            # Mamba's initialisation: decay rates A in [1, 16], time steps in [1e-3, 1e-1].
-            self.a_log = nnx.Param(jnp.log(jax.random.uniform(key, (n_heads,), minval=1,
-                                                              maxval=16)))
-            dt = jnp.exp(jax.random.uniform(jax.random.fold_in(key, 1), (n_heads,),
-                                            minval=math.log(1e-3), maxval=math.log(1e-1)))
-            self.dt_bias = nnx.Param(dt + jnp.log(-jnp.expm1(-dt)))  # softplus⁻¹(dt)
+            a_log, dt_bias = head_decay_init(key, n_heads)  # Mamba-2's decay parameters
+            self.a_log, self.dt_bias = nnx.Param(a_log), nnx.Param(dt_bias)
             self.out_gate = nnx.Linear(d_model, width, use_bias=False, rngs=rngs)
         else:
             self.alpha_proj = self.a_log = self.dt_bias = self.out_gate = None
@@ -73,13 +74,12 @@ class DeltaNet(nnx.Module):
     def _mix_inputs(self, x, qkv):
         """Per-head q, k, v, β and log α from the conv output ``qkv`` and the input ``x``."""
         q, k, v = (self._heads(t) for t in jnp.split(nnx.silu(qkv), 3, axis=-1))
-        normalize = lambda t: t / jnp.sqrt(jnp.sum(t * t, axis=-1, keepdims=True) + 1e-6)
         beta = jax.nn.sigmoid(self.beta_proj(x))
         log_alpha = None
         if self.gated:
             rate = jax.nn.softplus(self.alpha_proj(x) + self.dt_bias[...])
             log_alpha = -jnp.exp(self.a_log[...]) * rate
-        return normalize(q), normalize(k), v, beta, log_alpha
+        return l2_normalize(q), l2_normalize(k), v, beta, log_alpha
 
     def _output(self, x, out):
         out = self.norm(out).reshape(*x.shape[:-1], -1)
@@ -107,11 +107,5 @@ class DeltaNet(nnx.Module):
         return self._output(x_t, out), {"conv": window, "memory": memory}
 
 
-@register_mixer("deltanet", DeltaNetConfig)
-def _build_deltanet(d_model, config, *, rngs):
-    return DeltaNet(d_model, **dataclasses.asdict(config), rngs=rngs)
-
-
-@register_mixer("gated_deltanet", GatedDeltaNetConfig)
-def _build_gated_deltanet(d_model, config, *, rngs):
-    return DeltaNet(d_model, **dataclasses.asdict(config), gated=True, rngs=rngs)
+register_mixer("deltanet", DeltaNetConfig, DeltaNet)
+register_mixer("gated_deltanet", GatedDeltaNetConfig, DeltaNet, gated=True)

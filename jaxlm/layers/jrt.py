@@ -101,7 +101,5 @@ class JRT(nnx.Module):
         return self._output(x_t, out), state
 
 
-@register_mixer("jrt", JRTConfig)
-def _build_jrt(d_model, config, *, rngs):
-    return JRT(d_model, **dataclasses.asdict(config), rngs=rngs)
+register_mixer("jrt", JRTConfig, JRT)
 

@@ -153,11 +153,5 @@ class GLA(nnx.Module):
         return self._output(x_t, out), state
 
 
-@register_mixer("linear_attention", LinearAttentionConfig)
-def _build_linear_attention(d_model, config, *, rngs):
-    return LinearAttention(d_model, **dataclasses.asdict(config), rngs=rngs)
-
-
-@register_mixer("gla", GLAConfig)
-def _build_gla(d_model, config, *, rngs):
-    return GLA(d_model, **dataclasses.asdict(config), rngs=rngs)
+register_mixer("linear_attention", LinearAttentionConfig, LinearAttention)
+register_mixer("gla", GLAConfig, GLA)

@@ -23,6 +23,14 @@ def _dt_bias(key, shape, dt_min: float, dt_max: float) -> jax.Array:
     return dt + jnp.log(-jnp.expm1(-dt))
 
 
+def head_decay_init(key: jax.Array, n_heads: int, dt_min: float = 1e-3,
+                    dt_max: float = 0.1) -> tuple[jax.Array, jax.Array]:
+    """Mamba-2's per-head decay parameters (also Gated DeltaNet's): log A with A uniform in
+    [1, 16], and the Δ bias; the decay is exp(−A · softplus(Δ + bias)). Each [n_heads]."""
+    a_log = jnp.log(jax.random.uniform(key, (n_heads,), minval=1, maxval=16))
+    return a_log, _dt_bias(jax.random.fold_in(key, 1), (n_heads,), dt_min, dt_max)
+
+
 @dataclasses.dataclass(frozen=True)
 class MambaConfig:
     d_state: int = 16
@@ -136,11 +144,8 @@ class Mamba2(nnx.Module):
         self.in_proj = nnx.Linear(d_model, d_inner + conv_width + self.n_heads, use_bias=False,
                                   rngs=rngs)
         self.conv = ShortConv(conv_width, d_conv, rngs=rngs)
-        key = rngs.params()
-        self.a_log = nnx.Param(jnp.log(jax.random.uniform(key, (self.n_heads,), minval=1,
-                                                          maxval=16)))
-        self.dt_bias = nnx.Param(_dt_bias(jax.random.fold_in(key, 1), (self.n_heads,), dt_min,
-                                          dt_max))
+        a_log, dt_bias = head_decay_init(rngs.params(), self.n_heads, dt_min, dt_max)
+        self.a_log, self.dt_bias = nnx.Param(a_log), nnx.Param(dt_bias)
         self.d_skip = nnx.Param(jnp.ones((self.n_heads,)))
         self.norm = nnx.RMSNorm(d_inner, rngs=rngs)
         self.out_proj = nnx.Linear(d_inner, d_model, use_bias=False, rngs=rngs)
@@ -190,11 +195,5 @@ class Mamba2(nnx.Module):
         return self._output(y.astype(x_t.dtype), z), {"conv": window, "ssm": ssm}
 
 
-@register_mixer("mamba", MambaConfig)
-def _build_mamba(d_model, config, *, rngs):
-    return Mamba(d_model, **dataclasses.asdict(config), rngs=rngs)
-
-
-@register_mixer("mamba2", Mamba2Config)
-def _build_mamba2(d_model, config, *, rngs):
-    return Mamba2(d_model, **dataclasses.asdict(config), rngs=rngs)
+register_mixer("mamba", MambaConfig, Mamba)
+register_mixer("mamba2", Mamba2Config, Mamba2)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.layers.deltanet import l2_normalize
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops import (gated_delta_rule, gated_delta_rule_step, gated_linear_attention,
                        gated_linear_attention_step)
@@ -77,11 +78,10 @@ class MoM(nnx.Module):
         lead, h, d, m = x.shape[:-1], self.n_heads, self.head_dim, self.n_slots
         weights = self.routing(x)  # [..., m]
         routed = (weights > 0)[..., :, None]  # [..., m, 1]
-        unit = lambda t: t / jnp.sqrt(jnp.sum(t * t, -1, keepdims=True) + 1e-6)
-        q = unit(nnx.silu(self.q_proj(x))).reshape(*lead, 1, h, d)
+        q = l2_normalize(nnx.silu(self.q_proj(x))).reshape(*lead, 1, h, d)
         q = jnp.broadcast_to(q, (*lead, m, h, d)).reshape(*lead, m * h, d)
         k, v = jnp.split(self.kv_proj(x).reshape(*lead, m, 2 * h, d), 2, axis=-2)
-        k = unit(nnx.silu(k))
+        k = l2_normalize(nnx.silu(k))
         beta = jax.nn.sigmoid(self.beta_proj(x)).reshape(*lead, m, h)
         beta = jnp.where(routed, beta, 0.0)
         if self.memory == "linear":
@@ -118,6 +118,4 @@ class MoM(nnx.Module):
         return self._output(x_t, out, weights), state
 
 
-@register_mixer("mom", MoMConfig)
-def _build_mom(d_model, config, *, rngs):
-    return MoM(d_model, **dataclasses.asdict(config), rngs=rngs)
+register_mixer("mom", MoMConfig, MoM)

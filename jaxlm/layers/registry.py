@@ -44,8 +44,13 @@ class MixerSpec:
 MIXERS: dict[str, MixerSpec] = {}
 
 
-def register_mixer(name: str, config_type: type):
-    """Decorator registering ``build(d_model, config, *, rngs)`` under ``name``."""
+def register_mixer(name: str, config_type: type, layer: type | None = None, **fixed: Any):
+    """Registers a mixer under ``name`` with its options dataclass ``config_type``.
+
+    With ``layer``, the constructor is ``layer(d_model, **asdict(config), **fixed, rngs=rngs)``
+    (the options are the layer's keyword arguments). Without it, this returns a decorator for a
+    custom ``build(d_model, config, *, rngs)``.
+    """
 
     def wrap(build):
         if name in MIXERS:
@@ -53,7 +58,13 @@ def register_mixer(name: str, config_type: type):
         MIXERS[name] = MixerSpec(name, config_type, build)
         return build
 
-    return wrap
+    if layer is None:
+        return wrap
+
+    def build_layer(d_model: int, config: Any, *, rngs: nnx.Rngs) -> nnx.Module:
+        return layer(d_model, **dataclasses.asdict(config), **fixed, rngs=rngs)
+
+    wrap(build_layer)
 
 
 def build_mixer(name: str, d_model: int, config: Any, *, rngs: nnx.Rngs) -> nnx.Module:

@@ -154,11 +154,5 @@ class H3(nnx.Module):
         return self._output(q, kv_ssm), {"shift": window, "ssm": ssm}
 
 
-@register_mixer("s4d", S4DConfig)
-def _build_s4d(d_model, config, *, rngs):
-    return S4D(d_model, **dataclasses.asdict(config), rngs=rngs)
-
-
-@register_mixer("h3", H3Config)
-def _build_h3(d_model, config, *, rngs):
-    return H3(d_model, **dataclasses.asdict(config), rngs=rngs)
+register_mixer("s4d", S4DConfig, S4D)
+register_mixer("h3", H3Config, H3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNetConfig,
-                          GLAConfig, JRTConfig, LinearAttentionConfig, Mamba2Config,
-                          MambaConfig, MoMConfig, H3Config, S4DConfig, WindowAttentionConfig)
+                          GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, Mamba2Config,
+                          MambaConfig, MoMConfig, S4DConfig, WindowAttentionConfig)
 
 
 @dataclasses.dataclass(frozen=True)
