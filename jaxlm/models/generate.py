@@ -36,8 +36,8 @@ def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
             return jnp.argmax(logits, axis=-1).astype(prompt.dtype)
         return jax.random.categorical(step_key, logits / temperature).astype(prompt.dtype)
 
-    first_key, *step_keys = jax.random.split(key, max_new_tokens)
-    first = pick(logits[:, -1], first_key)
+    keys = jax.random.split(key, max_new_tokens)
+    first = pick(logits[:, -1], keys[0])
 
     def decode(carry, step_key):
         state, token = carry
@@ -45,7 +45,5 @@ def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
         new = pick(logits, step_key)
         return (state, new), new
 
-    if max_new_tokens == 1:
-        return jnp.concatenate([prompt, first[:, None]], axis=1)
-    _, rest = jax.lax.scan(decode, (state, first), jnp.stack(step_keys))
+    _, rest = jax.lax.scan(decode, (state, first), keys[1:])  # [max_new_tokens - 1, batch]
     return jnp.concatenate([prompt, first[:, None], rest.T], axis=1)

@@ -66,7 +66,8 @@ class DecoderLM(nnx.Module):
         logits = self.embed.attend(h) if self.head is None else self.head(h)
         return logits.astype(jnp.float32)
 
-    def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """tokens [batch, length] -> token (+ learned position) embeddings."""
         if tokens.ndim != 2:
             raise ValueError(f"DecoderLM: tokens must have shape [batch, length], "
                              f"got {tuple(tokens.shape)}")
@@ -77,6 +78,10 @@ class DecoderLM(nnx.Module):
                 raise ValueError(f"DecoderLM: length {length} exceeds model.max_length="
                                  f"{self.config.max_length} of the learned positions")
             h = h + self.positions(jnp.arange(length))[None]
+        return h
+
+    def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        h = self._embed(tokens)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
         return self._logits(h)
@@ -91,9 +96,7 @@ class DecoderLM(nnx.Module):
     def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
         """Reads a prompt: tokens [batch, length] -> (logits [batch, length, vocab_size], the
         state after the prompt, ready for ``step``; room for ``max_length`` tokens in all)."""
-        h = self.embed(tokens)
-        if self.positions is not None:
-            h = h + self.positions(jnp.arange(tokens.shape[1]))[None]
+        h = self._embed(tokens)
         layers = []
         for block in self.blocks:
             h, layer_state = block.prefill(h, max_length=max_length)
