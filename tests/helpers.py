@@ -18,3 +18,28 @@ def to_float64(tree):
     """Casts the float leaves of a pytree (e.g. an NNX module) to float64."""
     return jax.tree.map(lambda x: x.astype(jnp.float64)
                         if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def forms_and_grads(op, floats, weights):
+    """Runs ``op(floats, impl) -> (out, state)`` for impl "reference" and "xla" under one jit.
+
+    Returns {impl: (grads, (out, state))}, the gradients of sum(out * weights) + sum(state²)
+    with respect to every entry of the dict ``floats``.
+    """
+    @jax.jit
+    def run(floats):
+        def loss(floats, impl):
+            out, state = op(floats, impl)
+            return jnp.sum(out * weights) + jnp.sum(state ** 2), (out, state)
+        return {impl: jax.grad(loss, has_aux=True)(floats, impl)
+                for impl in ("reference", "xla")}
+
+    return run(floats)
+
+
+def assert_forms_agree(results, tol):
+    """The xla values and every gradient of :func:`forms_and_grads` match the reference's."""
+    (g_ref, v_ref), (g_xla, v_xla) = results["reference"], results["xla"]
+    assert rel_err(v_xla, v_ref) < tol
+    for key in g_ref:
+        assert rel_err(g_xla[key], g_ref[key]) < tol, key

@@ -2,15 +2,13 @@
 gradients with respect to every input) in float64, tolerance 1e-10 relative (summation order
 only); the reference equals a plain numpy loop of Mamba's equations."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxlm.ops import selective_scan, ssd
-from tests.helpers import rel_err
+from tests.helpers import assert_forms_agree, forms_and_grads, rel_err
 
 TOL = 1e-10
 
@@ -52,19 +50,6 @@ def test_reference_matches_numpy_loop():
     assert rel_err(y, numpy_selective_scan(**args)) < TOL
 
 
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def scan_forms_and_grads(x, weights, *, chunk):
-    seg = x["segment_ids"]
-    floats = {k: v for k, v in x.items() if k != "segment_ids"}
-
-    def loss(floats, impl):
-        y, state = selective_scan(**floats, delta_softplus=True, segment_ids=seg,
-                                  chunk_size=chunk, impl=impl, return_final_state=True)
-        return jnp.sum(y * weights) + jnp.sum(state ** 2), (y, state)
-
-    return {impl: jax.grad(loss, has_aux=True)(floats, impl) for impl in ("reference", "xla")}
-
-
 # (batch, length, d_inner, d_state, groups, chunk, packed)
 @pytest.mark.parametrize("case", [(2, 37, 6, 3, None, 8, True), (1, 20, 6, 2, 3, 64, True),
                                   (2, 16, 4, 3, 2, 4, False)])
@@ -72,11 +57,11 @@ def test_selective_scan_chunked_equals_reference(case):
     batch, length, d_inner, d_state, groups, chunk, packed = case
     x = scan_inputs(jax.random.key(length), batch, length, d_inner, d_state, groups, packed)
     weights = jax.random.normal(jax.random.key(1), (batch, length, d_inner), jnp.float64)
-    results = scan_forms_and_grads(x, weights, chunk=chunk)
-    (g_ref, v_ref), (g_xla, v_xla) = results["reference"], results["xla"]
-    assert rel_err(v_xla, v_ref) < TOL
-    for key in g_ref:
-        assert rel_err(g_xla[key], g_ref[key]) < TOL, key
+    seg = x.pop("segment_ids")
+    op = lambda floats, impl: selective_scan(**floats, delta_softplus=True, segment_ids=seg,
+                                             chunk_size=chunk, impl=impl,
+                                             return_final_state=True)
+    assert_forms_agree(forms_and_grads(op, x, weights), TOL)
 
 
 def test_selective_scan_halves_with_passed_state_equal_the_whole():
@@ -113,20 +98,9 @@ def test_ssd_chunked_equals_reference(case):
     weights = jax.random.normal(jax.random.key(3), (batch, length, heads, head_dim),
                                 jnp.float64)
     seg = x.pop("segment_ids")
-
-    @jax.jit
-    def run(x):
-        def loss(x, impl):
-            y, state = ssd(**x, chunk_size=chunk, segment_ids=seg, impl=impl,
-                           return_final_state=True)
-            return jnp.sum(y * weights) + jnp.sum(state ** 2), (y, state)
-        return {impl: jax.grad(loss, has_aux=True)(x, impl) for impl in ("reference", "xla")}
-
-    results = run(x)
-    (g_ref, v_ref), (g_xla, v_xla) = results["reference"], results["xla"]
-    assert rel_err(v_xla, v_ref) < TOL
-    for key in g_ref:
-        assert rel_err(g_xla[key], g_ref[key]) < TOL, key
+    op = lambda floats, impl: ssd(**floats, chunk_size=chunk, segment_ids=seg, impl=impl,
+                                  return_final_state=True)
+    assert_forms_agree(forms_and_grads(op, x, weights), TOL)
 
 
 def test_long_float32_stays_finite_and_close():
