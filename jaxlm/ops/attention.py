@@ -294,7 +294,8 @@ def _flash_bwd(cfg: _Blocking, residuals, do):
             return dq + jnp.einsum("bhgqk,bhkd->bhgqd", ds, k_j) * cfg.scale
 
         lo, hi = cfg.key_blocks(i)
-        return jax.lax.fori_loop(lo, hi, visit, jnp.zeros(q.shape[:3] + (cfg.block, q.shape[-1]), acc))
+        init = jnp.zeros(q.shape[:3] + (cfg.block, q.shape[-1]), acc)
+        return jax.lax.fori_loop(lo, hi, visit, init)
 
     blocks = jnp.arange(cfg.num_blocks)
     dk, dv = jax.lax.map(one_key_block, blocks)

@@ -1,4 +1,5 @@
-"""Argument checks shared by the ops: each error names the argument, what it got and what it expects."""
+"""Argument checks shared by the ops: each error names the argument, what it got and what it
+expects."""
 
 from __future__ import annotations
 
