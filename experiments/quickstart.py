@@ -31,7 +31,8 @@ def config() -> Config:
             gla=GLAConfig(n_heads=HEADS, chunk_size=CHUNK),
             deltanet=DeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK),
             gated_deltanet=GatedDeltaNetConfig(n_heads=HEADS, chunk_size=CHUNK),
-            h3=H3Config(head_dim=2, d_state=64),  # as Zoology's MQAR H3 (d_state = seq_len)
+            # H3's shift SSM is a filter as long as its state (64 taps), as in the paper.
+            h3=H3Config(head_dim=1, d_state=64, shift_width=64),
             mamba2=Mamba2Config(head_dim=16, chunk_size=CHUNK)),
         data=DataConfig(task="mqar", mqar=MQARConfig(vocab_size=VOCAB, seq_len=64,
                                                      num_kv_pairs=4)),

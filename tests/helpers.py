@@ -8,9 +8,12 @@ import numpy as np
 def rel_err(a, b) -> float:
     """||a - b|| / ||b|| over every leaf of two pytrees (||a - b|| where b is all zeros, e.g.
     the gradient of an input an op ignores)."""
-    num = sum(float(jnp.sum((x - y).astype(jnp.float64) ** 2))
+    def sq(x):  # |x|², complex entries included
+        return float(jnp.sum(jnp.abs(jnp.asarray(x)).astype(jnp.float64) ** 2))
+
+    num = sum(sq(jnp.asarray(x) - jnp.asarray(y))
               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    den = sum(float(jnp.sum(y.astype(jnp.float64) ** 2)) for y in jax.tree.leaves(b))
+    den = sum(sq(y) for y in jax.tree.leaves(b))
     return float(np.sqrt(num / den)) if den else float(np.sqrt(num))
 
 

@@ -13,12 +13,14 @@ from jaxlm.layers.mamba import Mamba, Mamba2, Mamba2Config, MambaConfig
 from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
-from jaxlm.layers.ssm import H3, S4D, DiagonalSSM, H3Config, S4DConfig
+from jaxlm.layers.s4 import LSSL, S4, LSSLConfig, LSSLSSM, NPLRSSM, S4Config
+from jaxlm.layers.ssm import H3, S4D, DiagonalSSM, H3Config, S4DConfig, SSMBlock
 
 __all__ = [
-    "GLA", "H3", "JRT", "MIXERS", "S4D", "Attention", "AttentionConfig", "DeltaNet",
+    "GLA", "H3", "JRT", "LSSL", "LSSLSSM", "MIXERS", "NPLRSSM", "S4", "S4D", "Attention", "AttentionConfig", "DeltaNet",
     "DeltaNetConfig", "DiagonalSSM", "GLAConfig", "GatedDeltaNetConfig", "GatedMLP", "H3Config",
     "JRTConfig", "LinearAttention", "LinearAttentionConfig", "Mamba", "Mamba2", "Mamba2Config",
-    "MambaConfig", "Mixer", "MoM", "MoMConfig", "S4DConfig", "ShortConv",
+    "LSSLConfig", "MambaConfig", "Mixer", "MoM", "MoMConfig", "S4Config", "S4DConfig",
+    "SSMBlock", "ShortConv",
     "WindowAttentionConfig", "build_mixer", "feature_map", "prefill", "register_mixer",
 ]

@@ -1,4 +1,4 @@
-"""State-space mixers on diagonal SSMs: S4D and H3."""
+"""State-space mixers on diagonal SSMs: S4D and H3, and the block S4, S4D and LSSL share."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from flax import nnx
 
 from jaxlm.layers.conv import ShortConv
 from jaxlm.layers.registry import register_mixer
-from jaxlm.ops.ssm import diagonal_ssm, diagonal_ssm_step, s4d_init
+from jaxlm.ops.ssm import DISCRETIZATIONS, diagonal_ssm, diagonal_ssm_step, s4d_init
 
 
 class DiagonalSSM(nnx.Module):
@@ -21,15 +21,16 @@ class DiagonalSSM(nnx.Module):
     channels] -> y of the same shape (without a skip term)."""
 
     def __init__(self, channels: int, d_state: int, *, init: str = "lin", dt_min: float = 1e-3,
-                 dt_max: float = 0.1, impl: str = "auto", rngs: nnx.Rngs):
+                 dt_max: float = 0.1, discretization: str = "zoh", impl: str = "auto",
+                 rngs: nnx.Rngs):
         log_re, im = s4d_init(init, channels, d_state)
         self.a_log_re, self.a_im = nnx.Param(log_re), nnx.Param(im)
         key = rngs.params()
         self.c = nnx.Param(jax.random.normal(key, (2, channels, d_state)) * 0.5 ** 0.5)
-        self.log_dt = nnx.Param(jax.random.uniform(
-            jax.random.fold_in(key, 1), (channels,), minval=math.log(dt_min),
-            maxval=math.log(dt_max)))
+        self.log_dt = nnx.Param(log_uniform_dt(jax.random.fold_in(key, 1), channels, dt_min,
+                                               dt_max))
         self.channels, self.d_state, self.impl = channels, d_state, impl
+        self.discretization = discretization
 
     def params(self):
         a = -jnp.exp(self.a_log_re[...]) + 1j * self.a_im[...]
@@ -37,42 +38,33 @@ class DiagonalSSM(nnx.Module):
         return jnp.exp(self.log_dt[...]), a, jnp.ones_like(a), c
 
     def __call__(self, u: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
-        return diagonal_ssm(u, *self.params(), segment_ids=segment_ids, impl=self.impl)
+        return diagonal_ssm(u, *self.params(), segment_ids=segment_ids,
+                            discretization=self.discretization, impl=self.impl)
 
     def init_state(self, batch_size: int, dtype: Any = jnp.float32) -> jax.Array:
         cplx = jnp.promote_types(dtype, jnp.complex64)
         return jnp.zeros((batch_size, self.channels, self.d_state), cplx)
 
     def step(self, u_t: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
-        y, state = diagonal_ssm_step(state, u_t, *self.params())
+        y, state = diagonal_ssm_step(state, u_t, *self.params(),
+                                     discretization=self.discretization)
         return y.astype(u_t.dtype), state
 
 
-@dataclasses.dataclass(frozen=True)
-class S4DConfig:
-    d_state: int = 32
-    init: str = "lin"  # S4D-Lin, S4D-Inv or S4D-Real: "lin" | "inv" | "real"
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    impl: str = "auto"
-
-    def __post_init__(self):
-        if self.init not in ("lin", "inv", "real"):
-            raise ValueError(f"s4d init={self.init!r} is unknown; expected 'lin', 'inv' or "
-                             f"'real'")
+def log_uniform_dt(key: jax.Array, channels: int, dt_min: float, dt_max: float) -> jax.Array:
+    """log Δ [channels], uniform in [log dt_min, log dt_max] (S4's initialisation)."""
+    return jax.random.uniform(key, (channels,), minval=math.log(dt_min),
+                              maxval=math.log(dt_max))
 
 
-class S4D(nnx.Module):
-    """The S4D layer ("On the Parameterization and Initialization of Diagonal State Space
-    Models"): per-channel diagonal SSM with a D skip, GELU, then a GLU output projection.
-    x: [batch, length, d_model] -> same."""
+class SSMBlock(nnx.Module):
+    """The S4 / S4D / LSSL layer around a per-channel SSM ``ssm`` (a module with
+    ``__call__(u, segment_ids=)``, ``init_state(batch, dtype)`` and ``step(u_t, state)``):
+    y = SSM(x) + D ⊙ x, GELU, then a GLU output projection. x: [batch, length, d_model] ->
+    same."""
 
-    def __init__(self, d_model: int, *, d_state: int = 32, init: str = "lin",
-                 dt_min: float = 1e-3, dt_max: float = 0.1, impl: str = "auto",
-                 rngs: nnx.Rngs):
-        S4DConfig(d_state, init, dt_min, dt_max, impl)
-        self.ssm = DiagonalSSM(d_model, d_state, init=init, dt_min=dt_min, dt_max=dt_max,
-                               impl=impl, rngs=rngs)
+    def __init__(self, ssm: nnx.Module, d_model: int, *, rngs: nnx.Rngs):
+        self.ssm = ssm
         self.d_skip = nnx.Param(jax.random.normal(rngs.params(), (d_model,)))
         self.out_proj = nnx.Linear(d_model, 2 * d_model, rngs=rngs)
 
@@ -90,6 +82,37 @@ class S4D(nnx.Module):
     def step(self, x_t: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
         y, state = self.ssm.step(x_t, state)
         return self._output(x_t, y), state
+
+
+@dataclasses.dataclass(frozen=True)
+class S4DConfig:
+    d_state: int = 32
+    init: str = "lin"  # S4D-Lin, S4D-Inv or S4D-Real: "lin" | "inv" | "real"
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+    discretization: str = "zoh"  # "zoh" | "bilinear"
+    impl: str = "auto"
+
+    def __post_init__(self):
+        if self.init not in ("lin", "inv", "real"):
+            raise ValueError(f"s4d init={self.init!r} is unknown; expected 'lin', 'inv' or "
+                             f"'real'")
+        if self.discretization not in DISCRETIZATIONS:
+            raise ValueError(f"s4d discretization={self.discretization!r} is unknown; expected "
+                             f"one of {sorted(DISCRETIZATIONS)}")
+
+
+class S4D(SSMBlock):
+    """The S4D layer ("On the Parameterization and Initialization of Diagonal State Space
+    Models"): :class:`SSMBlock` around a :class:`DiagonalSSM` per channel."""
+
+    def __init__(self, d_model: int, *, d_state: int = 32, init: str = "lin",
+                 dt_min: float = 1e-3, dt_max: float = 0.1, discretization: str = "zoh",
+                 impl: str = "auto", rngs: nnx.Rngs):
+        S4DConfig(d_state, init, dt_min, dt_max, discretization, impl)
+        super().__init__(DiagonalSSM(d_model, d_state, init=init, dt_min=dt_min, dt_max=dt_max,
+                                     discretization=discretization, impl=impl, rngs=rngs),
+                         d_model, rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNetConfig,
-                          GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, Mamba2Config,
-                          MambaConfig, MoMConfig, S4DConfig, WindowAttentionConfig)
+                          GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, LSSLConfig,
+                          Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
+                          WindowAttentionConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,9 @@ class ModelConfig:
     jrt: JRTConfig = JRTConfig()
     mamba: MambaConfig = MambaConfig()
     mamba2: Mamba2Config = Mamba2Config()
+    s4: S4Config = S4Config()
     s4d: S4DConfig = S4DConfig()
+    lssl: LSSLConfig = LSSLConfig()
     h3: H3Config = H3Config()
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""Short causal depthwise convolution (the "short conv" of H3, Mamba and DeltaNet)."""
+"""Causal depthwise convolution: the "short conv" of Mamba and DeltaNet, and H3's shift SSM."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.checks import check_rank, check_shape
+from jaxlm.ops.ssm import fft_causal_conv
+
+# Wider filters (without packed rows) convolve by FFT instead of one shifted add per tap.
+_MAX_UNROLLED_WIDTH = 8
 
 
 def causal_conv1d(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None, *,
@@ -19,8 +23,13 @@ def causal_conv1d(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None
     op = "causal_conv1d"
     check_rank(op, "x", x, "[batch, length, channels]")
     check_shape(op, "weight", weight, (None, x.shape[-1]), "[width, channels]")
+    width, length = weight.shape[0], x.shape[1]
+    if width > _MAX_UNROLLED_WIDTH and segment_ids is None:  # long filters (H3's shift SSM)
+        kernel = jnp.pad(weight, [(0, max(0, length - width)), (0, 0)])[:length]
+        y = fft_causal_conv(x.astype(jnp.result_type(x, weight)), kernel)
+        return y if bias is None else y + bias
     y = jnp.zeros(x.shape, jnp.result_type(x, weight))
-    for i in range(weight.shape[0]):  # width is small (about 4): unrolled shifts
+    for i in range(width):  # unrolled shifts
         shifted = jnp.pad(x, [(0, 0), (i, 0), (0, 0)])[:, : x.shape[1]]
         if segment_ids is not None and i:
             same = jnp.pad(segment_ids, [(0, 0), (i, 0)], constant_values=-1)[:, : x.shape[1]]

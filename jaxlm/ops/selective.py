@@ -18,6 +18,11 @@ from jaxlm.ops.segments import segment_starts
 DEFAULT_CHUNK = 64
 
 
+# "auto" on CPU: up to this length the sequential scan beats the chunked one, forward and
+# backward (measured at batch 2-32, d_inner 128, d_state 16: 2.3x faster at length 64).
+_AUTO_REFERENCE_MAX_LENGTH = 1024
+
+
 def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
                    D: jax.Array | None = None, z: jax.Array | None = None,
                    delta_bias: jax.Array | None = None, delta_softplus: bool = False, *,
@@ -41,7 +46,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
       chunk_size: chunk length of the xla form (a parallel associative scan inside each chunk,
         recomputed in the backward pass, so memory grows with one chunk's
         [batch, chunk, d_inner, d_state], not with the sequence).
-      impl: "reference" (sequential scan), "xla" (chunked associative scan) or "auto" (xla).
+      impl: "reference" (sequential scan), "xla" (chunked associative scan) or "auto" (the
+        reference on CPU up to length 1024, where its loop is cheaper forward and backward;
+        else xla).
 
     Returns:
       y [batch, length, d_inner] in u's dtype, and the final state [batch, d_inner, d_state]
@@ -68,6 +75,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
     check_positive(op, "chunk_size", chunk_size, allow_none=False)
     chosen = resolve_impl(op, impl, ("reference", "xla"))
+    if chosen is Impl.AUTO:
+        short_on_cpu = jax.default_backend() == "cpu" and length <= _AUTO_REFERENCE_MAX_LENGTH
+        chosen = Impl.REFERENCE if short_on_cpu else Impl.XLA
 
     acc = jnp.promote_types(jnp.result_type(u, delta, A, B, C), jnp.float32)
     dt = delta.astype(acc) + (0 if delta_bias is None else delta_bias.astype(acc))

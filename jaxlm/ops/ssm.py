@@ -6,7 +6,8 @@
 
     x_t = Ā x_{t-1} + B̄ u_t,    y_t = 2 Re(C · x_t)
 
-(the factor 2 and Re stand for the conjugate half of the spectrum). As a convolution,
+(the factor 2 and Re stand for the conjugate half of the spectrum); the bilinear transform
+Ā = (1 + ΔA/2)/(1 − ΔA/2), B̄ = ΔB/(1 − ΔA/2) is the alternative. As a convolution,
 y = K * u with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l), a Vandermonde product.
 """
 
@@ -46,6 +47,24 @@ def zoh(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array
     return a_bar, (a_bar - 1) / A * B
 
 
+def bilinear(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Bilinear (Tustin) discretization of a diagonal A: Ā = (1 + ΔA/2) / (1 − ΔA/2),
+    B̄ = Δ B / (1 − ΔA/2). dt: [channels]; A, B: [channels, N] complex."""
+    half = dt[:, None] / 2 * A
+    return (1 + half) / (1 - half), dt[:, None] * B / (1 - half)
+
+
+DISCRETIZATIONS = {"zoh": zoh, "bilinear": bilinear}
+
+
+def discretize(op: str, discretization: str, dt: jax.Array, A: jax.Array, B: jax.Array):
+    """(Ā, B̄) of a diagonal SSM by ``discretization``: "zoh" or "bilinear"."""
+    if discretization not in DISCRETIZATIONS:
+        raise ValueError(f"{op}: discretization={discretization!r} is unknown; expected one of "
+                         f"{sorted(DISCRETIZATIONS)}")
+    return DISCRETIZATIONS[discretization](dt, A, B)
+
+
 def ssm_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int) -> jax.Array:
     """K [length, channels] with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l) (Vandermonde)."""
     powers = jnp.exp(jnp.arange(length)[:, None, None] * jnp.log(a_bar)[None])  # [L, c, N]
@@ -66,7 +85,8 @@ def fft_causal_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
 
 def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *,
                  initial_state: jax.Array | None = None, return_final_state: bool = False,
-                 segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
+                 segment_ids: jax.Array | None = None, discretization: str = "zoh",
+                 impl: str | Impl = "auto"):
     """Runs ``channels`` diagonal SSMs over u.
 
     Args:
@@ -74,6 +94,7 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
       dt: [channels] positive steps; A, B, C: [channels, N] complex (Re A < 0 for stability).
       initial_state: [batch, channels, N] complex; zeros when None.
       segment_ids: [batch, length]; the state resets where a packed document starts.
+      discretization: "zoh" (S4D's default) or "bilinear".
       impl: "reference" (sequential scan), "xla" (FFT convolution with the Vandermonde
         kernel; an associative scan when a state goes in or out or rows are packed), "auto".
 
@@ -97,7 +118,7 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
     chosen = Impl.XLA if chosen is Impl.AUTO else chosen
     real = jnp.promote_types(jnp.result_type(u, dt), jnp.float32)
     cplx = jnp.promote_types(real, jnp.complex64)
-    a_bar, b_bar = zoh(dt.astype(real), A.astype(cplx), B.astype(cplx))
+    a_bar, b_bar = discretize(op, discretization, dt.astype(real), A.astype(cplx), B.astype(cplx))
     C = C.astype(cplx)
     stateful = initial_state is not None or return_final_state or segment_ids is not None
     if chosen is Impl.XLA and not stateful:
@@ -124,9 +145,11 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
 
 
 def diagonal_ssm_step(state: jax.Array, u_t: jax.Array, dt: jax.Array, A: jax.Array,
-                      B: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
+                      B: jax.Array, C: jax.Array, *, discretization: str = "zoh"
+                      ) -> tuple[jax.Array, jax.Array]:
     """One token: state [batch, channels, N] complex, u_t [batch, channels].
     Returns (y_t [batch, channels], new state)."""
-    a_bar, b_bar = zoh(dt, A.astype(state.dtype), B.astype(state.dtype))
+    a_bar, b_bar = discretize("diagonal_ssm_step", discretization, dt, A.astype(state.dtype),
+                              B.astype(state.dtype))
     state = a_bar * state + u_t[..., None] * b_bar
     return 2 * jnp.real(jnp.einsum("bcn,cn->bc", state, C.astype(state.dtype))), state

@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import itertools
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,13 +50,21 @@ def grid(axes: Mapping[str | tuple[str, ...], Sequence[Any]]) -> list[dict[str, 
 
 
 def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Experiment:
-    """Imports an experiment file and applies command-line overrides to its base config."""
+    """Imports an experiment file and applies command-line overrides to its base config.
+
+    While the file runs, its folder is importable, so one experiment can build on another
+    (``import quickstart``)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"experiment file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"jaxlm_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
     if not hasattr(module, "config"):
         raise ConfigError(f"{path} must define config() returning a jaxlm.config.Config")
     base = module.config()

@@ -54,8 +54,9 @@ def test_fft_conv_equals_direct_sum():
     assert rel_err(fft_causal_conv(u, kernel), direct) < TOL
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_forms_agree_with_gradients(packed):
+@pytest.mark.parametrize("packed, discretization", [(False, "zoh"), (True, "zoh"),
+                                                     (False, "bilinear")])
+def test_forms_agree_with_gradients(packed, discretization):
     batch, length, channels, d_state = 2, 29, 3, 4
     p = params(jax.random.key(3), channels, d_state)
     u = jax.random.normal(jax.random.key(4), (batch, length, channels), jnp.float64)
@@ -66,7 +67,8 @@ def test_forms_agree_with_gradients(packed):
     @jax.jit
     def run(p, u):
         def loss(p, u, impl):
-            y = diagonal_ssm(u, *ssm_args(p), segment_ids=seg, impl=impl)
+            y = diagonal_ssm(u, *ssm_args(p), segment_ids=seg, discretization=discretization,
+                             impl=impl)
             return jnp.sum(y * weights), y
         return {impl: jax.grad(loss, argnums=(0, 1), has_aux=True)(p, u, impl)
                 for impl in ("reference", "xla")}
@@ -93,5 +95,7 @@ def test_bad_arguments_are_named():
         diagonal_ssm(u, dt, a[:2], b, c)
     with pytest.raises(ValueError, match=r"dt must have shape \[channels\]"):
         diagonal_ssm(u, dt[:1], a, b, c)
+    with pytest.raises(ValueError, match="discretization='euler' is unknown"):
+        diagonal_ssm(u, dt, a, b, c, discretization="euler")
     with pytest.raises(ValueError, match="kind='hippo' is unknown"):
         s4d_init("hippo", 3, 4)
