@@ -14,13 +14,14 @@ from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 from jaxlm.layers.s4 import LSSL, S4, LSSLConfig, LSSLSSM, NPLRSSM, S4Config
+from jaxlm.layers.sparse_attention import SparseAttention, SparseAttentionConfig
 from jaxlm.layers.ssm import H3, S4D, DiagonalSSM, H3Config, S4DConfig, SSMBlock
 
 __all__ = [
     "GLA", "H3", "JRT", "LSSL", "LSSLSSM", "MIXERS", "NPLRSSM", "S4", "S4D", "Attention", "AttentionConfig", "DeltaNet",
     "DeltaNetConfig", "DiagonalSSM", "GLAConfig", "GatedDeltaNetConfig", "GatedMLP", "H3Config",
     "JRTConfig", "LinearAttention", "LinearAttentionConfig", "Mamba", "Mamba2", "Mamba2Config",
-    "LSSLConfig", "MambaConfig", "Mixer", "MoM", "MoMConfig", "S4Config", "S4DConfig",
+    "LSSLConfig", "MambaConfig", "Mixer", "MoM", "MoMConfig", "S4Config", "S4DConfig", "SparseAttention", "SparseAttentionConfig",
     "SSMBlock", "ShortConv",
     "WindowAttentionConfig", "build_mixer", "feature_map", "prefill", "register_mixer",
 ]

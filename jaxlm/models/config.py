@@ -7,7 +7,7 @@ import dataclasses
 from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNetConfig,
                           GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, LSSLConfig,
                           Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
-                          WindowAttentionConfig)
+                          SparseAttentionConfig, WindowAttentionConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     attention: AttentionConfig = AttentionConfig()
     attention_window: WindowAttentionConfig = WindowAttentionConfig()
+    sparse_attention: SparseAttentionConfig = SparseAttentionConfig()
     linear_attention: LinearAttentionConfig = LinearAttentionConfig()
     gla: GLAConfig = GLAConfig()
     deltanet: DeltaNetConfig = DeltaNetConfig()

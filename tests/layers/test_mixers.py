@@ -49,7 +49,7 @@ def test_parallel_equals_recurrent(name, batch, length):
     assert rel_err(recurrent, parallel) < TOL
 
 
-@pytest.mark.parametrize("name", sorted(set(MIXERS) - {"jrt"}))
+@pytest.mark.parametrize("name", sorted(set(MIXERS) - {"jrt", "sparse_attention"}))
 def test_packed_row_equals_documents_one_by_one(name):
     mixer = make_mixer(name)
     lengths = [5, 11, 7]
@@ -74,10 +74,23 @@ def test_linear_attention_feature_maps(options):
     assert rel_err(run_steps(mixer, x, 11), mixer(x)) < TOL
 
 
-def test_jrt_refuses_packed_rows():
+@pytest.mark.parametrize("name", ["jrt", "sparse_attention"])
+def test_refuses_packed_rows(name):
     x = jnp.zeros((1, 6, D_MODEL))
     with pytest.raises(ValueError, match="segment_ids"):
-        make_mixer("jrt")(x, segment_ids=jnp.zeros((1, 6), jnp.int32))
+        make_mixer(name)(x, segment_ids=jnp.zeros((1, 6), jnp.int32))
+
+
+@pytest.mark.parametrize("options", [
+    dict(selection="topk_blocks", summary="max", block_size=4, top_k=2, sink_blocks=0),
+    dict(selection="hierarchical", block_size=2, branch=2, top_k=2, local_blocks=2),
+    dict(selection="lambda", block_size=4, window=6, sink_tokens=3, n_kv_heads=2),
+])
+def test_sparse_attention_selections_step_equals_parallel(options):
+    mixer = make_mixer("sparse_attention", **options)
+    x = jax.random.normal(jax.random.key(5), (2, 27, D_MODEL), jnp.float64)
+    parallel, recurrent = jax.jit(lambda m, x: (m(x), run_steps(m, x, 27)))(mixer, x)
+    assert rel_err(recurrent, parallel) < TOL
 
 
 @pytest.mark.parametrize("memory", ["delta", "linear"])
@@ -114,3 +127,11 @@ def test_zero_window_is_rejected_by_name():
 def test_unknown_mixer_lists_the_registered_ones():
     with pytest.raises(ValueError, match="registered mixers"):
         build_mixer("transformerxl", D_MODEL, None, rngs=nnx.Rngs(0))
+
+
+def test_sparse_attention_choosing_every_block_is_attention():
+    """Same projections (same initialisation); top_k covering every block leaves nothing out."""
+    x = jax.random.normal(jax.random.key(6), (2, 21, D_MODEL), jnp.float64)
+    dense = make_mixer("attention")
+    sparse = make_mixer("sparse_attention", block_size=4, top_k=6)
+    assert rel_err(sparse(x), dense(x)) < TOL

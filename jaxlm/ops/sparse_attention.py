@@ -1,0 +1,330 @@
+"""Block-sparse causal attention and content-based block selection.
+
+Keys are cut into blocks of ``block_size`` positions; each query (or query block) reads only
+some key blocks:
+
+* :func:`block_sparse_attention` takes the choice as a bool ``block_mask``; its xla form
+  gathers the chosen blocks, so its cost grows with the number of chosen blocks, not length².
+* :func:`select_blocks` chooses them by content: sink blocks ("Efficient Streaming Language
+  Models with Attention Sinks"; LM-Infinite), the local blocks, and the ``top_k`` earlier blocks
+  whose summary (mean- or max-pooled keys, as in "Landmark Attention" and "InfLLM") scores
+  highest against the query. ``method="hierarchical"`` ("HiP Attention") scores groups of
+  ``branch`` blocks first and refines only the best groups, so no query scores every block.
+* :func:`lambda_mask` / :func:`lambda_attention`: LM-Infinite's Λ-shaped mask, global sink
+  tokens plus a local window.
+
+A block that is not yet complete (the query's own block) is never a candidate for selection,
+only local, so no selection ever reads a future position or depends on one.
+
+Layout as :mod:`jaxlm.ops.attention`: q [batch, length, heads, head_dim], k and v
+[batch, length, kv_heads, head_dim], grouped-query heads when kv_heads divides heads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+
+METHODS = ("mean", "max", "hierarchical")
+
+
+def _blocks(x: jax.Array, block_size: int) -> jax.Array:
+    """[batch, length, heads, d] -> [batch, heads, n_blocks, block_size, d], zero-padded."""
+    batch, length, heads, d = x.shape
+    n = -(-length // block_size)
+    x = jnp.pad(x, [(0, 0), (0, n * block_size - length), (0, 0), (0, 0)])
+    return jnp.moveaxis(x.reshape(batch, n, block_size, heads, d), 3, 1)
+
+
+def _per_query_head(x: jax.Array, heads: int) -> jax.Array:
+    """[batch, kv_heads, ...] -> [batch, heads, ...] (query head h reads kv head h // group)."""
+    return jnp.repeat(x, heads // x.shape[1], axis=1)
+
+
+def block_summaries(k: jax.Array, block_size: int, method: str = "mean") -> jax.Array:
+    """Pooled keys of each block: [batch, kv_heads, n_blocks, head_dim]. ``method`` "mean"
+    (the hierarchical method also pools by mean) or "max"; a last, partial block pools over its
+    real positions only."""
+    length = k.shape[1]
+    blocks = _blocks(k, block_size)  # [b, kvh, n, bs, d]
+    pos = jnp.arange(blocks.shape[2] * block_size).reshape(-1, block_size)
+    real = (pos < length)[None, None, :, :, None]
+    if method == "max":
+        return jnp.max(jnp.where(real, blocks, -jnp.inf), axis=3)
+    return jnp.sum(jnp.where(real, blocks, 0), axis=3) / jnp.sum(real, axis=3)
+
+
+def group_summaries(summaries: jax.Array, branch: int) -> jax.Array:
+    """Coarse summaries of groups of ``branch`` consecutive blocks (mean of the block summaries):
+    [..., n_blocks, d] -> [..., n_groups, d]; a last, partial group is never a candidate."""
+    n = summaries.shape[-2]
+    groups = -(-n // branch)
+    padded = jnp.pad(summaries, [(0, 0)] * (summaries.ndim - 2) + [(0, groups * branch - n),
+                                                                   (0, 0)])
+    return jnp.mean(padded.reshape(*summaries.shape[:-2], groups, branch, -1), axis=-2)
+
+
+def num_selected(top_k: int, local_blocks: int, sink_blocks: int) -> int:
+    """How many block slots a selection returns: sinks, then local blocks, then the top_k."""
+    return sink_blocks + local_blocks + top_k
+
+
+def choose_blocks(query: jax.Array, summaries: jax.Array, current: jax.Array, *, top_k: int,
+                  local_blocks: int = 1, sink_blocks: int = 1, method: str = "mean",
+                  branch: int = 4, coarse: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array]:
+    """The key blocks one query reads.
+
+    query: [d]; summaries: [n_blocks, d]; current: int, the query's own block.
+    Candidates for the top_k are the complete earlier blocks that are neither sinks nor local.
+    With ``method="hierarchical"``, ``coarse`` [n_groups, d] are the group summaries: the
+    top_k complete groups are chosen first, then the top_k blocks among their members and the
+    blocks after the last complete group, so at most n_groups + (top_k + 1)·branch blocks are
+    scored.
+
+    Returns (indices [S] int32, valid [S] bool), S = :func:`num_selected`; no index is ever
+    above ``current``, and valid slots never repeat a block.
+    """
+    n_blocks = summaries.shape[0]
+    sink = jnp.arange(sink_blocks)
+    local = current - jnp.arange(local_blocks)
+    sink_valid = (sink <= current) & (current - sink >= local_blocks)  # else it is local
+    local_valid = local >= 0
+
+    def is_candidate(j):
+        return (j < current) & (j >= sink_blocks) & (current - j >= local_blocks)
+
+    if top_k == 0:
+        top, top_valid = jnp.zeros((0,), jnp.int32), jnp.zeros((0,), bool)
+    elif method == "hierarchical":
+        n_groups = coarse.shape[0]
+        complete = jnp.arange(n_groups) * branch + branch <= current
+        group_scores = jnp.where(complete, coarse @ query, -jnp.inf)
+        k_groups = min(top_k, n_groups)
+        _, groups = jax.lax.top_k(group_scores, k_groups)
+        groups = jnp.where(jnp.take(complete, groups), groups, n_groups + 1)  # no members
+        members = (groups[:, None] * branch + jnp.arange(branch)).reshape(-1)
+        tail = (current // branch) * branch + jnp.arange(branch)  # the partial last group
+        candidates = jnp.concatenate([members, tail])
+        ok = is_candidate(candidates) & (candidates < n_blocks)
+        scores = jnp.where(ok, jnp.take(summaries, jnp.clip(candidates, 0, n_blocks - 1),
+                                        axis=0) @ query, -jnp.inf)
+        best, at = jax.lax.top_k(scores, min(top_k, scores.shape[0]))
+        top, top_valid = jnp.take(candidates, at), best > -jnp.inf
+    else:
+        j = jnp.arange(n_blocks)
+        scores = jnp.where(is_candidate(j), summaries @ query, -jnp.inf)
+        best, top = jax.lax.top_k(scores, min(top_k, n_blocks))
+        top_valid = best > -jnp.inf
+    pad = top_k - top.shape[0]
+    indices = jnp.concatenate([sink, local, top, jnp.zeros((pad,), top.dtype)]).astype(jnp.int32)
+    valid = jnp.concatenate([sink_valid, local_valid, top_valid, jnp.zeros((pad,), bool)])
+    return jnp.where(valid, indices, 0), valid
+
+
+def _check_qkv(op, q, k, v):
+    check_rank(op, "q", q, "[batch, length, heads, head_dim]")
+    batch, length, heads, d = q.shape
+    check_shape(op, "k", k, (batch, length, None, d), "[batch, length, kv_heads, head_dim]")
+    check_shape(op, "v", v, (batch, length, k.shape[2], None),
+                "[batch, length, kv_heads, head_dim]")
+    if heads % k.shape[2]:
+        raise ValueError(f"{op}: kv_heads={k.shape[2]} must divide heads={heads}")
+
+
+def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
+                  local_blocks: int = 1, sink_blocks: int = 1, method: str = "mean",
+                  branch: int = 4) -> jax.Array:
+    """Content-based choice of key blocks per query block.
+
+    Each query block (its mean query) scores the summaries of the complete earlier key blocks
+    (:func:`choose_blocks`). q: [batch, length, heads, d]; k: [batch, length, kv_heads, d].
+    Returns block_mask bool [batch, heads, n_blocks, n_blocks], at most
+    ``sink_blocks + local_blocks + top_k`` blocks per row, never one above the diagonal.
+    """
+    op = "select_blocks"
+    _check_qkv(op, q, k, k)
+    for name, value in (("block_size", block_size), ("branch", branch)):
+        check_positive(op, name, value, allow_none=False)
+    for name, value in (("top_k", top_k), ("local_blocks", local_blocks),
+                        ("sink_blocks", sink_blocks)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{op}: {name} must be a non-negative integer, got {value!r}")
+    if method not in METHODS:
+        raise ValueError(f"{op}: method={method!r} is unknown; expected one of {METHODS}")
+    heads = q.shape[2]
+    pooled = "max" if method == "max" else "mean"
+    summaries = _per_query_head(block_summaries(k, block_size, pooled), heads)
+    coarse = group_summaries(summaries, branch)
+    queries = jnp.mean(_blocks(q, block_size), axis=3)  # [b, h, n, d] (padding is 0: fine)
+    n = queries.shape[2]
+
+    def one(query, summ, coarse_h, current):
+        idx, valid = choose_blocks(query, summ, current, top_k=top_k, local_blocks=local_blocks,
+                                   sink_blocks=sink_blocks, method=method, branch=branch,
+                                   coarse=coarse_h)
+        return jnp.zeros((n,), bool).at[idx].max(valid)
+
+    per_block = jax.vmap(one, in_axes=(0, None, None, 0))
+    return jax.vmap(jax.vmap(per_block, in_axes=(0, 0, 0, None)),
+                    in_axes=(0, 0, 0, None))(queries, summaries, coarse, jnp.arange(n))
+
+
+def lambda_mask(length: int, *, window: int, sink_tokens: int) -> jax.Array:
+    """LM-Infinite's Λ-shaped mask ("LM-Infinite: Zero-Shot Extreme Length Generalization for
+    Large Language Models"): query i reads key j <= i when j < sink_tokens or i − j < window.
+    Returns bool [length, length]."""
+    i = jnp.arange(length)[:, None]
+    j = jnp.arange(length)[None, :]
+    return (j <= i) & ((j < sink_tokens) | (i - j < window))
+
+
+def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
+                       indices: jax.Array, valid: jax.Array, q_pos: jax.Array, *,
+                       length: int, scale: float, causal: bool = True,
+                       window: int | None = None, sink_tokens: int = 0) -> jax.Array:
+    """Attention of query groups over gathered key blocks.
+
+    q: [batch, heads, n, m, d] (n groups of m queries); k_blocks, v_blocks: [batch, kv_heads,
+    n_blocks, block_size, d]; indices, valid: [batch, heads, n, S]; q_pos: [n, m] positions.
+    Key j is read when its block is a valid slot, j < length, j <= the query's position (if
+    causal), and, with ``window``, when i − j < window or j < sink_tokens (the Λ mask).
+    Returns [batch, heads, n, m, d] in at least float32; a query that reads nothing gets 0.
+    """
+    heads = q.shape[1]
+    block_size = k_blocks.shape[3]
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+
+    def gather(blocks):  # [b, h, nb, bs, d] x [b, h, n, S] -> [b, h, n, S, bs, d]
+        per_head = _per_query_head(blocks, heads)
+        return jax.vmap(jax.vmap(lambda x, ix: x[ix]))(per_head, indices)
+
+    kg, vg = gather(k_blocks).astype(acc), gather(v_blocks).astype(acc)
+    scores = jnp.einsum("bhnmd,bhnskd->bhnmsk", q.astype(acc), kg) * scale
+    k_pos = indices[..., None] * block_size + jnp.arange(block_size)  # [b, h, n, S, bs]
+    qp = q_pos[None, None, :, :, None, None]
+    kp = k_pos[:, :, :, None]
+    mask = valid[:, :, :, None, :, None] & (kp < length)
+    if causal:
+        mask &= kp <= qp
+    if window is not None:
+        mask &= (qp - kp < window) | (kp < sink_tokens)
+    shape = scores.shape
+    flat = jnp.where(mask, scores, -jnp.inf).reshape(*shape[:4], -1)
+    any_key = jnp.any(mask.reshape(flat.shape), axis=-1, keepdims=True)
+    probs = jax.nn.softmax(jnp.where(any_key, flat, 0.0), axis=-1)
+    probs = jnp.where(mask.reshape(flat.shape), probs, 0.0).reshape(shape)
+    return jnp.einsum("bhnmsk,bhnskd->bhnmd", probs, vg)
+
+
+def dense_masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                           scale: float) -> jax.Array:
+    """The reference: materialized scores with a per-head mask [batch or 1, heads or 1,
+    length, length]; a query that reads nothing gets 0. Returns q's layout and dtype."""
+    heads = q.shape[2]
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    kh = jnp.repeat(k, heads // k.shape[2], axis=2).astype(acc)
+    vh = jnp.repeat(v, heads // v.shape[2], axis=2).astype(acc)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(acc), kh) * scale
+    mask = jnp.broadcast_to(mask, scores.shape)
+    any_key = jnp.any(mask, axis=-1, keepdims=True)
+    scores = jnp.where(any_key, jnp.where(mask, scores, -jnp.inf), 0.0)  # no all -inf row
+    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, vh).astype(q.dtype)
+
+
+def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask: jax.Array, *,
+                           block_size: int, causal: bool = True, scale: float | None = None,
+                           max_blocks: int | None = None, impl: str | Impl = "auto"
+                           ) -> jax.Array:
+    """Attention in which query block i reads only the key blocks j with block_mask[..., i, j].
+
+    Args:
+      q: [batch, length, heads, d]; k, v: [batch, length, kv_heads, d].
+      block_mask: bool [batch, heads, n_blocks, n_blocks], n_blocks = ceil(length / block_size)
+        (batch or heads may be 1 to broadcast). Inside a chosen block the causal mask still
+        applies.
+      max_blocks: the most True entries in any row (static). The xla form gathers this many
+        blocks per query block; rows with more keep their lowest-index blocks. None: n_blocks
+        (exact for every mask, but then the cost is that of dense attention).
+      impl: "reference" (dense scores with the mask materialized), "xla" (gather the chosen
+        blocks: time and memory grow with max_blocks·length), "auto" (xla).
+
+    Returns [batch, length, heads, d] in q's dtype; a query that reads nothing gets 0.
+    """
+    op = "block_sparse_attention"
+    _check_qkv(op, q, k, v)
+    check_positive(op, "block_size", block_size, allow_none=False)
+    batch, length, heads, d = q.shape
+    n = -(-length // block_size)
+    check_shape(op, "block_mask", block_mask, (None, None, n, n),
+                f"[batch, heads, n_blocks, n_blocks] with n_blocks = ceil({length} / "
+                f"{block_size})")
+    if block_mask.shape[0] not in (1, batch) or block_mask.shape[1] not in (1, heads):
+        raise ValueError(f"{op}: block_mask's batch and heads axes must be 1 or ({batch}, "
+                         f"{heads}), got {tuple(block_mask.shape)}")
+    check_positive(op, "max_blocks", max_blocks)
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    scale = d ** -0.5 if scale is None else float(scale)
+    block_mask = jnp.broadcast_to(block_mask, (batch, heads, n, n))
+    if chosen is Impl.REFERENCE:
+        tokens = jnp.repeat(jnp.repeat(block_mask, block_size, 2), block_size, 3)
+        mask = tokens[..., :length, :length]
+        if causal:
+            mask &= jnp.tril(jnp.ones((length, length), bool))
+        return dense_masked_attention(q, k, v, mask, scale)
+    slots = min(max_blocks or n, n)
+    order = jnp.argsort(~block_mask, axis=-1, stable=True)[..., :slots]  # chosen blocks first
+    valid = jnp.take_along_axis(block_mask, order, axis=-1)
+    q_pos = jnp.arange(n * block_size).reshape(n, block_size)
+    out = gathered_attention(_blocks(q, block_size), _blocks(k, block_size),
+                             _blocks(v, block_size), order, valid, q_pos, length=length,
+                             scale=scale, causal=causal)
+    return _unblock(out, length).astype(q.dtype)
+
+
+def _unblock(x: jax.Array, length: int) -> jax.Array:
+    """[batch, heads, n, m, d] -> [batch, length, heads, d]."""
+    batch, heads, n, m, d = x.shape
+    return jnp.moveaxis(x.reshape(batch, heads, n * m, d), 1, 2)[:, :length]
+
+
+def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
+                     sink_tokens: int, block_size: int = 64, scale: float | None = None,
+                     impl: str | Impl = "auto") -> jax.Array:
+    """Causal attention under LM-Infinite's Λ mask (:func:`lambda_mask`).
+
+    impl: "reference" (the mask materialized), "xla" (each query block gathers the sink blocks
+    and its local blocks only: cost O(length · (sink_tokens + window))), "auto" (xla).
+    """
+    op = "lambda_attention"
+    _check_qkv(op, q, k, v)
+    check_positive(op, "window", window, allow_none=False)
+    check_positive(op, "block_size", block_size, allow_none=False)
+    if not isinstance(sink_tokens, int) or sink_tokens < 0:
+        raise ValueError(f"{op}: sink_tokens must be a non-negative integer, got "
+                         f"{sink_tokens!r}")
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    batch, length, heads, d = q.shape
+    scale = d ** -0.5 if scale is None else float(scale)
+    if chosen is Impl.REFERENCE:
+        mask = lambda_mask(length, window=window, sink_tokens=sink_tokens)[None, None]
+        return dense_masked_attention(q, k, v, mask, scale)
+    n = -(-length // block_size)
+    sink_blocks = min(-(-sink_tokens // block_size), n)
+    local_blocks = min(math.ceil((window - 1) / block_size) + 1, n)
+    current = jnp.arange(n)
+    idx, valid = jax.vmap(lambda c: choose_blocks(
+        jnp.zeros((d,)), jnp.zeros((n, d)), c, top_k=0, local_blocks=local_blocks,
+        sink_blocks=sink_blocks))(current)
+    idx = jnp.broadcast_to(idx, (batch, heads, *idx.shape))
+    valid = jnp.broadcast_to(valid, idx.shape)
+    q_pos = jnp.arange(n * block_size).reshape(n, block_size)
+    out = gathered_attention(_blocks(q, block_size), _blocks(k, block_size),
+                             _blocks(v, block_size), idx, valid, q_pos, length=length,
+                             scale=scale, window=window, sink_tokens=sink_tokens)
+    return _unblock(out, length).astype(q.dtype)
