@@ -16,6 +16,8 @@ import jax.numpy as jnp
 
 from jaxlm.ops import attention, delta_rule, gated_delta_rule, gated_linear_attention
 from jaxlm.ops import diagonal_ssm, linear_attention, selective_scan, ssd
+from jaxlm.ops.hippo import hippo_legs, nplr_legs
+from jaxlm.ops.s4 import bilinear_lower, dense_ssm, s4_ssm
 from jaxlm.ops.ssm import s4d_init
 from jaxlm.runner.bench import compile_fn, median_seconds, temp_bytes
 from jaxlm.runner.report import markdown_table
@@ -60,7 +62,21 @@ OPS = {
     "diagonal_ssm": (("reference", "xla"), lambda x, impl: diagonal_ssm(
         x["u"], jnp.full((D_INNER,), 0.01, x["u"].dtype), x["a_diag"],
         jnp.ones_like(x["a_diag"]), jnp.ones_like(x["a_diag"]), impl=impl)),
+    "s4_ssm": (("reference", "xla"), lambda x, impl: s4_ssm(
+        x["u"], jnp.full((D_INNER,), 0.01, x["u"].dtype), *legs_nplr(x["u"].dtype), impl=impl)),
+    "dense_ssm": (("reference", "xla"), lambda x, impl: dense_ssm(
+        x["u"], *bilinear_lower(jnp.full((D_INNER,), 0.01, x["u"].dtype),
+                                *(jnp.asarray(a, x["u"].dtype) for a in hippo_legs(D_STATE))),
+        jnp.ones((D_INNER, D_STATE), x["u"].dtype), impl=impl)),
 }
+
+
+def legs_nplr(dtype):
+    """S4's HiPPO-LegS initialisation for every channel: (Λ, P, B, C = B) [D_INNER, N/2]."""
+    cplx = jnp.promote_types(dtype, jnp.complex64)
+    Lambda, P, B, _ = nplr_legs(D_STATE)
+    return tuple(jnp.broadcast_to(jnp.asarray(a, cplx), (D_INNER, D_STATE // 2))
+                 for a in (Lambda, P, B, B))
 
 
 def attention_reference_bytes(length):

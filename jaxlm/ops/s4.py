@@ -102,15 +102,14 @@ def s4_kernel(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array, C: j
                                    jnp.linalg.matrix_power(a_bar, length)))[:, :half]
     z = jnp.exp(-2j * math.pi * jnp.arange(length // 2 + 1) / length).astype(Lambda.dtype)
     scale = (2 / dt)[:, None, None] * (1 - z)[None, :, None]  # [channels, freq, 1]
-    d = scale - Lambda[:, None, :] * (1 + z)[None, :, None]
-    d_conj = scale - jnp.conj(Lambda)[:, None, :] * (1 + z)[None, :, None]
-
-    def cauchy(v):  # [channels, N/2] -> [channels, freq]
-        return jnp.sum(v[:, None, :] / d + jnp.conj(v)[:, None, :] / d_conj, axis=-1)
+    r = 1 / (scale - Lambda[:, None, :] * (1 + z)[None, :, None])  # 1 / d_n(z)
+    r_conj = 1 / (scale - jnp.conj(Lambda)[:, None, :] * (1 + z)[None, :, None])
 
     p_star = jnp.conj(P)
-    s00, s01 = cauchy(c_tilde * B), cauchy(c_tilde * P)
-    s10, s11 = cauchy(p_star * B), cauchy(p_star * P)
+    v = jnp.stack([c_tilde * B, c_tilde * P, p_star * B, p_star * P])  # [4, channels, N/2]
+    # Cauchy sums over both halves of each conjugate pair: [4, channels, freq]
+    s00, s01, s10, s11 = (jnp.einsum("cfn,kcn->kcf", r, v)
+                          + jnp.einsum("cfn,kcn->kcf", r_conj, jnp.conj(v)))
     khat = 2 * (s00 - (1 + z) * s01 * s10 / (1 + (1 + z) * s11))
     return jnp.fft.irfft(khat, n=length, axis=-1).T
 
