@@ -18,10 +18,11 @@ from jaxlm.layers.sparse_attention import SparseAttention, SparseAttentionConfig
 from jaxlm.layers.ssm import H3, S4D, DiagonalSSM, H3Config, S4DConfig, SSMBlock
 
 __all__ = [
-    "GLA", "H3", "JRT", "LSSL", "LSSLSSM", "MIXERS", "NPLRSSM", "S4", "S4D", "Attention", "AttentionConfig", "DeltaNet",
-    "DeltaNetConfig", "DiagonalSSM", "GLAConfig", "GatedDeltaNetConfig", "GatedMLP", "H3Config",
-    "JRTConfig", "LinearAttention", "LinearAttentionConfig", "Mamba", "Mamba2", "Mamba2Config",
-    "LSSLConfig", "MambaConfig", "Mixer", "MoM", "MoMConfig", "S4Config", "S4DConfig", "SparseAttention", "SparseAttentionConfig",
-    "SSMBlock", "ShortConv",
-    "WindowAttentionConfig", "build_mixer", "feature_map", "prefill", "register_mixer",
+    "GLA", "H3", "JRT", "LSSL", "LSSLSSM", "MIXERS", "NPLRSSM", "S4", "S4D", "Attention",
+    "AttentionConfig", "DeltaNet", "DeltaNetConfig", "DiagonalSSM", "GLAConfig",
+    "GatedDeltaNetConfig", "GatedMLP", "H3Config", "JRTConfig", "LSSLConfig", "LinearAttention",
+    "LinearAttentionConfig", "Mamba", "Mamba2", "Mamba2Config", "MambaConfig", "Mixer", "MoM",
+    "MoMConfig", "S4Config", "S4DConfig", "SSMBlock", "ShortConv", "SparseAttention",
+    "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer", "feature_map", "prefill",
+    "register_mixer",
 ]

@@ -89,18 +89,6 @@ class LSSLSSM(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class S4Config:
-    d_state: int = 64
-    dt_min: float = 1e-3
-    dt_max: float = 0.1
-    impl: str = "auto"
-
-    def __post_init__(self):
-        if self.d_state < 2 or self.d_state % 2:
-            raise ValueError(f"s4 d_state must be an even integer >= 2, got {self.d_state}")
-
-
-@dataclasses.dataclass(frozen=True)
 class LSSLConfig:
     d_state: int = 64
     dt_min: float = 1e-3
@@ -109,7 +97,20 @@ class LSSLConfig:
 
     def __post_init__(self):
         if self.d_state < 1:
-            raise ValueError(f"lssl d_state must be >= 1, got {self.d_state}")
+            raise ValueError(f"{self.name} d_state must be >= 1, got {self.d_state}")
+
+    name = "lssl"
+
+
+@dataclasses.dataclass(frozen=True)
+class S4Config(LSSLConfig):
+    """S4's options are LSSL's; its state size must be even (conjugate pairs)."""
+    name = "s4"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.d_state % 2:
+            raise ValueError(f"s4 d_state must be an even integer >= 2, got {self.d_state}")
 
 
 class S4(SSMBlock):

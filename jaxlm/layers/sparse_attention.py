@@ -11,9 +11,9 @@ from flax import nnx
 
 from jaxlm.layers.attention import Attention
 from jaxlm.layers.registry import register_mixer
-from jaxlm.ops.sparse_attention import (_blocks, _per_query_head, block_summaries,
-                                        choose_blocks, gathered_attention, group_summaries,
-                                        lambda_attention)
+from jaxlm.ops.sparse_attention import (block_summaries, choose_blocks, gathered_attention,
+                                        group_summaries, lambda_attention, repeat_kv_heads,
+                                        to_blocks)
 
 SELECTIONS = ("topk_blocks", "hierarchical", "lambda")
 
@@ -126,9 +126,9 @@ class SparseAttention(Attention):
             return self.o_proj(out.reshape(batch, length, -1))
         positions = jnp.arange(length)
         qh = jnp.moveaxis(q, 2, 1)  # [batch, heads, length, d]
-        indices, valid = self._select(qh, _per_query_head(self._summaries(k), self.n_heads),
+        indices, valid = self._select(qh, repeat_kv_heads(self._summaries(k), self.n_heads),
                                       positions // c.block_size)
-        out = self._attend(qh, _blocks(k, c.block_size), _blocks(v, c.block_size), indices,
+        out = self._attend(qh, to_blocks(k, c.block_size), to_blocks(v, c.block_size), indices,
                            valid, positions, length)  # [batch, heads, length, 1, d]
         out = jnp.moveaxis(out[:, :, :, 0], 1, 2).astype(x.dtype)
         return self.o_proj(out.reshape(batch, length, -1))
@@ -163,9 +163,9 @@ class SparseAttention(Attention):
                               state["summaries"].at[:, :, current].set(summary),
                               state["summaries"])
         qh = jnp.moveaxis(q, 2, 1)  # [batch, heads, 1, d]
-        indices, valid = self._select(qh, _per_query_head(summaries, self.n_heads),
+        indices, valid = self._select(qh, repeat_kv_heads(summaries, self.n_heads),
                                       current[None])
-        out = self._attend(qh, _blocks(cache_k, bs), _blocks(cache_v, bs), indices, valid,
+        out = self._attend(qh, to_blocks(cache_k, bs), to_blocks(cache_v, bs), indices, valid,
                            pos[None], cache_k.shape[1])
         new_state = {"k": cache_k, "v": cache_v, "summaries": summaries, "pos": pos + 1}
         return self.o_proj(out.reshape(batch, -1).astype(x_t.dtype)), new_state

@@ -12,14 +12,17 @@ from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
 from jaxlm.ops.hippo import hippo_legs, nplr_legs
 from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_step, krylov_kernel,
                           s4_kernel, s4_ssm)
+from jaxlm.ops.sparse_attention import (block_sparse_attention, lambda_attention, lambda_mask,
+                                        select_blocks)
 from jaxlm.ops.ssm import bilinear, diagonal_ssm, diagonal_ssm_step, fft_causal_conv, zoh
 
 __all__ = [
-    "Impl", "apply_rope", "attention", "attention_mask", "bilinear", "bilinear_lower", "bilinear_nplr",
-    "causal_conv1d", "causal_conv1d_step", "delta_rule", "dense_ssm", "dense_ssm_step",
-    "diagonal_ssm", "diagonal_ssm_step", "fft_causal_conv", "gated_delta_rule",
-    "gated_delta_rule_step", "gated_linear_attention", "gated_linear_attention_step",
-    "hippo_legs", "krylov_kernel", "linear_attention", "masked_attention", "nplr_legs",
-    "s4_kernel", "s4_ssm", "segment_positions", "segment_starts", "selective_scan",
+    "Impl", "apply_rope", "attention", "attention_mask", "bilinear", "bilinear_lower",
+    "bilinear_nplr", "block_sparse_attention", "causal_conv1d", "causal_conv1d_step",
+    "delta_rule", "dense_ssm", "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step",
+    "fft_causal_conv", "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
+    "gated_linear_attention_step", "hippo_legs", "krylov_kernel", "lambda_attention",
+    "lambda_mask", "linear_attention", "masked_attention", "nplr_legs", "s4_kernel", "s4_ssm",
+    "segment_positions", "segment_starts", "select_blocks", "selective_scan",
     "selective_scan_step", "ssd", "zoh",
 ]

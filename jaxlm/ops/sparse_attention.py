@@ -32,7 +32,7 @@ from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, reso
 METHODS = ("mean", "max", "hierarchical")
 
 
-def _blocks(x: jax.Array, block_size: int) -> jax.Array:
+def to_blocks(x: jax.Array, block_size: int) -> jax.Array:
     """[batch, length, heads, d] -> [batch, heads, n_blocks, block_size, d], zero-padded."""
     batch, length, heads, d = x.shape
     n = -(-length // block_size)
@@ -40,7 +40,7 @@ def _blocks(x: jax.Array, block_size: int) -> jax.Array:
     return jnp.moveaxis(x.reshape(batch, n, block_size, heads, d), 3, 1)
 
 
-def _per_query_head(x: jax.Array, heads: int) -> jax.Array:
+def repeat_kv_heads(x: jax.Array, heads: int) -> jax.Array:
     """[batch, kv_heads, ...] -> [batch, heads, ...] (query head h reads kv head h // group)."""
     return jnp.repeat(x, heads // x.shape[1], axis=1)
 
@@ -50,7 +50,7 @@ def block_summaries(k: jax.Array, block_size: int, method: str = "mean") -> jax.
     (the hierarchical method also pools by mean) or "max"; a last, partial block pools over its
     real positions only."""
     length = k.shape[1]
-    blocks = _blocks(k, block_size)  # [b, kvh, n, bs, d]
+    blocks = to_blocks(k, block_size)  # [b, kvh, n, bs, d]
     pos = jnp.arange(blocks.shape[2] * block_size).reshape(-1, block_size)
     real = (pos < length)[None, None, :, :, None]
     if method == "max":
@@ -158,9 +158,9 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
         raise ValueError(f"{op}: method={method!r} is unknown; expected one of {METHODS}")
     heads = q.shape[2]
     pooled = "max" if method == "max" else "mean"
-    summaries = _per_query_head(block_summaries(k, block_size, pooled), heads)
+    summaries = repeat_kv_heads(block_summaries(k, block_size, pooled), heads)
     coarse = group_summaries(summaries, branch)
-    queries = jnp.mean(_blocks(q, block_size), axis=3)  # [b, h, n, d] (padding is 0: fine)
+    queries = jnp.mean(to_blocks(q, block_size), axis=3)  # [b, h, n, d] (padding is 0: fine)
     n = queries.shape[2]
 
     def one(query, summ, coarse_h, current):
@@ -200,7 +200,7 @@ def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
     acc = jnp.promote_types(q.dtype, jnp.float32)
 
     def gather(blocks):  # [b, h, nb, bs, d] x [b, h, n, S] -> [b, h, n, S, bs, d]
-        per_head = _per_query_head(blocks, heads)
+        per_head = repeat_kv_heads(blocks, heads)
         return jax.vmap(jax.vmap(lambda x, ix: x[ix]))(per_head, indices)
 
     kg, vg = gather(k_blocks).astype(acc), gather(v_blocks).astype(acc)
@@ -281,8 +281,8 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
     order = jnp.argsort(~block_mask, axis=-1, stable=True)[..., :slots]  # chosen blocks first
     valid = jnp.take_along_axis(block_mask, order, axis=-1)
     q_pos = jnp.arange(n * block_size).reshape(n, block_size)
-    out = gathered_attention(_blocks(q, block_size), _blocks(k, block_size),
-                             _blocks(v, block_size), order, valid, q_pos, length=length,
+    out = gathered_attention(to_blocks(q, block_size), to_blocks(k, block_size),
+                             to_blocks(v, block_size), order, valid, q_pos, length=length,
                              scale=scale, causal=causal)
     return _unblock(out, length).astype(q.dtype)
 
@@ -324,7 +324,7 @@ def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
     idx = jnp.broadcast_to(idx, (batch, heads, *idx.shape))
     valid = jnp.broadcast_to(valid, idx.shape)
     q_pos = jnp.arange(n * block_size).reshape(n, block_size)
-    out = gathered_attention(_blocks(q, block_size), _blocks(k, block_size),
-                             _blocks(v, block_size), idx, valid, q_pos, length=length,
+    out = gathered_attention(to_blocks(q, block_size), to_blocks(k, block_size),
+                             to_blocks(v, block_size), idx, valid, q_pos, length=length,
                              scale=scale, window=window, sink_tokens=sink_tokens)
     return _unblock(out, length).astype(q.dtype)
