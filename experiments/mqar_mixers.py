@@ -1,7 +1,7 @@
 """Every mixer family on the quickstart's MQAR task, at equal width and budget.
 
 Run:  jaxlm sweep experiments/mqar_mixers.py --out runs/mqar_mixers
-The quickstart's data, model width and optimizer (see quickstart.py) for 2000 steps, one row
+The quickstart's data, model width and optimizer (see quickstart.py), 2000 steps, one row
 per mixer: attention and its sparse form, the linear-attention family, the state-space family
 and one hybrid. About 45 minutes on 2 CPU cores; the table is in RESULTS.md.
 """
@@ -18,8 +18,7 @@ def config():
     base = quickstart.config()
     model = dataclasses.replace(base.model, s4=S4Config(d_state=32),
                                 lssl=LSSLConfig(d_state=32))
-    train = dataclasses.replace(base.train, steps=2000)
-    return dataclasses.replace(base, name="mqar_mixers", model=model, train=train)
+    return dataclasses.replace(base, name="mqar_mixers", model=model)
 
 
 def sweep() -> list[dict]:
