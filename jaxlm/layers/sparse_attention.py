@@ -12,8 +12,8 @@ from flax import nnx
 from jaxlm.layers.attention import Attention
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops.sparse_attention import (block_summaries, choose_blocks, gathered_attention,
-                                        group_summaries, lambda_attention, repeat_kv_heads,
-                                        to_blocks)
+                                        group_summaries, lambda_attention, lambda_blocks,
+                                        repeat_kv_heads, to_blocks)
 
 SELECTIONS = ("topk_blocks", "hierarchical", "lambda")
 
@@ -81,8 +81,8 @@ class SparseAttention(Attention):
     def _choice(self):
         c = self.sparse
         if c.selection == "lambda":
-            local = -(-(c.window - 1) // c.block_size) + 1
-            return dict(top_k=0, local_blocks=local, sink_blocks=-(-c.sink_tokens // c.block_size))
+            local, sink = lambda_blocks(c.window, c.sink_tokens, c.block_size)
+            return dict(top_k=0, local_blocks=local, sink_blocks=sink)
         method = "hierarchical" if c.selection == "hierarchical" else c.summary
         return dict(top_k=c.top_k, local_blocks=c.local_blocks, sink_blocks=c.sink_blocks,
                     method=method, branch=c.branch)
@@ -90,8 +90,9 @@ class SparseAttention(Attention):
     def _select(self, q, summaries, current):
         """q: [batch, heads, m, d]; summaries [batch, heads, n_blocks, d]; current [m].
         Returns indices, valid [batch, heads, m, S]."""
-        coarse = group_summaries(summaries, self.sparse.branch)
         choice = self._choice()
+        hierarchical = choice.get("method") == "hierarchical"
+        coarse = group_summaries(summaries, self.sparse.branch) if hierarchical else None
 
         def one(query, summ, coarse_h, cur):
             return choose_blocks(query, summ, cur, coarse=coarse_h, **choice)
@@ -157,11 +158,12 @@ class SparseAttention(Attention):
         cache_k = state["k"].at[:, pos].set(k[:, 0].astype(state["k"].dtype))
         cache_v = state["v"].at[:, pos].set(v[:, 0].astype(state["v"].dtype))
         current = pos // bs
-        block = jax.lax.dynamic_slice_in_dim(cache_k, current * bs, bs, axis=1)
-        summary = self._summaries(block)[:, :, 0].astype(state["summaries"].dtype)
-        summaries = jnp.where((pos + 1) % bs == 0,
-                              state["summaries"].at[:, :, current].set(summary),
-                              state["summaries"])
+        summaries = state["summaries"]
+        if self.sparse.selection != "lambda":  # the Λ mask reads no summaries
+            block = jax.lax.dynamic_slice_in_dim(cache_k, current * bs, bs, axis=1)
+            summary = self._summaries(block)[:, :, 0].astype(summaries.dtype)
+            summaries = jnp.where((pos + 1) % bs == 0, summaries.at[:, :, current].set(summary),
+                                  summaries)
         qh = jnp.moveaxis(q, 2, 1)  # [batch, heads, 1, d]
         indices, valid = self._select(qh, repeat_kv_heads(summaries, self.n_heads),
                                       current[None])

@@ -57,10 +57,12 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                      scale: float) -> jax.Array:
-    """Materialized attention for an explicit mask (also the KV-cache decode path).
+    """Materialized attention for an explicit mask (also the KV-cache decode path and the
+    reference of the sparse-attention ops).
 
     q: [batch, q_len, heads, d]; k: [batch, k_len, kv_heads, d]; v: [batch, k_len, kv_heads, dv];
-    mask: bool [batch, q_len, k_len]; every query row must allow at least one key.
+    mask: bool [batch, q_len, k_len] (every head), or [batch, heads, q_len, k_len] (per head;
+    batch or heads may be 1 to broadcast). A query whose row allows no key gets 0.
     Returns [batch, q_len, heads, dv] in q's dtype; scores and softmax run in at least float32.
     """
     batch, q_len, heads, _ = q.shape
@@ -68,8 +70,14 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     acc = jnp.promote_types(q.dtype, jnp.float32)
     qg = q.reshape(batch, q_len, kv_heads, heads // kv_heads, q.shape[-1]).astype(acc)
     scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k.astype(acc)) * scale
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(acc).min)
-    probs = jax.nn.softmax(scores, axis=-1)
+    if mask.ndim == 3:
+        mask = mask[:, None, None]
+    elif mask.shape[1] == 1:
+        mask = mask[:, :, None]
+    else:  # query head h = kv head h // groups, group h % groups
+        mask = mask.reshape(mask.shape[0], kv_heads, heads // kv_heads, *mask.shape[2:])
+    scores = jnp.where(mask, scores, jnp.finfo(acc).min)
+    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), jax.nn.softmax(scores, axis=-1), 0)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(acc))
     return out.reshape(batch, q_len, heads, v.shape[-1]).astype(q.dtype)
 

@@ -161,12 +161,10 @@ def dense_ssm(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, *,
 
     def step(x, inputs):
         u_t, keep_t = inputs
-        x = jnp.where(keep_t[:, None, None], x, 0)
-        x = jnp.einsum("cnm,bcm->bcn", a_bar, x) + u_t[..., None] * b_bar
-        return x, jnp.real(jnp.einsum("cn,bcn->bc", C, x))
+        y_t, x = dense_ssm_step(jnp.where(keep_t[:, None, None], x, 0), u_t, a_bar, b_bar, C)
+        return x, y_t
 
-    state, ys = jax.lax.scan(step, state, (jnp.swapaxes(u, 0, 1).astype(a_bar.dtype),
-                                           keep.T))
+    state, ys = jax.lax.scan(step, state, (jnp.swapaxes(u, 0, 1).astype(real), keep.T))
     y = jnp.swapaxes(ys, 0, 1).astype(u.dtype)
     return (y, state) if return_final_state else y
 

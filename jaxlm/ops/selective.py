@@ -119,11 +119,9 @@ def _expand(x, d_inner):
     return jnp.repeat(x, d_inner // x.shape[-2], axis=-2)
 
 
-def _decay_and_input(dt, u, B, A, starts):
-    """exp(Δ A) (0 at document starts) and Δ B u: both [..., d_inner, d_state]."""
-    decay = jnp.exp(dt[..., None] * A)
-    decay = jnp.where(starts[..., None, None], 0.0, decay)
-    return decay, (dt * u)[..., None] * _expand(B, u.shape[-1])
+def _decay_and_input(dt, u, B, A):
+    """exp(Δ A) and Δ B u: both [..., d_inner, d_state]."""
+    return jnp.exp(dt[..., None] * A), (dt * u)[..., None] * _expand(B, u.shape[-1])
 
 
 def selective_scan_step(state: jax.Array, u: jax.Array, dt: jax.Array, A: jax.Array,
@@ -131,8 +129,7 @@ def selective_scan_step(state: jax.Array, u: jax.Array, dt: jax.Array, A: jax.Ar
     """One token: state [batch, d_inner, d_state]; u, dt: [batch, d_inner] (dt already
     positive); B, C: [batch, groups, d_state]. Returns (y [batch, d_inner] without the D and z
     terms, new state)."""
-    no_start = jnp.zeros(u.shape[:1], bool)
-    decay, inp = _decay_and_input(dt, u, B, A, no_start)
+    decay, inp = _decay_and_input(dt, u, B, A)
     state = decay * state + inp
     return jnp.einsum("bdn,bdn->bd", state, _expand(C, u.shape[-1])), state
 
@@ -143,9 +140,9 @@ def _scan_reference(parts, A, state):
 
     def step(h, x):
         dt_t, u_t, B_t, C_t, start_t = x
-        decay, inp = _decay_and_input(dt_t, u_t, B_t, A, start_t)
-        h = decay * h + inp
-        return h, jnp.einsum("bdn,bdn->bd", h, _expand(C_t, u_t.shape[-1]))
+        y_t, h = selective_scan_step(jnp.where(start_t[:, None, None], 0.0, h), u_t, dt_t, A,
+                                     B_t, C_t)
+        return h, y_t
 
     state, y = jax.lax.scan(step, state, tuple(jnp.moveaxis(x, 1, 0) for x in parts))
     return jnp.moveaxis(y, 0, 1), state
@@ -163,7 +160,8 @@ def _scan_chunked(parts, A, state, chunk):
     @jax.checkpoint
     def one_chunk(h, x):
         dt_c, u_c, B_c, C_c, starts_c = x
-        decay, inp = _decay_and_input(dt_c, u_c, B_c, A, starts_c)  # [b, chunk, d, n]
+        decay, inp = _decay_and_input(dt_c, u_c, B_c, A)  # [b, chunk, d, n]
+        decay = jnp.where(starts_c[..., None, None], 0.0, decay)  # a document starts: reset
         states = ch.linear_recurrence(decay, inp, h)
         y = jnp.einsum("bldn,bldn->bld", states, _expand(C_c, u_c.shape[-1]))
         return states[:, -1], y

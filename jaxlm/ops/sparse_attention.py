@@ -22,11 +22,10 @@ Layout as :mod:`jaxlm.ops.attention`: q [batch, length, heads, head_dim], k and 
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.attention import masked_attention
 from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
 
 METHODS = ("mean", "max", "hierarchical")
@@ -90,10 +89,7 @@ def choose_blocks(query: jax.Array, summaries: jax.Array, current: jax.Array, *,
     above ``current``, and valid slots never repeat a block.
     """
     n_blocks = summaries.shape[0]
-    sink = jnp.arange(sink_blocks)
-    local = current - jnp.arange(local_blocks)
-    sink_valid = (sink <= current) & (current - sink >= local_blocks)  # else it is local
-    local_valid = local >= 0
+    fixed, fixed_valid = fixed_blocks(current, local_blocks=local_blocks, sink_blocks=sink_blocks)
 
     def is_candidate(j):
         return (j < current) & (j >= sink_blocks) & (current - j >= local_blocks)
@@ -121,9 +117,28 @@ def choose_blocks(query: jax.Array, summaries: jax.Array, current: jax.Array, *,
         best, top = jax.lax.top_k(scores, min(top_k, n_blocks))
         top_valid = best > -jnp.inf
     pad = top_k - top.shape[0]
-    indices = jnp.concatenate([sink, local, top, jnp.zeros((pad,), top.dtype)]).astype(jnp.int32)
-    valid = jnp.concatenate([sink_valid, local_valid, top_valid, jnp.zeros((pad,), bool)])
+    indices = jnp.concatenate([fixed, top.astype(jnp.int32), jnp.zeros((pad,), jnp.int32)])
+    valid = jnp.concatenate([fixed_valid, top_valid, jnp.zeros((pad,), bool)])
     return jnp.where(valid, indices, 0), valid
+
+
+def fixed_blocks(current: jax.Array, *, local_blocks: int, sink_blocks: int
+                 ) -> tuple[jax.Array, jax.Array]:
+    """The blocks a query reads whatever its content: the sinks, then the local blocks.
+    current: int, the query's own block. Returns (indices, valid) [sink_blocks + local_blocks];
+    a sink that is also local, or any block above ``current``, is not valid."""
+    sink = jnp.arange(sink_blocks)
+    local = current - jnp.arange(local_blocks)
+    sink_valid = (sink <= current) & (current - sink >= local_blocks)  # else it is local
+    indices = jnp.concatenate([sink, local]).astype(jnp.int32)
+    valid = jnp.concatenate([sink_valid, local >= 0])
+    return jnp.where(valid, indices, 0), valid
+
+
+def lambda_blocks(window: int, sink_tokens: int, block_size: int) -> tuple[int, int]:
+    """(local_blocks, sink_blocks) that cover LM-Infinite's Λ mask: a query in block c reads
+    keys back to i − window + 1, at most ceil((window − 1) / block_size) blocks before c."""
+    return -(-(window - 1) // block_size) + 1, -(-sink_tokens // block_size)
 
 
 def _check_qkv(op, q, k, v):
@@ -221,22 +236,6 @@ def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
     return jnp.einsum("bhnmsk,bhnskd->bhnmd", probs, vg)
 
 
-def dense_masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                           scale: float) -> jax.Array:
-    """The reference: materialized scores with a per-head mask [batch or 1, heads or 1,
-    length, length]; a query that reads nothing gets 0. Returns q's layout and dtype."""
-    heads = q.shape[2]
-    acc = jnp.promote_types(q.dtype, jnp.float32)
-    kh = jnp.repeat(k, heads // k.shape[2], axis=2).astype(acc)
-    vh = jnp.repeat(v, heads // v.shape[2], axis=2).astype(acc)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(acc), kh) * scale
-    mask = jnp.broadcast_to(mask, scores.shape)
-    any_key = jnp.any(mask, axis=-1, keepdims=True)
-    scores = jnp.where(any_key, jnp.where(mask, scores, -jnp.inf), 0.0)  # no all -inf row
-    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, vh).astype(q.dtype)
-
-
 def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask: jax.Array, *,
                            block_size: int, causal: bool = True, scale: float | None = None,
                            max_blocks: int | None = None, impl: str | Impl = "auto"
@@ -276,7 +275,7 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
         mask = tokens[..., :length, :length]
         if causal:
             mask &= jnp.tril(jnp.ones((length, length), bool))
-        return dense_masked_attention(q, k, v, mask, scale)
+        return masked_attention(q, k, v, mask, scale)
     slots = min(max_blocks or n, n)
     order = jnp.argsort(~block_mask, axis=-1, stable=True)[..., :slots]  # chosen blocks first
     valid = jnp.take_along_axis(block_mask, order, axis=-1)
@@ -313,14 +312,12 @@ def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
     scale = d ** -0.5 if scale is None else float(scale)
     if chosen is Impl.REFERENCE:
         mask = lambda_mask(length, window=window, sink_tokens=sink_tokens)[None, None]
-        return dense_masked_attention(q, k, v, mask, scale)
+        return masked_attention(q, k, v, mask, scale)
     n = -(-length // block_size)
-    sink_blocks = min(-(-sink_tokens // block_size), n)
-    local_blocks = min(math.ceil((window - 1) / block_size) + 1, n)
-    current = jnp.arange(n)
-    idx, valid = jax.vmap(lambda c: choose_blocks(
-        jnp.zeros((d,)), jnp.zeros((n, d)), c, top_k=0, local_blocks=local_blocks,
-        sink_blocks=sink_blocks))(current)
+    local_blocks, sink_blocks = (min(b, n) for b in lambda_blocks(window, sink_tokens,
+                                                                   block_size))
+    idx, valid = jax.vmap(lambda c: fixed_blocks(c, local_blocks=local_blocks,
+                                                 sink_blocks=sink_blocks))(jnp.arange(n))
     idx = jnp.broadcast_to(idx, (batch, heads, *idx.shape))
     valid = jnp.broadcast_to(valid, idx.shape)
     q_pos = jnp.arange(n * block_size).reshape(n, block_size)
