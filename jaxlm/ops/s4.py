@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import Impl, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
 from jaxlm.ops.delta_rule import unit_lower_inverse
 from jaxlm.ops.segments import segment_starts
 from jaxlm.ops.ssm import fft_causal_conv
@@ -70,6 +70,9 @@ def krylov_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int)
     """K [length, channels], K_l = Re(C Ā^l B̄), by doubling: [B̄, ĀB̄] then
     [.., Ā²(..)], so log₂(length) matrix products. a_bar: [channels, N, N]; b_bar, C:
     [channels, N]."""
+    check_rank("krylov_kernel", "a_bar", a_bar, "[channels, d_state, d_state]")
+    _check_system("krylov_kernel", a_bar.shape[0], a_bar, b_bar, C)
+    check_positive("krylov_kernel", "length", length, allow_none=False)
     columns, power = b_bar[..., None], a_bar
     while columns.shape[-1] < length:
         columns = jnp.concatenate([columns, power @ columns], axis=-1)
@@ -81,6 +84,13 @@ def krylov_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int)
 def conj_complete(x: jax.Array) -> jax.Array:
     """[..., N/2] -> [..., N]: appends the complex conjugates."""
     return jnp.concatenate([x, jnp.conj(x)], axis=-1)
+
+
+def _check_nplr(op, channels, dt, Lambda, P, B, C):
+    check_shape(op, "dt", dt, (channels,), "[channels]")
+    check_rank(op, "Lambda", Lambda, "[channels, d_state / 2]")
+    for name, x in (("Lambda", Lambda), ("P", P), ("B", B), ("C", C)):
+        check_shape(op, name, x, (channels, Lambda.shape[1]), "[channels, d_state / 2]")
 
 
 def s4_kernel(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array, C: jax.Array,
@@ -95,6 +105,9 @@ def s4_kernel(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array, C: j
     dt: [channels]; Lambda, P, B, C: [channels, N/2] complex. Ā^length costs log₂(length)
     products of [N, N] matrices; the sums cost channels·(length/2 + 1)·N.
     """
+    check_rank("s4_kernel", "dt", dt, "[channels]")
+    _check_nplr("s4_kernel", dt.shape[0], dt, Lambda, P, B, C)
+    check_positive("s4_kernel", "length", length, allow_none=False)
     a_bar, _ = bilinear_nplr(dt, conj_complete(Lambda), conj_complete(P), conj_complete(B))
     c_full = conj_complete(C)
     half = Lambda.shape[-1]
@@ -114,14 +127,20 @@ def s4_kernel(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array, C: j
     return jnp.fft.irfft(khat, n=length, axis=-1).T
 
 
-def _check_dense(op, u, a_bar, b_bar, C, initial_state, segment_ids):
-    check_rank(op, "u", u, "[batch, length, channels]")
-    batch, length, channels = u.shape
+def _check_system(op, channels, a_bar, b_bar, C):
+    """a_bar [channels, N, N]; b_bar, C [channels, N]."""
     check_rank(op, "a_bar", a_bar, "[channels, d_state, d_state]")
     d_state = a_bar.shape[-1]
     check_shape(op, "a_bar", a_bar, (channels, d_state, d_state), "[channels, d_state, d_state]")
     for name, x in (("b_bar", b_bar), ("C", C)):
         check_shape(op, name, x, (channels, d_state), "[channels, d_state]")
+
+
+def _check_dense(op, u, a_bar, b_bar, C, initial_state, segment_ids):
+    check_rank(op, "u", u, "[batch, length, channels]")
+    batch, length, channels = u.shape
+    _check_system(op, channels, a_bar, b_bar, C)
+    d_state = a_bar.shape[-1]
     if initial_state is not None:
         check_shape(op, "initial_state", initial_state, (batch, channels, d_state),
                     "[batch, channels, d_state]")
@@ -206,10 +225,7 @@ def s4_ssm(u: jax.Array, dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.
     op = "s4_ssm"
     check_rank(op, "u", u, "[batch, length, channels]")
     batch, length, channels = u.shape
-    check_shape(op, "dt", dt, (channels,), "[channels]")
-    check_rank(op, "Lambda", Lambda, "[channels, d_state / 2]")
-    for name, x in (("Lambda", Lambda), ("P", P), ("B", B), ("C", C)):
-        check_shape(op, name, x, (channels, Lambda.shape[1]), "[channels, d_state / 2]")
+    _check_nplr(op, channels, dt, Lambda, P, B, C)
     chosen = resolve_impl(op, impl, ("reference", "xla"))
     stateful = initial_state is not None or return_final_state or segment_ids is not None
     real = jnp.promote_types(u.dtype, jnp.float32)

@@ -193,6 +193,7 @@ def lambda_mask(length: int, *, window: int, sink_tokens: int) -> jax.Array:
     """LM-Infinite's Λ-shaped mask ("LM-Infinite: Zero-Shot Extreme Length Generalization for
     Large Language Models"): query i reads key j <= i when j < sink_tokens or i − j < window.
     Returns bool [length, length]."""
+    check_positive("lambda_mask", "window", window, allow_none=False)
     i = jnp.arange(length)[:, None]
     j = jnp.arange(length)[None, :]
     return (j <= i) & ((j < sink_tokens) | (i - j < window))

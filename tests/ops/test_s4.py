@@ -197,3 +197,7 @@ def test_bad_shapes_name_the_argument():
         dense_ssm(u, a_bar, jnp.ones((3, 5)), jnp.ones((3, 4)))
     with pytest.raises(ValueError, match="d_state must be an even"):
         nplr_legs(5)
+    with pytest.raises(ValueError, match=r"s4_kernel: P must have shape"):
+        s4_kernel(nplr[0], nplr[1], nplr[2][:, :1], *nplr[3:], 8)
+    with pytest.raises(ValueError, match=r"krylov_kernel: C must have shape"):
+        krylov_kernel(a_bar, jnp.ones((3, 4)), jnp.ones((3, 5)), 8)
