@@ -3,9 +3,10 @@
 Run:  bin/quickstart   (or: jaxlm sweep experiments/quickstart.py)
 Every mixer gets the same width (d_model 64, 2 layers, 2 heads, no MLP, as Zoology's MQAR
 models), the same data and the same optimizer budget (2000 steps; at 1000 even attention is
-still at 0.4). One row per family: attention, linear attention, DeltaNet, and the state-space
-models H3 and Mamba-2. ``mqar_mixers.py`` adds every other mixer (Mamba alone takes about 6
-minutes here, sparse attention about 4).
+still at 0.4). One row per family: attention, linear attention, DeltaNet, the state-space
+models H3 and Mamba-2, and sparse attention (local + k-means routing layers, about 1 minute).
+``mqar_mixers.py`` adds every other mixer (Mamba alone takes about 6 minutes here, top-k block
+sparse attention about 4).
 """
 
 from jaxlm.config import Config, ProbeConfig, TrainConfig
@@ -45,7 +46,13 @@ def config() -> Config:
     )
 
 
+# Routing Transformer's layout: local attention beside k-means routing attention (routing alone
+# stays at chance on MQAR: clusters are by content, and recall needs the previous token too).
+ROUTING = {"model.pattern": "attention_window,sparse_attention",
+           "model.sparse_attention.selection": "routing"}
+
+
 def sweep() -> list[dict]:
     return grid({"model.pattern": [
         "attention", "linear_attention", "deltanet", "h3", "mamba2",
-    ]})
+    ]}) + [ROUTING]

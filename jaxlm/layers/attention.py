@@ -70,15 +70,21 @@ class Attention(nnx.Module):
         self.v_proj = nnx.Linear(d_model, kv_width, use_bias=False, rngs=rngs)
         self.o_proj = nnx.Linear(n_heads * self.head_dim, d_model, use_bias=False, rngs=rngs)
 
-    def _qkv(self, x: jax.Array, positions: jax.Array):
+    def _project(self, x: jax.Array):
+        """x [batch, length, d_model] -> q [batch, length, heads, head_dim], k and v
+        [batch, length, kv_heads, head_dim], before rotary positions."""
         batch, length, _ = x.shape
         q = self.q_proj(x).reshape(batch, length, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
-        if self.rope:
-            q = apply_rope(q, positions, theta=self.rope_theta)
-            k = apply_rope(k, positions, theta=self.rope_theta)
         return q, k, v
+
+    def _rotate(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        return apply_rope(x, positions, theta=self.rope_theta) if self.rope else x
+
+    def _qkv(self, x: jax.Array, positions: jax.Array):
+        q, k, v = self._project(x)
+        return self._rotate(q, positions), self._rotate(k, positions), v
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         batch, length, _ = x.shape

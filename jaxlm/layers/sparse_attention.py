@@ -1,4 +1,5 @@
-"""Sparse attention as a sequence mixer: content-selected key blocks or the Λ mask."""
+"""Sparse attention as a sequence mixer: content-selected key blocks, k-means routing or the Λ
+mask."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from flax import nnx
 
 from jaxlm.layers.attention import Attention
 from jaxlm.layers.registry import register_mixer
+from jaxlm.ops.attention import masked_attention
+from jaxlm.ops.segments import segment_positions
+from jaxlm.ops.routing_attention import init_centroids, route, routing_attention, update_centroids
 from jaxlm.ops.sparse_attention import (block_summaries, choose_blocks, gathered_attention,
                                         group_summaries, lambda_attention, lambda_blocks,
                                         repeat_kv_heads, to_blocks)
 
-SELECTIONS = ("topk_blocks", "hierarchical", "lambda")
+SELECTIONS = ("topk_blocks", "hierarchical", "routing", "lambda")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +30,7 @@ class SparseAttentionConfig:
     head_dim: int | None = None
     rope: bool = True
     rope_theta: float = 10_000.0
-    selection: str = "topk_blocks"  # "topk_blocks" | "hierarchical" | "lambda"
+    selection: str = "topk_blocks"  # "topk_blocks" | "hierarchical" | "routing" | "lambda"
     block_size: int = 8
     top_k: int = 2  # content-selected blocks per query (topk_blocks, hierarchical)
     local_blocks: int = 1
@@ -35,6 +39,9 @@ class SparseAttentionConfig:
     branch: int = 4  # blocks per coarse group (hierarchical)
     window: int = 16  # local window (lambda)
     sink_tokens: int = 4  # global tokens (lambda)
+    n_clusters: int = 4  # k-means centroids per head (routing)
+    cluster_size: int | None = None  # routing: None = nearest centroid; w = balanced clusters
+    centroid_decay: float = 0.99  # moving-average decay of the centroids (routing)
 
     def __post_init__(self):
         if self.selection not in SELECTIONS:
@@ -43,7 +50,7 @@ class SparseAttentionConfig:
         if self.summary not in ("mean", "max"):
             raise ValueError(f"sparse_attention summary={self.summary!r} is unknown; expected "
                              f"'mean' or 'max'")
-        for name in ("block_size", "branch", "window"):
+        for name in ("block_size", "branch", "window", "n_clusters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sparse_attention {name} must be >= 1, got "
                                  f"{getattr(self, name)}")
@@ -51,6 +58,17 @@ class SparseAttentionConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"sparse_attention {name} must be >= 0, got "
                                  f"{getattr(self, name)}")
+        if self.cluster_size is not None and self.cluster_size < 1:
+            raise ValueError(f"sparse_attention cluster_size must be >= 1 or None, got "
+                             f"{self.cluster_size}")
+        if not 0.0 <= self.centroid_decay < 1.0:
+            raise ValueError(f"sparse_attention centroid_decay must be in [0, 1), got "
+                             f"{self.centroid_decay}")
+
+
+class Centroids(nnx.Variable):
+    """k-means centroids of routing attention: state updated by a moving average in training,
+    not a trained parameter (the optimizer never sees it)."""
 
 
 class SparseAttention(Attention):
@@ -59,24 +77,40 @@ class SparseAttention(Attention):
     ``selection="topk_blocks"``: its sink blocks, its local blocks and the ``top_k`` complete
     earlier blocks whose pooled keys score highest against it ("Landmark Attention",
     "InfLLM"); ``"hierarchical"``: the same, choosing among groups of ``branch`` blocks first
-    ("HiP Attention"); ``"lambda"``: LM-Infinite's sink tokens plus a local window.
+    ("HiP Attention"); ``"routing"``: queries read the keys routed to the same k-means centroid
+    ("Efficient Content-Based Sparse Attention with Routing Transformers"; see
+    :mod:`jaxlm.ops.routing_attention`); ``"lambda"``: LM-Infinite's sink tokens plus a local
+    window.
+
+    Routing centroids are a :class:`Centroids` variable; after ``model.train()`` (which sets
+    ``deterministic=False``) each call moves them one moving-average step toward the unit
+    queries and keys routed to them. Routing with ``cluster_size=None`` (nearest centroid) is
+    what ``step`` decodes; balanced clusters (``cluster_size=w``) train in O(length · w), and
+    their decode step uses the nearest-centroid rule.
 
     Each query chooses for itself, so ``__call__`` and ``step`` read the same keys; ``step``
     keeps the block summaries with the KV cache and gathers only the chosen blocks. The
     parallel form holds [batch, heads, length, slots · block_size] scores, slots = sink +
-    local + top_k. Packed rows are refused: blocks are cut on row positions.
+    local + top_k. Packed rows are refused except by routing: blocks are cut on row positions.
     """
 
     def __init__(self, d_model: int, *, n_heads: int = 4, n_kv_heads: int | None = None,
                  head_dim: int | None = None, rope: bool = True, rope_theta: float = 10_000.0,
                  selection: str = "topk_blocks", block_size: int = 8, top_k: int = 2,
                  local_blocks: int = 1, sink_blocks: int = 1, summary: str = "mean",
-                 branch: int = 4, window: int = 16, sink_tokens: int = 4, rngs: nnx.Rngs):
+                 branch: int = 4, window: int = 16, sink_tokens: int = 4, n_clusters: int = 4,
+                 cluster_size: int | None = None, centroid_decay: float = 0.99,
+                 rngs: nnx.Rngs):
         self.sparse = SparseAttentionConfig(
             n_heads, n_kv_heads, head_dim, rope, rope_theta, selection, block_size, top_k,
-            local_blocks, sink_blocks, summary, branch, window, sink_tokens)
+            local_blocks, sink_blocks, summary, branch, window, sink_tokens, n_clusters,
+            cluster_size, centroid_decay)
         super().__init__(d_model, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
                          rope=rope, rope_theta=rope_theta, rngs=rngs)
+        self.deterministic = True  # False (model.train()): routing centroids learn
+        if selection == "routing":
+            self.centroids = Centroids(init_centroids(rngs.params(), n_heads, n_clusters,
+                                                      self.head_dim))
 
     def _choice(self):
         c = self.sparse
@@ -114,7 +148,25 @@ class SparseAttention(Attention):
         pooled = "max" if self.sparse.summary == "max" else "mean"
         return block_summaries(k, self.sparse.block_size, pooled)
 
+    def _routing(self, x, segment_ids):
+        """Routing runs on the projections before rotary positions: clusters by content."""
+        batch, length, _ = x.shape
+        q_raw, k_raw, v = self._project(x)
+        positions = (jnp.broadcast_to(jnp.arange(length), (batch, length)) if segment_ids is None
+                     else segment_positions(segment_ids))
+        centroids = self.centroids[...]
+        q, k = self._rotate(q_raw, positions), self._rotate(k_raw, positions)
+        c = self.sparse
+        out = routing_attention(q, k, v, centroids, cluster_size=c.cluster_size,
+                                segment_ids=segment_ids, q_route=q_raw, k_route=k_raw)
+        if not self.deterministic:
+            self.centroids[...] = update_centroids(centroids, q_raw, k_raw,
+                                                    decay=c.centroid_decay)
+        return self.o_proj(out.reshape(batch, length, -1))
+
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        if self.sparse.selection == "routing":
+            return self._routing(x, segment_ids)
         if segment_ids is not None:
             raise ValueError("SparseAttention: segment_ids (packed rows) are not supported: "
                              "key blocks are cut on row positions")
@@ -137,13 +189,20 @@ class SparseAttention(Attention):
     def init_state(self, batch_size: int, dtype: Any = jnp.float32, *,
                    max_length: int | None = None) -> dict[str, jax.Array]:
         """KV cache k, v [batch, slots, kv_heads, head_dim] (max_length rounded up to whole
-        blocks), the block summaries [batch, kv_heads, n_blocks, head_dim], and pos."""
+        blocks), the block summaries [batch, kv_heads, n_blocks, head_dim], and pos; routing
+        keeps each cached key's centroid, key_cluster [batch, slots, heads], instead of
+        summaries."""
         if max_length is None:
             raise ValueError("SparseAttention.init_state: max_length (the KV cache length) is "
                              "required; got None")
         bs = self.sparse.block_size
         n_blocks = -(-max_length // bs)
         shape = (batch_size, n_blocks * bs, self.n_kv_heads, self.head_dim)
+        if self.sparse.selection == "routing":
+            return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                    "key_cluster": jnp.full((batch_size, n_blocks * bs, self.n_heads), -1,
+                                            jnp.int32),
+                    "pos": jnp.zeros((), jnp.int32)}
         return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
                 "summaries": jnp.zeros((batch_size, self.n_kv_heads, n_blocks, self.head_dim),
                                        dtype),
@@ -151,6 +210,8 @@ class SparseAttention(Attention):
 
     def step(self, x_t: jax.Array, state: dict[str, jax.Array]):
         """x_t: [batch, d_model] -> (y_t [batch, d_model], new state)."""
+        if self.sparse.selection == "routing":
+            return self._routing_step(x_t, state)
         batch = x_t.shape[0]
         bs = self.sparse.block_size
         pos = state["pos"]
@@ -170,6 +231,26 @@ class SparseAttention(Attention):
         out = self._attend(qh, to_blocks(cache_k, bs), to_blocks(cache_v, bs), indices, valid,
                            pos[None], cache_k.shape[1])
         new_state = {"k": cache_k, "v": cache_v, "summaries": summaries, "pos": pos + 1}
+        return self.o_proj(out.reshape(batch, -1).astype(x_t.dtype)), new_state
+
+    def _routing_step(self, x_t, state):
+        """Reads the cached keys routed to the query's nearest centroid."""
+        batch = x_t.shape[0]
+        pos = state["pos"]
+        q_raw, k_raw, v = self._project(x_t[:, None])
+        positions = jnp.broadcast_to(pos, (batch, 1))
+        q, k = self._rotate(q_raw, positions), self._rotate(k_raw, positions)
+        centroids = self.centroids[...]
+        cache_k = state["k"].at[:, pos].set(k[:, 0].astype(state["k"].dtype))
+        cache_v = state["v"].at[:, pos].set(v[:, 0].astype(state["v"].dtype))
+        k_cluster = route(jnp.repeat(k_raw[:, 0], self.n_heads // self.n_kv_heads, axis=1),
+                          centroids)
+        key_cluster = state["key_cluster"].at[:, pos].set(k_cluster)
+        q_cluster = route(q_raw[:, 0], centroids)  # [batch, heads]
+        mask = (key_cluster == q_cluster[:, None]) & (key_cluster >= 0)  # [batch, slots, heads]
+        mask = jnp.moveaxis(mask, 1, 2)[:, :, None]  # [batch, heads, 1, slots]
+        out = masked_attention(q, cache_k, cache_v, mask, self.head_dim ** -0.5)
+        new_state = {"k": cache_k, "v": cache_v, "key_cluster": key_cluster, "pos": pos + 1}
         return self.o_proj(out.reshape(batch, -1).astype(x_t.dtype)), new_state
 
 

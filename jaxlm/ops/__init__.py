@@ -10,6 +10,7 @@ from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
 from jaxlm.ops.hippo import hippo_legs, nplr_legs
+from jaxlm.ops.routing_attention import routing_attention, update_centroids
 from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_step, krylov_kernel,
                           s4_kernel, s4_ssm)
 from jaxlm.ops.sparse_attention import (block_sparse_attention, lambda_attention, lambda_mask,
@@ -22,7 +23,8 @@ __all__ = [
     "delta_rule", "dense_ssm", "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step",
     "fft_causal_conv", "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
     "gated_linear_attention_step", "hippo_legs", "krylov_kernel", "lambda_attention",
-    "lambda_mask", "linear_attention", "masked_attention", "nplr_legs", "s4_kernel", "s4_ssm",
+    "lambda_mask", "linear_attention", "masked_attention", "nplr_legs", "routing_attention",
+    "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "selective_scan",
-    "selective_scan_step", "ssd", "zoh",
+    "selective_scan_step", "ssd", "update_centroids", "zoh",
 ]

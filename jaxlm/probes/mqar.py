@@ -23,9 +23,9 @@ def evaluate_mqar(model: nnx.Module, data: DataConfig, *, num_examples: int = 10
     if data.task != "mqar":
         raise ValueError(f"evaluate_mqar: data.task must be 'mqar', got {data.task!r}")
     source = make_source(dataclasses.replace(data, seed=seed))
-    graphdef, params = nnx.split(model)
+    graphdef, model_state = nnx.split(model)
     batches = -(-num_examples // batch_size)
-    metrics = evaluate_params(make_eval_step(graphdef), params, source, split="test",
+    metrics = evaluate_params(make_eval_step(graphdef), (model_state,), source, split="test",
                               num_batches=batches, batch_size=batch_size)
     return {**metrics, "baseline": 1.0 / data.mqar.num_kv_pairs,
             "examples": float(batches * batch_size)}

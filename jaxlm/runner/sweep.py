@@ -17,7 +17,8 @@ from jaxlm.config import Config, ConfigError, apply_overrides, load_config, save
 from jaxlm.probes import evaluate
 from jaxlm.runner.experiment import Experiment, run_name
 from jaxlm.runner.report import RESULTS, write_report
-from jaxlm.train import Checkpointer, build_model, init_train_state, make_optimizer, train
+from jaxlm.train import (Checkpointer, build_model, init_train_state, make_optimizer,
+                         merge_model, train)
 
 RESULT = "result.json"
 COLUMNS = ("model", "d_model", "layers", "params", "seq_len", "kv_pairs", "steps",
@@ -125,7 +126,7 @@ def load_run(run_dir: str | pathlib.Path, step: int | None = None) -> tuple[Conf
         state = checkpointer.restore(like, step)
     finally:
         checkpointer.close()
-    return config, nnx.merge(graphdef, state.params)
+    return config, merge_model(graphdef, state)
 
 
 def probe_run(run_dir: str | pathlib.Path, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from jaxlm.models import DecoderLM, count_params
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.metrics import MetricWriter
 from jaxlm.train.optim import make_optimizer, make_schedule
-from jaxlm.train.state import TrainState, init_train_state, make_eval_step, make_train_step
+from jaxlm.train.state import (TrainState, init_train_state, make_eval_step, make_train_step,
+                               merge_model)
 
 
 @dataclasses.dataclass
@@ -37,13 +38,13 @@ def build_model(config: Config) -> DecoderLM:
     return DecoderLM(config.model, rngs=nnx.Rngs(params=config.train.seed))
 
 
-def evaluate_params(eval_step, params, source: TaskSource, *, split: str, num_batches: int,
-                    batch_size: int) -> dict[str, float]:
+def evaluate_params(eval_step, model_states: tuple[nnx.State, ...], source: TaskSource, *,
+                    split: str, num_batches: int, batch_size: int) -> dict[str, float]:
     """Token-weighted mean of the eval metrics over ``num_batches`` batches of ``split``."""
     totals: dict[str, float] = {}
     tokens = 0.0
     for index in range(num_batches):
-        metrics = jax.device_get(eval_step(params, source.batch(index, batch_size, split)))
+        metrics = jax.device_get(eval_step(model_states, source.batch(index, batch_size, split)))
         n = float(metrics["tokens"])
         tokens += n
         for name in ("loss", "accuracy"):
@@ -95,7 +96,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
     end = tc.steps if stop_after is None else min(stop_after, tc.steps)
 
     def evaluate(step):
-        metrics = evaluate_params(eval_step, state.params, source, split="validation",
+        metrics = evaluate_params(eval_step, (state.params, state.variables), source, split="validation",
                                   num_batches=tc.eval_batches, batch_size=tc.batch_size)
         writer.write(step, metrics, split="validation")
         return metrics
@@ -128,5 +129,5 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
         bar.close()
         writer.close()
         checkpointer.close()  # waits until every started checkpoint is on disk
-    return TrainResult(model=nnx.merge(graphdef, state.params), state=state,
+    return TrainResult(model=merge_model(graphdef, state), state=state,
                        eval_metrics=eval_metrics, num_params=num_params, seconds=seconds)

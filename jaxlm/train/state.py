@@ -15,24 +15,41 @@ from jaxlm.train.losses import lm_loss
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a training step reads and writes: explicit, a pytree, checkpointable."""
+    """Everything a training step reads and writes: explicit, a pytree, checkpointable.
+
+    ``params`` are the trained ``nnx.Param`` leaves; ``variables`` every other model variable
+    (state a forward pass in training mode updates, e.g. routing attention's k-means centroids),
+    which the optimizer never touches.
+    """
     step: jax.Array
     params: nnx.State
     opt_state: optax.OptState
+    variables: nnx.State
 
 
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation
                      ) -> tuple[nnx.GraphDef, TrainState]:
-    """Splits ``model`` into its static graph and its parameters, and initialises the optimizer."""
-    graphdef, params = nnx.split(model)
+    """Splits ``model`` into its static graph, its parameters and its other variables, and
+    initialises the optimizer."""
+    graphdef, params, variables = nnx.split(model, nnx.Param, ...)
     return graphdef, TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                                opt_state=tx.init(params))
+                                opt_state=tx.init(params), variables=variables)
 
 
-def _model_loss(graphdef, params, batch):
-    model = nnx.merge(graphdef, params)
+def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
+    """The model of a train state (in evaluation mode)."""
+    return nnx.merge(graphdef, state.params, state.variables)
+
+
+def _model_loss(graphdef, states, batch, *, training: bool):
+    """Loss and metrics of the model ``nnx.merge(graphdef, *states)``; in training mode also
+    the non-parameter variables the forward pass updated."""
+    model = nnx.merge(graphdef, *states, copy=True)
+    if training:
+        model.train()
     logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
-    return lm_loss(logits, batch["targets"])
+    loss, metrics = lm_loss(logits, batch["targets"])
+    return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation
@@ -40,16 +57,20 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation
     """A jitted ``(state, batch) -> (state, metrics)``; the input state's buffers are donated."""
 
     def train_step(state: TrainState, batch: dict[str, Any]):
-        grad_fn = jax.value_and_grad(lambda p: _model_loss(graphdef, p, batch), has_aux=True)
-        (_, metrics), grads = grad_fn(state.params)
+        loss_fn = lambda p: _model_loss(graphdef, (p, state.variables), batch, training=True)
+        (_, (metrics, variables)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "grad_norm": optax.tree_utils.tree_norm(grads)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                          variables=variables), metrics
 
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[nnx.State, dict], dict]:
-    """A jitted ``(params, batch) -> metrics``."""
-    return jax.jit(lambda params, batch: _model_loss(graphdef, params, batch)[1])
+def make_eval_step(graphdef: nnx.GraphDef
+                   ) -> Callable[[tuple[nnx.State, ...], dict], dict]:
+    """A jitted ``(states, batch) -> metrics`` for the model ``nnx.merge(graphdef, *states)``,
+    e.g. ``states = (train_state.params, train_state.variables)``; evaluation mode."""
+    return jax.jit(lambda states, batch: _model_loss(graphdef, states, batch,
+                                                     training=False)[1][0])

@@ -49,9 +49,11 @@ def test_parallel_equals_recurrent(name, batch, length):
     assert rel_err(recurrent, parallel) < TOL
 
 
-@pytest.mark.parametrize("name", sorted(set(MIXERS) - {"jrt", "sparse_attention"}))
+@pytest.mark.parametrize("name", sorted(set(MIXERS) - {"jrt", "sparse_attention"})
+                         + ["sparse_attention:routing"])
 def test_packed_row_equals_documents_one_by_one(name):
-    mixer = make_mixer(name)
+    name, _, selection = name.partition(":")
+    mixer = make_mixer(name, **({"selection": selection} if selection else {}))
     lengths = [5, 11, 7]
     x = jax.random.normal(jax.random.key(7), (1, sum(lengths), D_MODEL), jnp.float64)
     segment_ids = jnp.concatenate([jnp.full(n, i) for i, n in enumerate(lengths)])[None]
@@ -85,6 +87,7 @@ def test_refuses_packed_rows(name):
     dict(selection="topk_blocks", summary="max", block_size=4, top_k=2, sink_blocks=0),
     dict(selection="hierarchical", block_size=2, branch=2, top_k=2, local_blocks=2),
     dict(selection="lambda", block_size=4, window=6, sink_tokens=3, n_kv_heads=2),
+    dict(selection="routing", n_clusters=3, n_kv_heads=2),
 ])
 def test_sparse_attention_selections_step_equals_parallel(options):
     mixer = make_mixer("sparse_attention", **options)
@@ -135,3 +138,16 @@ def test_sparse_attention_choosing_every_block_is_attention():
     dense = make_mixer("attention")
     sparse = make_mixer("sparse_attention", block_size=4, top_k=6)
     assert rel_err(sparse(x), dense(x)) < TOL
+
+
+def test_routing_centroids_learn_in_training_mode_only():
+    mixer = make_mixer("sparse_attention", selection="routing", n_clusters=3, centroid_decay=0.5)
+    x = jax.random.normal(jax.random.key(8), (2, 12, D_MODEL), jnp.float64)
+    before = mixer.centroids[...]
+    mixer(x)
+    assert (mixer.centroids[...] == before).all()
+    mixer.train()
+    mixer(x)
+    moved = mixer.centroids[...]
+    assert not jnp.allclose(moved, before)
+    assert jnp.allclose(jnp.linalg.norm(moved, axis=-1), 1, atol=1e-5)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from jaxlm.config import Config, apply_overrides
-from jaxlm.train import read_metrics, train
+from flax import nnx
+
+from jaxlm.train import build_model, read_metrics, train
 
 TINY = apply_overrides(Config(), [
     "model.d_model=16", "model.n_layers=1", "model.vocab_size=64", "model.attention.n_heads=2",
@@ -16,17 +18,26 @@ TINY = apply_overrides(Config(), [
 ])
 
 
+ROUTING = apply_overrides(TINY, ["model.pattern=sparse_attention",
+                                 "model.sparse_attention.selection=routing",
+                                 "model.sparse_attention.n_heads=2",
+                                 "model.sparse_attention.n_clusters=2"])
+
+
 def leaves(state):
-    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state))]
+    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state,
+                                                    state.variables))]
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("config", [TINY, ROUTING], ids=["attention", "routing"])
+def test_resume_equals_uninterrupted(tmp_path, config):
     """Bit for bit on CPU; within float tolerance on accelerators, whose reductions may be
-    non-deterministic."""
-    whole = train(TINY, tmp_path / "whole", progress=False)
-    first = train(TINY, tmp_path / "split", stop_after=4, progress=False)
+    non-deterministic. Routing attention's centroids (train-state variables, not parameters)
+    are checkpointed and resumed too."""
+    whole = train(config, tmp_path / "whole", progress=False)
+    first = train(config, tmp_path / "split", stop_after=4, progress=False)
     assert int(first.state.step) == 4
-    second = train(TINY, tmp_path / "split", resume=True, progress=False)
+    second = train(config, tmp_path / "split", resume=True, progress=False)
     assert int(second.state.step) == 8
     for a, b in zip(leaves(whole.state), leaves(second.state)):
         if jax.default_backend() == "cpu":
@@ -58,3 +69,13 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
         assert (tmp_path / name).exists()
     assert any((tmp_path / "tensorboard").iterdir())
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [30, 40]
+
+
+def test_routing_centroids_are_variables_the_optimizer_never_sees(tmp_path):
+    result = train(ROUTING, tmp_path, stop_after=3, progress=False)
+    assert "centroids" not in str(jax.tree_util.tree_structure(result.state.params))
+    centroids = jax.tree.leaves(result.state.variables)
+    assert centroids and all(np.allclose(np.linalg.norm(c, axis=-1), 1, atol=1e-5)
+                             for c in centroids)
+    initial = jax.tree.leaves(nnx.state(build_model(ROUTING), nnx.Not(nnx.Param)))
+    assert not any(np.allclose(a, b) for a, b in zip(centroids, initial))
