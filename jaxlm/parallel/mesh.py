@@ -1,0 +1,68 @@
+"""Device meshes from config: named axes ``data``, ``fsdp``, ``sequence``, ``tensor``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+AXES = ("data", "fsdp", "sequence", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes; their product is the device count. One size may be -1: "the
+    devices left over". ``data`` and ``fsdp`` split the batch (``fsdp`` also splits parameters),
+    ``sequence`` splits the length, ``tensor`` is reserved for splitting model width."""
+    data: int = -1
+    fsdp: int = 1
+    sequence: int = 1
+    tensor: int = 1
+
+    def sizes(self, device_count: int) -> dict[str, int]:
+        """The resolved axis sizes for ``device_count`` devices; raises with what to change."""
+        sizes = {name: getattr(self, name) for name in AXES}
+        for name, size in sizes.items():
+            if size == 0 or size < -1:
+                raise ValueError(f"mesh.{name}={size}: an axis size must be a positive integer "
+                                 f"or -1 (the devices left over)")
+        free = [name for name, size in sizes.items() if size == -1]
+        if len(free) > 1:
+            raise ValueError(f"mesh: only one axis may be -1, got {free}")
+        fixed = math.prod(size for size in sizes.values() if size != -1)
+        if free:
+            if device_count % fixed:
+                raise ValueError(f"mesh: the fixed axes {self._describe(sizes)} multiply to "
+                                 f"{fixed}, which does not divide the {device_count} devices; "
+                                 f"choose sizes whose product divides {device_count}")
+            sizes[free[0]] = device_count // fixed
+        elif fixed != device_count:
+            raise ValueError(f"mesh: {self._describe(sizes)} multiply to {fixed} but there are "
+                             f"{device_count} devices; make the product {device_count} or set "
+                             f"one axis to -1")
+        return sizes
+
+    @staticmethod
+    def _describe(sizes: dict[str, int]) -> str:
+        return ", ".join(f"{name}={size}" for name, size in sizes.items() if size != -1)
+
+
+def make_mesh(config: MeshConfig = MeshConfig(),
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with the four axes of ``config`` (size-1 axes included, so sharding rules can
+    always name them) over ``devices`` (default: all). The axes are ``Auto``: jit places
+    whatever the code does not shard by hand, and ``shard_map`` reshards its inputs."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = config.sizes(len(devices))
+    return jax.make_mesh(tuple(sizes[name] for name in AXES), AXES,
+                         axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def batch_sharding(mesh: Mesh, rank: int, *, sequence: bool = False) -> NamedSharding:
+    """Sharding of a [batch, length, ...] array: batch over (data, fsdp), and length over
+    ``sequence`` when asked."""
+    spec = [("data", "fsdp"), "sequence" if sequence else None] + [None] * (rank - 2)
+    return NamedSharding(mesh, PartitionSpec(*spec[:rank]))
