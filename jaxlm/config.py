@@ -16,6 +16,7 @@ from typing import Any
 
 from jaxlm.data import DataConfig
 from jaxlm.models import ModelConfig
+from jaxlm.parallel.mesh import MeshConfig
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,7 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
+    mesh: MeshConfig = MeshConfig()  # all ones: one device
 
     def __post_init__(self):
         if self.model.vocab_size < self.data.vocab_size:

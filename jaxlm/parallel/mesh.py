@@ -16,11 +16,16 @@ AXES = ("data", "fsdp", "sequence", "tensor")
 class MeshConfig:
     """Sizes of the mesh axes; their product is the device count. One size may be -1: "the
     devices left over". ``data`` and ``fsdp`` split the batch (``fsdp`` also splits parameters),
-    ``sequence`` splits the length, ``tensor`` is reserved for splitting model width."""
-    data: int = -1
+    ``sequence`` splits the length, ``tensor`` is reserved for splitting model width. All ones
+    (the default) means one device and no mesh."""
+    data: int = 1
     fsdp: int = 1
     sequence: int = 1
     tensor: int = 1
+
+    @property
+    def single_device(self) -> bool:
+        return all(getattr(self, name) == 1 for name in AXES)
 
     def sizes(self, device_count: int) -> dict[str, int]:
         """The resolved axis sizes for ``device_count`` devices; raises with what to change."""
@@ -50,7 +55,7 @@ class MeshConfig:
         return ", ".join(f"{name}={size}" for name, size in sizes.items() if size != -1)
 
 
-def make_mesh(config: MeshConfig = MeshConfig(),
+def make_mesh(config: MeshConfig = MeshConfig(data=-1),
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh with the four axes of ``config`` (size-1 axes included, so sharding rules can
     always name them) over ``devices`` (default: all). The axes are ``Auto``: jit places
@@ -66,3 +71,28 @@ def batch_sharding(mesh: Mesh, rank: int, *, sequence: bool = False) -> NamedSha
     ``sequence`` when asked."""
     spec = [("data", "fsdp"), "sequence" if sequence else None] + [None] * (rank - 2)
     return NamedSharding(mesh, PartitionSpec(*spec[:rank]))
+
+
+def place_batch(batch: dict[str, jax.Array], mesh: Mesh) -> dict[str, jax.Array]:
+    """Puts each [batch, length] array of ``batch`` on ``mesh``: batch over (data, fsdp),
+    length over ``sequence``."""
+    return {name: jax.device_put(x, batch_sharding(mesh, x.ndim, sequence=x.ndim > 1))
+            for name, x in batch.items()}
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
+    """Parameter sharding under FSDP: the largest axis that ``fsdp`` divides is split over the
+    ``fsdp`` axis (ties: the first); arrays with no such axis are replicated."""
+    candidates = [(size, -i) for i, size in enumerate(shape) if fsdp > 1 and size % fsdp == 0]
+    if not candidates:
+        return PartitionSpec()
+    axis = -max(candidates)[1]
+    return PartitionSpec(*[("fsdp" if i == axis else None) for i in range(len(shape))])
+
+
+def place_state(state, mesh: Mesh):
+    """Puts a train-state pytree on ``mesh``: parameters and optimizer moments FSDP-sharded
+    (:func:`fsdp_spec`), scalars replicated."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(mesh, fsdp_spec(x.shape, fsdp))), state)

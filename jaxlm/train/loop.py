@@ -12,11 +12,13 @@ from typing import Any
 import flax
 import jax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxlm.config import Config, save_config
 from jaxlm.data import TaskSource, make_source
 from jaxlm.models import DecoderLM, count_params
+from jaxlm.parallel import make_mesh, place_batch, place_state
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.metrics import MetricWriter
 from jaxlm.train.optim import make_optimizer, make_schedule
@@ -39,17 +41,41 @@ def build_model(config: Config) -> DecoderLM:
 
 
 def evaluate_params(eval_step, model_states: tuple[nnx.State, ...], source: TaskSource, *,
-                    split: str, num_batches: int, batch_size: int) -> dict[str, float]:
-    """Token-weighted mean of the eval metrics over ``num_batches`` batches of ``split``."""
+                    split: str, num_batches: int, batch_size: int,
+                    mesh: Mesh | None = None) -> dict[str, float]:
+    """Token-weighted mean of the eval metrics over ``num_batches`` batches of ``split``
+    (placed on ``mesh`` when given)."""
     totals: dict[str, float] = {}
     tokens = 0.0
     for index in range(num_batches):
-        metrics = jax.device_get(eval_step(model_states, source.batch(index, batch_size, split)))
+        batch = source.batch(index, batch_size, split)
+        batch = batch if mesh is None else place_batch(batch, mesh)
+        metrics = jax.device_get(eval_step(model_states, batch))
         n = float(metrics["tokens"])
         tokens += n
         for name in ("loss", "accuracy"):
             totals[name] = totals.get(name, 0.0) + float(metrics[name]) * n
     return {name: value / max(tokens, 1.0) for name, value in totals.items()}
+
+
+def make_training_mesh(config: Config) -> Mesh | None:
+    """The mesh of ``config.mesh`` (None for one device), after checking that the batch and the
+    sequence split evenly over it: a bad mesh fails here, before anything compiles."""
+    if config.mesh.single_device:
+        return None
+    mesh = make_mesh(config.mesh)
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.train.batch_size % batch_ways:
+        raise ValueError(f"train.batch_size={config.train.batch_size} must be a multiple of "
+                         f"mesh data x fsdp = {batch_ways}")
+    length = config.data.seq_len
+    if length % mesh.shape["sequence"]:
+        raise ValueError(f"data.seq_len={length} (the training row length) must be a multiple "
+                         f"of mesh.sequence={mesh.shape['sequence']}")
+    if mesh.shape["tensor"] > 1:
+        raise ValueError(f"mesh.tensor={mesh.shape['tensor']}: tensor parallelism is not built "
+                         f"yet; set mesh.tensor=1")
+    return mesh
 
 
 def environment() -> dict[str, Any]:
@@ -84,6 +110,9 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
             raise FileExistsError(f"{run_dir} already holds checkpoints; pass resume=True "
                                   f"(--resume) to continue that run, or choose another run_dir")
         state = checkpointer.restore(state)
+    mesh = make_training_mesh(config)
+    if mesh is not None:
+        state = place_state(state, mesh)
     if jax.process_index() == 0:
         save_config(config, run_dir / "config.json")
         (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
@@ -97,7 +126,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
 
     def evaluate(step):
         metrics = evaluate_params(eval_step, (state.params, state.variables), source, split="validation",
-                                  num_batches=tc.eval_batches, batch_size=tc.batch_size)
+                                  num_batches=tc.eval_batches, batch_size=tc.batch_size,
+                                  mesh=mesh)
         writer.write(step, metrics, split="validation")
         return metrics
 
@@ -108,6 +138,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
     try:
         for step in bar:
             batch = source.batch(step, tc.batch_size, "train")
+            batch = batch if mesh is None else place_batch(batch, mesh)
             state, metrics = train_step(state, batch)
             done = step + 1
             if done % tc.log_every == 0 or done == end:
