@@ -67,17 +67,14 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
         carry = (jnp.full(shape, -jnp.inf, acc_dtype), jnp.zeros(shape, acc_dtype),
                  jnp.zeros(shape + (v.shape[-1],), acc_dtype))
         ring = [(i, (i + 1) % n) for i in range(n)]
-
-        def step(state, s):
-            carry, k_c, v_c, seg_c = state
+        k_c, v_c, seg_c = k, v, seg
+        for s in range(n):  # unrolled: n - 1 hops, each visible in the compiled program
             source = (index - s) % n  # whose chunk this device holds at step s
             k_pos = source * chunk + jnp.arange(chunk)
             carry = _fold(carry, qg, k_c.astype(acc_dtype), v_c.astype(acc_dtype), q_pos, k_pos,
                           seg, seg_c, scale)
-            k_c, v_c, seg_c = (jax.lax.ppermute(x, axis, ring) for x in (k_c, v_c, seg_c))
-            return (carry, k_c, v_c, seg_c), None
-
-        (carry, *_), _ = jax.lax.scan(step, (carry, k, v, seg), jnp.arange(n))
+            if s < n - 1:
+                k_c, v_c, seg_c = (jax.lax.ppermute(x, axis, ring) for x in (k_c, v_c, seg_c))
         _, l, acc = carry
         out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # [b, kvh, g, m, dv]
         out = jnp.moveaxis(out, 3, 1).reshape(b, chunk, heads, v.shape[-1])
