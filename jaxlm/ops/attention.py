@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, check_positive, check_qkv, check_shape, resolve_impl
 
 _OP = "attention"
 # "auto" on CPU: below this many positions the materialized reference is fast and small.
@@ -104,17 +104,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
     Returns:
       [batch, length, heads, v_head_dim] in q's dtype.
     """
-    check_rank(_OP, "q", q, "[batch, length, heads, head_dim]")
+    check_qkv(_OP, q, k, v)
     batch, length, heads, head_dim = q.shape
-    check_rank(_OP, "k", k, "[batch, length, kv_heads, head_dim]")
-    kv_heads = k.shape[2]
-    check_shape(_OP, "k", k, (batch, length, None, head_dim),
-                "[batch, length, kv_heads, head_dim]")
-    check_shape(_OP, "v", v, (batch, length, kv_heads, None),
-                "[batch, length, kv_heads, v_head_dim]")
-    if heads % kv_heads:
-        raise ValueError(f"{_OP}: kv_heads={kv_heads} (k.shape[2]) must divide "
-                         f"heads={heads} (q.shape[2])")
     check_positive(_OP, "window", window)
     check_positive(_OP, "block_size", block_size, allow_none=False)
     if segment_ids is not None:

@@ -60,3 +60,18 @@ def check_positive(op: str, name: str, value: int | None, *, allow_none: bool = 
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{op}: {name} must be a positive integer"
                          f"{' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_qkv(op: str, q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+    """Raises unless q [batch, length, heads, head_dim], k [batch, length, kv_heads, head_dim]
+    and v [batch, length, kv_heads, v_head_dim] agree, with kv_heads dividing heads."""
+    check_rank(op, "q", q, "[batch, length, heads, head_dim]")
+    batch, length, heads, head_dim = q.shape
+    check_rank(op, "k", k, "[batch, length, kv_heads, head_dim]")
+    kv_heads = k.shape[2]
+    check_shape(op, "k", k, (batch, length, None, head_dim), "[batch, length, kv_heads, head_dim]")
+    check_shape(op, "v", v, (batch, length, kv_heads, None),
+                "[batch, length, kv_heads, v_head_dim]")
+    if heads % kv_heads:
+        raise ValueError(f"{op}: kv_heads={kv_heads} must divide heads={heads} (k.shape[2] and "
+                         f"q.shape[2])")

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import attention_mask, masked_attention
-from jaxlm.ops.checks import check_positive, check_rank, check_shape
+from jaxlm.ops.checks import check_positive, check_qkv, check_rank, check_shape
+from jaxlm.ops.sparse_attention import repeat_kv_heads
 
 _OP = "routing_attention"
 
@@ -41,19 +42,9 @@ def route(x: jax.Array, centroids: jax.Array) -> jax.Array:
     return jnp.argmax(sim, axis=-1).astype(jnp.int32)
 
 
-def _repeat_heads(x: jax.Array, heads: int) -> jax.Array:
-    return jnp.repeat(x, heads // x.shape[2], axis=2)
-
-
 def _check(q, k, v, centroids, segment_ids):
-    check_rank(_OP, "q", q, "[batch, length, heads, head_dim]")
+    check_qkv(_OP, q, k, v)
     batch, length, heads, head_dim = q.shape
-    check_rank(_OP, "k", k, "[batch, length, kv_heads, head_dim]")
-    check_shape(_OP, "k", k, (batch, length, None, head_dim), "[batch, length, kv_heads, head_dim]")
-    check_shape(_OP, "v", v, (batch, length, k.shape[2], None),
-                "[batch, length, kv_heads, v_head_dim]")
-    if heads % k.shape[2]:
-        raise ValueError(f"{_OP}: kv_heads={k.shape[2]} (k.shape[2]) must divide heads={heads}")
     check_rank(_OP, "centroids", centroids, "[heads, n_clusters, head_dim]")
     check_shape(_OP, "centroids", centroids, (heads, None, head_dim),
                 "[heads, n_clusters, head_dim]")
@@ -67,7 +58,7 @@ def routing_mask(q: jax.Array, k: jax.Array, centroids: jax.Array,
     [batch, length, kv_heads, d]: bool [batch, heads, length, length], causal, per document."""
     length, heads = q.shape[1], q.shape[2]
     q_cluster = jnp.moveaxis(route(q, centroids), 1, 2)  # [batch, heads, length]
-    k_cluster = jnp.moveaxis(route(_repeat_heads(k, heads), centroids), 1, 2)
+    k_cluster = jnp.moveaxis(route(repeat_kv_heads(k, heads, axis=2), centroids), 1, 2)
     pos = jnp.arange(length)
     seg = None if segment_ids is None else segment_ids[:, None]
     allowed = attention_mask(pos, pos, causal=True, window=None, q_segment=seg, k_segment=seg)
@@ -91,9 +82,9 @@ def _gather(x: jax.Array, index: jax.Array) -> jax.Array:
 
 def _balanced_attention(q, k, v, q_route, k_route, centroids, size, segment_ids, scale):
     batch, length, heads, _ = q.shape
-    k, v = _repeat_heads(k, heads), _repeat_heads(v, heads)
+    k, v = repeat_kv_heads(k, heads, axis=2), repeat_kv_heads(v, heads, axis=2)
     qi = _members(q_route, centroids, size)  # [b, h, C, w]
-    ki = _members(_repeat_heads(k_route, heads), centroids, size)
+    ki = _members(repeat_kv_heads(k_route, heads, axis=2), centroids, size)
     acc = jnp.promote_types(q.dtype, jnp.float32)
     qc, kc, vc = _gather(q, qi).astype(acc), _gather(k, ki).astype(acc), _gather(v, ki).astype(acc)
     mask = ki[..., None, :] <= qi[..., :, None]  # [b, h, C, w, w]
@@ -170,7 +161,7 @@ def update_centroids(centroids: jax.Array, q: jax.Array, k: jax.Array, *, decay:
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"update_centroids: decay must be in [0, 1), got {decay}")
     heads, n_clusters = centroids.shape[:2]
-    x = jnp.concatenate([q, _repeat_heads(k, heads)], axis=1)
+    x = jnp.concatenate([q, repeat_kv_heads(k, heads, axis=2)], axis=1)
     x = jax.lax.stop_gradient(unit_norm(x.astype(jnp.float32)))
     onehot = jax.nn.one_hot(route(x, centroids), n_clusters, dtype=jnp.float32)  # [b, 2L, h, C]
     sums = jnp.einsum("blhc,blhd->hcd", onehot, x)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import masked_attention
-from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, check_positive, check_qkv, check_shape, resolve_impl
 
 METHODS = ("mean", "max", "hierarchical")
 
@@ -39,9 +39,10 @@ def to_blocks(x: jax.Array, block_size: int) -> jax.Array:
     return jnp.moveaxis(x.reshape(batch, n, block_size, heads, d), 3, 1)
 
 
-def repeat_kv_heads(x: jax.Array, heads: int) -> jax.Array:
-    """[batch, kv_heads, ...] -> [batch, heads, ...] (query head h reads kv head h // group)."""
-    return jnp.repeat(x, heads // x.shape[1], axis=1)
+def repeat_kv_heads(x: jax.Array, heads: int, axis: int = 1) -> jax.Array:
+    """kv_heads -> heads along ``axis`` (default: [batch, kv_heads, ...] -> [batch, heads, ...]);
+    query head h reads kv head h // (heads / kv_heads)."""
+    return jnp.repeat(x, heads // x.shape[axis], axis=axis)
 
 
 def block_summaries(k: jax.Array, block_size: int, method: str = "mean") -> jax.Array:
@@ -141,16 +142,6 @@ def lambda_blocks(window: int, sink_tokens: int, block_size: int) -> tuple[int, 
     return -(-(window - 1) // block_size) + 1, -(-sink_tokens // block_size)
 
 
-def _check_qkv(op, q, k, v):
-    check_rank(op, "q", q, "[batch, length, heads, head_dim]")
-    batch, length, heads, d = q.shape
-    check_shape(op, "k", k, (batch, length, None, d), "[batch, length, kv_heads, head_dim]")
-    check_shape(op, "v", v, (batch, length, k.shape[2], None),
-                "[batch, length, kv_heads, head_dim]")
-    if heads % k.shape[2]:
-        raise ValueError(f"{op}: kv_heads={k.shape[2]} must divide heads={heads}")
-
-
 def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
                   local_blocks: int = 1, sink_blocks: int = 1, method: str = "mean",
                   branch: int = 4) -> jax.Array:
@@ -162,7 +153,7 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
     ``sink_blocks + local_blocks + top_k`` blocks per row, never one above the diagonal.
     """
     op = "select_blocks"
-    _check_qkv(op, q, k, k)
+    check_qkv(op, q, k, k)
     for name, value in (("block_size", block_size), ("branch", branch)):
         check_positive(op, name, value, allow_none=False)
     for name, value in (("top_k", top_k), ("local_blocks", local_blocks),
@@ -257,7 +248,7 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
     Returns [batch, length, heads, d] in q's dtype; a query that reads nothing gets 0.
     """
     op = "block_sparse_attention"
-    _check_qkv(op, q, k, v)
+    check_qkv(op, q, k, v)
     check_positive(op, "block_size", block_size, allow_none=False)
     batch, length, heads, d = q.shape
     n = -(-length // block_size)
@@ -302,7 +293,7 @@ def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
     and its local blocks only: cost O(length · (sink_tokens + window))), "auto" (xla).
     """
     op = "lambda_attention"
-    _check_qkv(op, q, k, v)
+    check_qkv(op, q, k, v)
     check_positive(op, "window", window, allow_none=False)
     check_positive(op, "block_size", block_size, allow_none=False)
     if not isinstance(sink_tokens, int) or sink_tokens < 0:
