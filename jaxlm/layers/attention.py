@@ -79,6 +79,13 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, self.head_dim)
         return q, k, v
 
+    @staticmethod
+    def _positions(batch: int, length: int, segment_ids: jax.Array | None) -> jax.Array:
+        """[batch, length] rotary positions, restarting at every document of a packed row."""
+        if segment_ids is None:
+            return jnp.broadcast_to(jnp.arange(length), (batch, length))
+        return segment_positions(segment_ids)
+
     def _rotate(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         return apply_rope(x, positions, theta=self.rope_theta) if self.rope else x
 
@@ -88,11 +95,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         batch, length, _ = x.shape
-        if segment_ids is None:
-            positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        else:
-            positions = segment_positions(segment_ids)
-        q, k, v = self._qkv(x, positions)
+        q, k, v = self._qkv(x, self._positions(batch, length, segment_ids))
         out = attention(q, k, v, causal=True, window=self.window, segment_ids=segment_ids,
                         impl=self.impl)
         return self.o_proj(out.reshape(batch, length, -1))

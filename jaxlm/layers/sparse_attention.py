@@ -13,7 +13,6 @@ from flax import nnx
 from jaxlm.layers.attention import Attention
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops.attention import masked_attention
-from jaxlm.ops.segments import segment_positions
 from jaxlm.ops.routing_attention import init_centroids, route, routing_attention, update_centroids
 from jaxlm.ops.sparse_attention import (block_summaries, choose_blocks, gathered_attention,
                                         group_summaries, lambda_attention, lambda_blocks,
@@ -152,8 +151,7 @@ class SparseAttention(Attention):
         """Routing runs on the projections before rotary positions: clusters by content."""
         batch, length, _ = x.shape
         q_raw, k_raw, v = self._project(x)
-        positions = (jnp.broadcast_to(jnp.arange(length), (batch, length)) if segment_ids is None
-                     else segment_positions(segment_ids))
+        positions = self._positions(batch, length, segment_ids)
         centroids = self.centroids[...]
         q, k = self._rotate(q_raw, positions), self._rotate(k_raw, positions)
         c = self.sparse
@@ -172,7 +170,7 @@ class SparseAttention(Attention):
                              "key blocks are cut on row positions")
         batch, length, _ = x.shape
         c = self.sparse
-        q, k, v = self._qkv(x, jnp.broadcast_to(jnp.arange(length), (batch, length)))
+        q, k, v = self._qkv(x, self._positions(batch, length, None))
         if c.selection == "lambda":
             out = lambda_attention(q, k, v, window=c.window, sink_tokens=c.sink_tokens,
                                    block_size=c.block_size)
@@ -243,11 +241,11 @@ class SparseAttention(Attention):
         centroids = self.centroids[...]
         cache_k = state["k"].at[:, pos].set(k[:, 0].astype(state["k"].dtype))
         cache_v = state["v"].at[:, pos].set(v[:, 0].astype(state["v"].dtype))
-        k_cluster = route(jnp.repeat(k_raw[:, 0], self.n_heads // self.n_kv_heads, axis=1),
-                          centroids)
+        k_cluster = route(repeat_kv_heads(k_raw[:, 0], self.n_heads), centroids)
         key_cluster = state["key_cluster"].at[:, pos].set(k_cluster)
         q_cluster = route(q_raw[:, 0], centroids)  # [batch, heads]
-        mask = (key_cluster == q_cluster[:, None]) & (key_cluster >= 0)  # [batch, slots, heads]
+        # empty slots hold cluster -1, which no query is routed to: [batch, slots, heads]
+        mask = key_cluster == q_cluster[:, None]
         mask = jnp.moveaxis(mask, 1, 2)[:, :, None]  # [batch, heads, 1, slots]
         out = masked_attention(q, cache_k, cache_v, mask, self.head_dim ** -0.5)
         new_state = {"k": cache_k, "v": cache_v, "key_cluster": key_cluster, "pos": pos + 1}
