@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.checks import check_positive, check_rank, check_shape
+from jaxlm.ops.segments import pad_segments
 
 
 def heads_first(x: jax.Array) -> jax.Array:
@@ -44,7 +45,7 @@ def from_chunks(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
 
 
-def prepare_segments(segment_ids: jax.Array | None, batch: int, length: int, padded: int,
+def prepare_segments(segment_ids: jax.Array | None, batch: int, padded: int,
                      chunk: int) -> tuple[jax.Array, jax.Array]:
     """Per-chunk segment ids and the id each chunk's incoming state belongs to.
 
@@ -55,9 +56,7 @@ def prepare_segments(segment_ids: jax.Array | None, batch: int, length: int, pad
     if segment_ids is None:
         seg = jnp.zeros((batch, padded), jnp.int32)
     else:
-        seg = segment_ids.astype(jnp.int32)
-        seg = jnp.concatenate(
-            [seg, jnp.broadcast_to(seg[:, -1:], (batch, padded - length))], axis=1)
+        seg = pad_segments(segment_ids.astype(jnp.int32), padded)
     prev = jnp.concatenate([seg[:, :1], seg[:, chunk - 1:-1:chunk]], axis=1)  # [batch, n]
     seg = jnp.moveaxis(seg.reshape(batch, padded // chunk, chunk), 1, 0)
     return seg, prev.T

@@ -151,7 +151,7 @@ def _chunked(q, k, v, beta, a, segment_ids, state, chunk):
     padded = -(-length // chunk) * chunk
     q, k, v, beta, a = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk)
                         for x in (q, k, v, beta, a))
-    seg, seg_prev = ch.prepare_segments(segment_ids, batch, length, padded, chunk)
+    seg, seg_prev = ch.prepare_segments(segment_ids, batch, padded, chunk)
     causal = jnp.tril(jnp.ones((chunk, chunk), bool))
     strict = jnp.tril(jnp.ones((chunk, chunk), bool), -1)
 

@@ -140,7 +140,7 @@ def _chunked(q, k, v, g, segment_ids, state, chunk):
     batch, heads, length, dk = q.shape
     padded = -(-length // chunk) * chunk
     q, k, v, g = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk) for x in (q, k, v, g))
-    seg, seg_prev = ch.prepare_segments(segment_ids, batch, length, padded, chunk)
+    seg, seg_prev = ch.prepare_segments(segment_ids, batch, padded, chunk)
     causal = jnp.tril(jnp.ones((chunk, chunk), bool))
 
     @jax.checkpoint

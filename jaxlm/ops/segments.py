@@ -27,3 +27,9 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     starts = segment_starts(segment_ids, batch, length)  # position 0 maps to 0 either way
     start_index = jax.lax.cummax(jnp.where(starts, index, 0), axis=segment_ids.ndim - 1)
     return index - start_index
+
+
+def pad_segments(segment_ids: jax.Array, length: int) -> jax.Array:
+    """Pads [batch, n] document ids to [batch, length] with each row's last id, so the padding
+    joins the last document and starts none."""
+    return jnp.pad(segment_ids, [(0, 0), (0, length - segment_ids.shape[1])], mode="edge")

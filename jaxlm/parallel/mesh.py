@@ -10,6 +10,7 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "sequence", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the axes that split the batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +67,23 @@ def make_mesh(config: MeshConfig = MeshConfig(data=-1),
                          axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
+def axis_size(mesh: Mesh, axis: str) -> int:
+    """The size of ``axis``, or an error naming the mesh's axes."""
+    if axis not in mesh.axis_names:
+        raise ValueError(f"sequence parallelism: the mesh has no axis {axis!r}; its axes are "
+                         f"{mesh.axis_names}")
+    return mesh.shape[axis]
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The batch-splitting axes (data, fsdp) that ``mesh`` has."""
+    return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def batch_sharding(mesh: Mesh, rank: int, *, sequence: bool = False) -> NamedSharding:
     """Sharding of a [batch, length, ...] array: batch over (data, fsdp), and length over
     ``sequence`` when asked."""
-    spec = [("data", "fsdp"), "sequence" if sequence else None] + [None] * (rank - 2)
+    spec = [batch_axes(mesh), "sequence" if sequence else None] + [None] * (rank - 2)
     return NamedSharding(mesh, PartitionSpec(*spec[:rank]))
 
 

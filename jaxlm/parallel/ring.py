@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxlm.parallel.sequence import BATCH_AXES, _axis_size, _pad_to
+from jaxlm.parallel.mesh import axis_size, batch_axes
+from jaxlm.ops.segments import pad_segments
+from jaxlm.parallel.sequence import pad_rows
 
 
 def _fold(carry, q, k, v, q_pos, k_pos, q_seg, k_seg, scale):
@@ -45,17 +47,16 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
     [batch, length] or None. Lengths the axis size does not divide are padded at the end (a
     causal mask never lets a real query read a padded key). Returns [batch, length, heads, dv].
     """
-    n = _axis_size(mesh, axis)
+    n = axis_size(mesh, axis)
     batch, length, heads, d = q.shape
     kv_heads = k.shape[2]
     scale = d ** -0.5 if scale is None else float(scale)
     padded = -(-length // n) * n
-    q, k, v = (_pad_to(x, padded) for x in (q, k, v))
+    q, k, v = (pad_rows(x, padded) for x in (q, k, v))
     seg = (jnp.zeros((batch, padded), jnp.int32) if segment_ids is None
-           else _pad_to(segment_ids, padded, mode="edge"))
+           else pad_segments(segment_ids, padded))
     chunk = padded // n
-    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-    spec = P(batch_axes, axis)
+    spec = P(batch_axes(mesh), axis)
 
     def body(q, k, v, seg):
         index = jax.lax.axis_index(axis)

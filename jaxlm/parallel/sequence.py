@@ -29,25 +29,17 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from jaxlm.ops.chunking import pad_length
 from jaxlm.ops.delta_rule import gated_delta_rule
 from jaxlm.ops.linear_attention import gated_linear_attention
+from jaxlm.ops.segments import pad_segments
 from jaxlm.ops.selective import selective_scan, ssd
-
-BATCH_AXES = ("data", "fsdp")
-
-
-def _axis_size(mesh: Mesh, axis: str) -> int:
-    if axis not in mesh.axis_names:
-        raise ValueError(f"sequence parallelism: the mesh has no axis {axis!r}; its axes are "
-                         f"{mesh.axis_names}")
-    return mesh.shape[axis]
+from jaxlm.parallel.mesh import axis_size, batch_axes
 
 
-def _pad_to(x: jax.Array | None, length: int, mode: str = "constant") -> jax.Array | None:
-    """Pads axis 1 of [batch, length, ...] up to ``length`` (zeros, or "edge": the last entry)."""
-    if x is None or x.shape[1] == length:
-        return x
-    return jnp.pad(x, [(0, 0), (0, length - x.shape[1])] + [(0, 0)] * (x.ndim - 2), mode=mode)
+def pad_rows(x: jax.Array | None, length: int) -> jax.Array | None:
+    """Zero-pads axis 1 of [batch, length, ...] (None passes through)."""
+    return None if x is None else pad_length(x, length, 1)
 
 
 def prefix_states(finals: jax.Array, transitions: jax.Array, initial: jax.Array,
@@ -99,17 +91,17 @@ def _sharded(mesh, axis, body, seq_args, segment_ids, initial, replicated, lengt
     """shard_map of ``body(seq_args, segment_ids, initial, replicated)``: [batch, length, ...]
     arrays split on batch and length, the [batch, ...] initial state on batch, ``replicated``
     everywhere. Returns (out [batch, length, ...], last state)."""
-    n = _axis_size(mesh, axis)
+    n = axis_size(mesh, axis)
     padded = -(-length // n) * n
-    seq_args = tuple(_pad_to(x, padded) for x in seq_args)
-    segment_ids = _pad_to(segment_ids, padded, mode="edge")  # padding stays in the last doc
-    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-    seq_spec = lambda x: None if x is None else P(batch_axes, axis)
+    seq_args = tuple(pad_rows(x, padded) for x in seq_args)
+    segment_ids = None if segment_ids is None else pad_segments(segment_ids, padded)
+    batch = batch_axes(mesh)
+    seq_spec = lambda x: None if x is None else P(batch, axis)
     fn = jax.shard_map(
         body, mesh=mesh,
-        in_specs=(tuple(seq_spec(x) for x in seq_args), seq_spec(segment_ids), P(batch_axes),
+        in_specs=(tuple(seq_spec(x) for x in seq_args), seq_spec(segment_ids), P(batch),
                   tuple(None if x is None else P() for x in replicated)),
-        out_specs=(P(batch_axes, axis), P(batch_axes)), check_vma=False)
+        out_specs=(P(batch, axis), P(batch)), check_vma=False)
     out, last = fn(seq_args, segment_ids, initial, tuple(replicated))
     return out[:, :length], last
 
@@ -139,8 +131,6 @@ def sequence_parallel_gla(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.A
     batch, length, heads, dk = q.shape
     op = functools.partial(gated_linear_attention, scale=scale, chunk_size=chunk_size,
                            return_final_state=True, impl=impl)
-    if log_g is not None and log_g.ndim == 3:
-        log_g = log_g[..., None] * jnp.ones((dk,), log_g.dtype)
     initial = _initial(initial_state, (batch, heads, dk, v.shape[-1]), v.dtype)
 
     def body(seq, seg, init, _):
