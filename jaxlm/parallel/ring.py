@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxlm.parallel.mesh import axis_size, batch_axes
+from jaxlm.ops.checks import check_qkv, check_shape
 from jaxlm.ops.segments import pad_segments
 from jaxlm.parallel.sequence import pad_rows
 
@@ -47,6 +48,9 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
     [batch, length] or None. Lengths the axis size does not divide are padded at the end (a
     causal mask never lets a real query read a padded key). Returns [batch, length, heads, dv].
     """
+    check_qkv("ring_attention", q, k, v)
+    if segment_ids is not None:
+        check_shape("ring_attention", "segment_ids", segment_ids, q.shape[:2], "[batch, length]")
     n = axis_size(mesh, axis)
     batch, length, heads, d = q.shape
     kv_heads = k.shape[2]

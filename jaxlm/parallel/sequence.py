@@ -106,6 +106,12 @@ def _sharded(mesh, axis, body, seq_args, segment_ids, initial, replicated, lengt
     return out[:, :length], last
 
 
+def check_global(op: Callable, *args, **kwargs) -> None:
+    """Runs ``op``'s own argument checks on the whole, unsplit inputs (shapes only, nothing is
+    computed), so bad input is named with the shapes the caller passed, not a device's share."""
+    jax.eval_shape(functools.partial(op, **kwargs), *args)  # flags go in kwargs: not traced
+
+
 def _finish(out, last, return_final_state):
     return (out, last) if return_final_state else out
 
@@ -128,6 +134,8 @@ def sequence_parallel_gla(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.A
                           segment_ids: jax.Array | None = None, impl: str = "auto"):
     """:func:`jaxlm.ops.gated_linear_attention` with the length split over ``mesh`` axis
     ``axis`` (arguments and results as there; ``log_g=None`` is linear attention)."""
+    check_global(gated_linear_attention, q, k, v, log_g, initial_state=initial_state,
+                 segment_ids=segment_ids, impl=impl)
     batch, length, heads, dk = q.shape
     op = functools.partial(gated_linear_attention, scale=scale, chunk_size=chunk_size,
                            return_final_state=True, impl=impl)
@@ -153,6 +161,8 @@ def sequence_parallel_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta:
     """:func:`jaxlm.ops.gated_delta_rule` (``log_alpha=None``: DeltaNet) with the length split
     over ``mesh`` axis ``axis``. The carried transition is the product of the
     α_t (I − β_t k_t k_tᵀ) of the chunk, a [d_k, d_k] matrix per head."""
+    check_global(gated_delta_rule, q, k, v, beta, log_alpha, initial_state=initial_state,
+                 segment_ids=segment_ids, impl=impl)
     batch, length, heads, dk = q.shape
     op = functools.partial(gated_delta_rule, scale=scale, chunk_size=chunk_size,
                            return_final_state=True, impl=impl)
@@ -177,6 +187,8 @@ def sequence_parallel_ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Arra
                           return_final_state: bool = False,
                           segment_ids: jax.Array | None = None, impl: str = "auto"):
     """:func:`jaxlm.ops.ssd` (Mamba-2) with the length split over ``mesh`` axis ``axis``."""
+    check_global(ssd, x, dt, A, B, C, D=D, initial_state=initial_state, segment_ids=segment_ids,
+                 impl=impl)
     batch, length, heads, head_dim = x.shape
     op = functools.partial(ssd, chunk_size=chunk_size, return_final_state=True, impl=impl)
     initial = _initial(initial_state, (batch, heads, head_dim, B.shape[-1]), x.dtype)
@@ -206,6 +218,9 @@ def sequence_parallel_selective_scan(u: jax.Array, delta: jax.Array, A: jax.Arra
     """:func:`jaxlm.ops.selective_scan` (Mamba) with the length split over ``mesh`` axis
     ``axis``. Δ is made final (bias, softplus) before the split, so padding with Δ = 0 leaves
     the state unchanged."""
+    check_global(selective_scan, u, delta, A, B, C, D, z, delta_bias,
+                 delta_softplus=delta_softplus, initial_state=initial_state,
+                 segment_ids=segment_ids, impl=impl)
     batch, length, d_inner = u.shape
     if delta_bias is not None:
         delta = delta + delta_bias

@@ -32,3 +32,10 @@ def test_ring_equals_attention(mesh_config, length, packed):
     ring = run(lambda q, k, v: ring_attention(q, k, v, mesh=mesh, segment_ids=seg))
     dense = run(lambda q, k, v: attention(q, k, v, segment_ids=seg, impl="reference"))
     assert rel_err(ring, dense) < TOL
+
+
+def test_bad_input_is_named():
+    mesh = make_mesh(MeshConfig(data=2, sequence=4))
+    q = normal(1, (2, 16, 4, 8))
+    with pytest.raises(ValueError, match="kv_heads=3 must divide heads=4"):
+        ring_attention(q, q[:, :, :3], q[:, :, :3], mesh=mesh)

@@ -139,3 +139,11 @@ def test_missing_axis_is_named():
     a = gla_inputs(1, 8)
     with pytest.raises(ValueError, match="no axis 'sequence'"):
         sequence_parallel_gla(a["q"], a["k"], a["v"], None, mesh=mesh)
+
+
+def test_bad_input_is_named_with_the_whole_shapes(mesh):
+    a = delta_inputs(2, 16)
+    with pytest.raises(ValueError, match=r"beta must have shape .* got \(2, 15, 2\)"):
+        sequence_parallel_delta_rule(a["q"], a["k"], a["v"], a["beta"][:, :15], mesh=mesh)
+    with pytest.raises(ValueError, match=r"q must have shape"):
+        sequence_parallel_gla(a["q"][0], a["k"], a["v"], None, mesh=mesh)
