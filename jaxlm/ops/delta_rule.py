@@ -113,26 +113,34 @@ def _reference(q, k, v, beta, a, segment_ids, state):
     return jnp.moveaxis(out, 0, 2), state
 
 
-@jax.custom_vjp
-def unit_lower_inverse(n: jax.Array) -> jax.Array:
+def forward_substitution(n: jax.Array) -> jax.Array:
     """(I + N)⁻¹ for strictly lower-triangular N [..., C, C], by forward substitution.
 
     Row i of T = (I + N)⁻¹ is e_i − N[i, :] T, and only rows j < i of T enter it, so C
-    row updates give T exactly (plain matrix-vector products: no LAPACK call, the same
-    recurrence a kernel runs in on-chip memory).
+    row updates give T exactly (plain matrix-vector products: no LAPACK call). Rows are picked
+    and written with masks, not indexing, so the same code runs inside a Pallas kernel.
     """
     size = n.shape[-1]
+    rows = jax.lax.broadcasted_iota(jnp.int32, (size, size), 0)
     eye = jnp.broadcast_to(jnp.eye(size, dtype=n.dtype), n.shape)
 
     def row(i, t):
-        new = eye[..., i, :] - jnp.einsum("...j,...jc->...c", n[..., i, :], t)
-        return t.at[..., i, :].set(new)
+        n_i = jnp.sum(jnp.where(rows == i, n, 0), axis=-2, keepdims=True)  # [..., 1, C]
+        e_i = jnp.sum(jnp.where(rows == i, eye, 0), axis=-2, keepdims=True)
+        return jnp.where(rows == i, e_i - jnp.matmul(n_i, t), t)
 
     return jax.lax.fori_loop(1, size, row, eye)
 
 
+@jax.custom_vjp
+def unit_lower_inverse(n: jax.Array) -> jax.Array:
+    """(I + N)⁻¹ for strictly lower-triangular N [..., C, C] (:func:`forward_substitution`),
+    differentiated in closed form rather than through the row loop."""
+    return forward_substitution(n)
+
+
 def _unit_lower_inverse_fwd(n):
-    t = unit_lower_inverse(n)
+    t = forward_substitution(n)
     return t, t
 
 

@@ -1,0 +1,49 @@
+"""Which Pallas lowering a kernel call uses, and the error when there is none.
+
+* ``interpret=True``: the kernel body runs as plain JAX on any backend (the CPU test suite).
+* TPU: Mosaic, with every grid axis marked parallel (one program per batch row and head).
+* GPU: the Triton lowering, where the installed JAX still ships it
+  (``jax.experimental.pallas.triton``). jaxlm's kernels are written against the portable
+  ``pallas_call`` / ``BlockSpec`` interface; Mosaic GPU takes hand-placed ``wgmma`` / TMA kernels
+  instead, which jaxlm does not have yet, so without Triton ``impl="pallas"`` raises on GPU.
+* CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+
+
+def triton_available() -> bool:
+    """Whether the installed JAX still has Pallas' Triton lowering."""
+    return importlib.util.find_spec("jax.experimental.pallas.triton") is not None
+
+
+def compiler_params(kernel: str, interpret: bool, grid_rank: int, *,
+                    platform: str | None = None, num_warps: int = 4, num_stages: int = 2):
+    """Compiler parameters for ``pallas_call`` on ``platform`` (default: JAX's default backend).
+
+    Returns None in interpret mode. Raises a ValueError naming ``kernel`` and the backend when
+    the kernel cannot be compiled there.
+    """
+    if interpret:
+        return None
+    platform = platform or jax.default_backend()
+    if platform == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pltpu.CompilerParams(dimension_semantics=("parallel",) * grid_rank)
+    if platform in ("gpu", "cuda", "rocm"):
+        if not triton_available():
+            raise ValueError(
+                f"{kernel}: impl='pallas' has no GPU lowering in this JAX "
+                f"({jax.__version__}): its kernels use the Triton lowering, which this JAX no "
+                "longer ships, and jaxlm has no Mosaic GPU version yet; use impl='xla'")
+        from jax.experimental.pallas import triton as pltriton
+
+        return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    raise ValueError(f"{kernel}: impl='pallas' cannot compile for backend {platform!r}; pass "
+                     "interpret=True to run the kernel in Pallas' interpreter, or use "
+                     "impl='xla'")

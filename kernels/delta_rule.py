@@ -1,0 +1,78 @@
+"""The chunked (gated) delta rule as a Pallas kernel: DeltaNet ("Parallelizing Linear
+Transformers with the Delta Rule over Sequence Length") and Gated DeltaNet ("Gated Delta
+Networks: Improving Mamba2 with Delta Rule").
+
+Per program and chunk of C positions, with Γ[t, s] = e^{b_t - b_s} the decay between positions
+of one document (b the running log-decay), γ_t = e^{b_t} and the UT transform
+T = (I + tril_strict(diag(β) Γ ⊙ K Kᵀ))⁻¹ by forward substitution on chip:
+
+    W = T diag(β) diag(γ) K,   U = T diag(β) V - W S
+    O = diag(γ) Q S + (tril(Q Kᵀ) ⊙ Γ) U
+    S' = γ_C S + Σ_s Γ[C, s] k_s u_sᵀ
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.kernels import blocks
+from jaxlm.kernels.chunked import Recurrence, chunked_recurrence
+from jaxlm.ops.delta_rule import forward_substitution, unit_lower_inverse
+
+
+def delta_chunk(state, consts, xs, *, inverse=forward_substitution):
+    """One chunk: xs = (q [C, d_k] (scaled), k [C, d_k], v [C, d_v], beta [C, 1],
+    log_a [C, 1], starts [C, 1]); state [d_k, d_v]. Returns (o [C, d_v], new state).
+    ``inverse`` computes (I + N)⁻¹; the backward kernel uses the one with a closed-form
+    gradient."""
+    del consts
+    q, k, v, beta, a, starts = xs
+    size = q.shape[0]
+    inclusive, strict = blocks.triangles(size, a.dtype)
+    same, from_prev, to_end, keep = blocks.chunk_segments(starts, inclusive, strict)
+    gamma_ts = jnp.where(same, jnp.exp(blocks.range_sums(a, inclusive, strict)), 0.0)
+    b = blocks.dot(inclusive, a)
+    gamma = jnp.where(from_prev, jnp.exp(b), 0.0)  # [C, 1]
+    n = strict * beta * gamma_ts * blocks.dot_nt(k, k)
+    t = inverse(n)
+    w = blocks.dot(t, beta * gamma * k)
+    u = blocks.dot(t, beta * v) - blocks.dot(w, state)
+    out = blocks.dot(gamma * q, state) + blocks.dot(blocks.dot_nt(q, k) * gamma_ts, u)
+    b_last = blocks.last_row(b)
+    k_out = jnp.where(to_end, jnp.exp(b_last - b), 0.0) * k  # Γ[C, s] k_s
+    carry = jnp.where(keep, jnp.exp(b_last), 0.0)  # γ_C: [1, 1]
+    return out, carry * state + blocks.dot_tn(k_out, u)
+
+
+_delta_chunk_for_grad = functools.partial(delta_chunk, inverse=unit_lower_inverse)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform"))
+def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
+                     log_a: jax.Array, starts: jax.Array, state: jax.Array, *, chunk: int = 64,
+                     interpret: bool = False, platform: str | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+    """S_t = e^{log_a_t} (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ, o_t = q_tᵀ S_t.
+
+    q (already scaled), k: [batch, heads, length, d_k]; v: [batch, heads, length, d_v];
+    beta, log_a: [batch, heads, length] (log_a <= 0; zeros for the plain delta rule);
+    starts: bool [batch, length], True where a packed document starts; state:
+    [batch, heads, d_k, d_v], float32 or wider. Any length works (padded with β = 0 positions,
+    which leave the state unchanged). Returns (o [batch, heads, length, d_v], final state) in
+    the state's dtype.
+    """
+    batch, heads, length, dk = q.shape
+    acc = state.dtype
+    padded = -(-length // chunk) * chunk
+    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, padded - length), (0, 0)])
+    flat = lambda x: pad(x.astype(acc).reshape(batch * heads, length, -1))
+    seqs = (flat(q), flat(k), flat(v), flat(beta), flat(log_a),
+            pad(starts.astype(acc)[..., None]))
+    rec = Recurrence(delta_chunk, chunk, (1, 1, 1, 1, 1, heads), v.shape[-1],
+                     "gated_delta_rule", interpret, platform, _delta_chunk_for_grad)
+    out, final = chunked_recurrence(rec, seqs, (), state.reshape(batch * heads, dk, -1))
+    out = out[:, :length].reshape(batch, heads, length, -1)
+    return out, final.reshape(state.shape)

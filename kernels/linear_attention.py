@@ -1,0 +1,75 @@
+"""Chunked gated linear attention as a Pallas kernel: GLA ("Gated Linear Attention Transformers
+with Hardware-Efficient Training"), Mamba-2's SSD ("Transformers are SSMs") and plain linear
+attention are its cases (per-channel, per-head and no decay).
+
+Per program (one batch row and head) and chunk of C positions, with b_t the running sum of the
+log-gates inside the chunk and S the incoming state [d_k, d_v]:
+
+    o_t = Σ_{s <= t} (q_t · (k_s ⊙ e^{b_t - b_s})) v_s + (q_t ⊙ e^{b_t}) S
+    S'  = diag(e^{b_C}) S + Σ_s (k_s ⊙ e^{b_C - b_s}) v_sᵀ
+
+the intra-chunk part on the matrix units, the state passed between chunks on chip. Inside a
+chunk, document starts (packed rows) cut the sums and reset the state.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.kernels import blocks
+from jaxlm.kernels.chunked import Recurrence, chunked_recurrence
+
+
+def gla_chunk(state, consts, xs):
+    """One chunk: xs = (q [C, d_k] (scaled), k [C, d_k], v [C, d_v], log_g [C, 1 or d_k],
+    starts [C, 1]); state [d_k, d_v]. Returns (o [C, d_v], new state)."""
+    del consts
+    q, k, v, g, starts = xs
+    size = q.shape[0]
+    inclusive, strict = blocks.triangles(size, g.dtype)
+    same, from_prev, to_end, keep = blocks.chunk_segments(starts, inclusive, strict)
+    b = blocks.dot(inclusive, g)  # running log-decay [C, dg]
+    if g.shape[1] == 1:  # one decay per head: a [C, C] matrix
+        decay = jnp.exp(jnp.where(same, blocks.range_sums(g, inclusive, strict), -jnp.inf))
+        scores = blocks.dot_nt(q, k) * decay
+    else:  # per channel: [C, C, d_k]
+        gap = jnp.where(same[:, :, None], b[:, None, :] - b[None, :, :], -jnp.inf)
+        scores = jnp.sum(q[:, None, :] * k[None, :, :] * jnp.exp(gap), axis=-1)
+    q_in = jnp.where(from_prev, q * jnp.exp(b), 0.0)
+    out = blocks.dot(scores, v) + blocks.dot(q_in, state)
+    b_last = blocks.last_row(b)
+    k_out = jnp.where(to_end, k * jnp.exp(b_last - b), 0.0)
+    carry = jnp.where(keep, jnp.exp(b_last), 0.0)  # [1, dg]
+    carry = carry if g.shape[1] == 1 else carry.T  # [dk, 1]: decays row k of the state
+    return out, carry * state + blocks.dot_tn(k_out, v)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform"))
+def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.Array,
+                           starts: jax.Array, state: jax.Array, *, chunk: int = 64,
+                           interpret: bool = False, platform: str | None = None
+                           ) -> tuple[jax.Array, jax.Array]:
+    """Gated linear attention, S_t = diag(e^{log_g_t}) S_{t-1} + k_t v_tᵀ, o_t = q_tᵀ S_t.
+
+    q (already scaled), k: [batch, heads, length, d_k]; v: [batch, heads, length, d_v];
+    log_g: [batch, heads, length, 1 or d_k] (<= 0); starts: bool [batch, length], True where a
+    packed document starts (the state resets); state: [batch, heads, d_k, d_v], float32 or
+    wider. Any length works (padded to a multiple of ``chunk`` with positions that leave the
+    state unchanged). ``platform``: the backend to compile for (default: JAX's default).
+    Returns (o [batch, heads, length, d_v], final state), in the state's dtype.
+    """
+    batch, heads, length, dk = q.shape
+    acc = state.dtype
+    padded = -(-length // chunk) * chunk
+    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, padded - length), (0, 0)])
+    flat = lambda x: pad(x.astype(acc).reshape(batch * heads, length, x.shape[-1]))
+    seqs = (flat(q), flat(k), flat(v), flat(log_g),
+            pad(starts.astype(acc)[..., None]))
+    rec = Recurrence(gla_chunk, chunk, (1, 1, 1, 1, heads), v.shape[-1],
+                     "gated_linear_attention", interpret, platform)
+    out, final = chunked_recurrence(rec, seqs, (), state.reshape(batch * heads, dk, -1))
+    out = out[:, :length].reshape(batch, heads, length, -1)
+    return out, final.reshape(state.shape)
