@@ -121,7 +121,8 @@ def _forward(rec: Recurrence, seqs, consts, state, *, save_states: bool):
             ys_ref[where, :] = ys.astype(acc)
             return s.astype(acc)
 
-        final_ref[...] = jax.lax.fori_loop(0, n_chunks, body, state_ref[...])
+        final_ref[...] = jax.lax.fori_loop(jnp.int32(0), jnp.int32(n_chunks), body,
+                                           state_ref[...])
 
     out_shape = [jax.ShapeDtypeStruct((programs, length, rec.out_width), acc),
                  jax.ShapeDtypeStruct(state.shape, acc)]
@@ -163,7 +164,8 @@ def _backward(rec: Recurrence, seqs, consts, states, d_ys, d_final):
             return d_s.astype(acc), tuple(a + b for a, b in zip(d_consts, d_consts_c))
 
         zeros = tuple(jnp.zeros(c.shape, c.dtype) for c in const_vals)
-        d_s, d_consts = jax.lax.fori_loop(0, n_chunks, body, (d_final_ref[...], zeros))
+        d_s, d_consts = jax.lax.fori_loop(jnp.int32(0), jnp.int32(n_chunks), body,
+                                          (d_final_ref[...], zeros))
         for ref, d in zip(d_const_refs, d_consts):
             ref[...] = d.astype(acc)
         d_state_ref[...] = d_s

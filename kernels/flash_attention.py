@@ -102,8 +102,9 @@ def _div(a, b: int):
 
 
 def _key_range(cfg: _Config, i, n):
-    """Key blocks [lo, hi) that query block i can reach (query and key blocks are equal)."""
-    lo, hi = 0, n
+    """Key blocks [lo, hi) that query block i can reach (query and key blocks are equal), as
+    int32 (also under jax_enable_x64: kernels index in 32 bits)."""
+    lo, hi = jnp.int32(0), jnp.int32(n)
     if cfg.causal:
         hi = i + 1
     if cfg.window is not None:
@@ -114,8 +115,8 @@ def _key_range(cfg: _Config, i, n):
 
 
 def _query_range(cfg: _Config, j, n):
-    """Query blocks [lo, hi) that can reach key block j."""
-    lo, hi = 0, n
+    """Query blocks [lo, hi) that can reach key block j (int32)."""
+    lo, hi = jnp.int32(0), jnp.int32(n)
     if cfg.causal:
         lo = j
     if cfg.window is not None:
@@ -142,7 +143,7 @@ def _allowed(mask, i, j):
     mask, by a masked sum (no scalar loads from vector memory)."""
     rows = jax.lax.broadcasted_iota(jnp.int32, mask.shape, 0)
     cols = jax.lax.broadcasted_iota(jnp.int32, mask.shape, 1)
-    return jnp.sum(jnp.where((rows == i) & (cols == j), mask, 0)) > 0
+    return jnp.max(jnp.where((rows == i) & (cols == j), mask, 0)) > 0
 
 
 def _specs(cfg: _Config, q, k, seg, mask):

@@ -23,8 +23,9 @@ def to_float64(tree):
                         if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def forms_and_grads(op, floats, weights):
-    """Runs ``op(floats, impl) -> (out, state)`` for impl "reference" and "xla" under one jit.
+def forms_and_grads(op, floats, weights, impls=("reference", "xla")):
+    """Runs ``op(floats, impl) -> (out, state)`` for each impl (the reference first) under one
+    jit.
 
     Returns {impl: (grads, (out, state))}, the gradients of sum(out * weights) + sum(state²)
     with respect to every entry of the dict ``floats``.
@@ -35,17 +36,19 @@ def forms_and_grads(op, floats, weights):
             out, state = op(floats, impl)
             return jnp.sum(out * weights) + jnp.sum(state ** 2), (out, state)
         return {impl: jax.grad(loss, has_aux=True)(floats, impl)
-                for impl in ("reference", "xla")}
+                for impl in impls}
 
     return run(floats)
 
 
 def assert_forms_agree(results, tol):
-    """The xla values and every gradient of :func:`forms_and_grads` match the reference's."""
-    (g_ref, v_ref), (g_xla, v_xla) = results["reference"], results["xla"]
-    assert rel_err(v_xla, v_ref) < tol
-    for key in g_ref:
-        assert rel_err(g_xla[key], g_ref[key]) < tol, key
+    """The values and every gradient of each form in :func:`forms_and_grads`' results match
+    the first form's (the reference)."""
+    (g_ref, v_ref), *others = results.values()
+    for impl, (g_fast, v_fast) in zip(list(results)[1:], others):
+        assert rel_err(v_fast, v_ref) < tol, impl
+        for key in g_ref:
+            assert rel_err(g_fast[key], g_ref[key]) < tol, (impl, key)
 
 
 def normal(seed: int, shape: tuple[int, ...], dtype=jnp.float64) -> jax.Array:

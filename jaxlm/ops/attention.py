@@ -97,9 +97,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         not causal). None means unlimited.
       segment_ids: [batch, length] document ids of packed rows; no token reads another document.
       scale: multiplies q·k; defaults to head_dim ** -0.5.
-      impl: "reference", "xla" (blockwise, memory-efficient) or "auto" (the reference where its
-        scores are small: length <= 512 on CPU, scores <= 1 GiB on accelerators; else xla).
-      block_size: query and key block length of the xla form; any length works (padded inside).
+      impl: "reference", "xla" (blockwise, memory-efficient), "pallas" (the flash-attention
+        kernel of :mod:`jaxlm.kernels.flash_attention`; "pallas_interpret" runs it
+        interpreted) or "auto" (the reference where its scores are small: length <= 512 on
+        CPU, scores <= 1 GiB on accelerators; else xla).
+      block_size: query and key block length of the xla and pallas forms; any length works
+        (padded inside).
 
     Returns:
       [batch, length, heads, v_head_dim] in q's dtype.
@@ -112,9 +115,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         check_shape(_OP, "segment_ids", segment_ids, (batch, length), "[batch, length]")
     scale = head_dim ** -0.5 if scale is None else float(scale)
 
-    chosen = resolve_impl(_OP, impl, ("reference", "xla"))
+    chosen = resolve_impl(_OP, impl, ("reference", "xla", "pallas"))
     if chosen is Impl.AUTO:
         chosen = _auto_form(batch, heads, length)
+    if chosen.is_pallas:
+        from jaxlm.kernels.flash_attention import flash_attention
+
+        return flash_attention(q, k, v, causal=causal, window=window, segment_ids=segment_ids,
+                               scale=scale, block_size=block_size, interpret=chosen.interpret)
     if chosen is Impl.REFERENCE:
         pos = jnp.arange(length)
         mask = attention_mask(pos, pos, causal=causal, window=window,

@@ -13,23 +13,37 @@ class Impl(str, enum.Enum):
     """Which form of an op runs (recurrentgemma's ``ScanType`` idea).
 
     ``AUTO`` picks the fastest form that holds for the backend and shapes; ``REFERENCE`` is the
-    slow, obviously-correct form; ``XLA`` is the fast plain-JAX form; ``PALLAS`` is a kernel.
+    slow, obviously-correct form; ``XLA`` is the fast plain-JAX form; ``PALLAS`` is a kernel
+    from :mod:`jaxlm.kernels` compiled for the backend; ``PALLAS_INTERPRET`` runs the same kernel
+    in Pallas' interpreter on any backend (tests and debugging; slow).
     """
 
     AUTO = "auto"
     REFERENCE = "reference"
     XLA = "xla"
     PALLAS = "pallas"
+    PALLAS_INTERPRET = "pallas_interpret"
+
+    @property
+    def is_pallas(self) -> bool:
+        return self in (Impl.PALLAS, Impl.PALLAS_INTERPRET)
+
+    @property
+    def interpret(self) -> bool:
+        return self is Impl.PALLAS_INTERPRET
 
 
 def resolve_impl(op: str, impl: str | Impl, available: Sequence[str]) -> Impl:
-    """Parses ``impl`` for ``op``, raising if it is unknown or not offered by that op."""
+    """Parses ``impl`` for ``op``, raising if it is unknown or not offered by that op
+    (an op offering "pallas" also offers "pallas_interpret")."""
     try:
         parsed = Impl(impl)
     except ValueError:
         raise ValueError(
             f"{op}: impl={impl!r} is not a known form; expected one of "
             f"{[i.value for i in Impl]}") from None
+    if "pallas" in available:
+        available = (*available, Impl.PALLAS_INTERPRET.value)
     if parsed is not Impl.AUTO and parsed.value not in available:
         raise ValueError(f"{op}: impl={parsed.value!r} is not available for this op; "
                          f"expected one of {['auto', *available]}")

@@ -55,7 +55,9 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
       initial_state: [batch, heads, d_k, d_v]; zeros when None.
       return_final_state: also return the state after the last token.
       segment_ids: [batch, length]; the state resets to zero where a new document starts.
-      impl: "reference" (sequential scan), "xla" (chunkwise WY/UT) or "auto" (xla).
+      impl: "reference" (sequential scan), "xla" (chunkwise WY/UT), "pallas" (the chunked
+        kernel of :mod:`jaxlm.kernels.delta_rule`; "pallas_interpret" runs it interpreted) or
+        "auto" (xla).
 
     Returns:
       o [batch, length, heads, d_v] in v's dtype; with ``return_final_state`` also the state
@@ -68,16 +70,22 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     check_shape(op, "beta", beta, (batch, length, heads), "[batch, length, heads]")
     if log_alpha is not None:
         check_shape(op, "log_alpha", log_alpha, (batch, length, heads), "[batch, length, heads]")
-    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    out_dtype = v.dtype
     q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
     beta = jnp.moveaxis(beta, 2, 1).astype(acc)
     a = (jnp.zeros_like(beta) if log_alpha is None
          else jnp.moveaxis(log_alpha, 2, 1).astype(acc))
     if chosen is Impl.REFERENCE:
         out, state = _reference(q, k, v, beta, a, segment_ids, state)
+    elif chosen.is_pallas:
+        from jaxlm.kernels.delta_rule import gated_delta_rule as kernel
+
+        out, state = kernel(q, k, v, beta, a, segment_starts(segment_ids, batch, length), state,
+                            chunk=chunk_size, interpret=chosen.interpret)
     else:
         out, state = _chunked(q, k, v, beta, a, segment_ids, state, min(chunk_size, length))
-    out = ch.heads_last(out).astype(v.dtype)
+    out = ch.heads_last(out).astype(out_dtype)
     return (out, state) if return_final_state else out
 
 
@@ -129,7 +137,7 @@ def forward_substitution(n: jax.Array) -> jax.Array:
         e_i = jnp.sum(jnp.where(rows == i, eye, 0), axis=-2, keepdims=True)
         return jnp.where(rows == i, e_i - jnp.matmul(n_i, t), t)
 
-    return jax.lax.fori_loop(1, size, row, eye)
+    return jax.lax.fori_loop(jnp.int32(1), jnp.int32(size), row, eye)  # int32 in kernels
 
 
 @jax.custom_vjp

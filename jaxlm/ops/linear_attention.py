@@ -75,7 +75,9 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
       return_final_state: also return the state after the last token.
       segment_ids: [batch, length]; the state resets to zero where a new document starts (the
         initial state belongs to the row's first document).
-      impl: "reference" (sequential scan), "xla" (chunkwise) or "auto" (xla).
+      impl: "reference" (sequential scan), "xla" (chunkwise), "pallas" (the chunked kernel of
+        :mod:`jaxlm.kernels.linear_attention`; "pallas_interpret" runs it interpreted) or
+        "auto" (xla).
 
     Returns:
       o [batch, length, heads, d_v] in v's dtype; with ``return_final_state`` also the state
@@ -91,15 +93,21 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     elif log_g is not None:
         check_shape(op, "log_g", log_g, (batch, length, heads, dk),
                     "[batch, length, heads, d_k] or [batch, length, heads]")
-    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    out_dtype = v.dtype
     q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
     g = (jnp.zeros((batch, heads, length, 1), acc) if log_g is None
          else ch.heads_first(log_g).astype(acc))
     if chosen is Impl.REFERENCE:
         out, state = _reference(q, k, v, g, segment_ids, state)
+    elif chosen.is_pallas:
+        from jaxlm.kernels.linear_attention import gated_linear_attention as kernel
+
+        out, state = kernel(q, k, v, g, segment_starts(segment_ids, batch, length), state,
+                            chunk=chunk_size, interpret=chosen.interpret)
     else:
         out, state = _chunked(q, k, v, g, segment_ids, state, min(chunk_size, length))
-    out = ch.heads_last(out).astype(v.dtype)
+    out = ch.heads_last(out).astype(out_dtype)
     return (out, state) if return_final_state else out
 
 

@@ -46,9 +46,10 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
       chunk_size: chunk length of the xla form (a parallel associative scan inside each chunk,
         recomputed in the backward pass, so memory grows with one chunk's
         [batch, chunk, d_inner, d_state], not with the sequence).
-      impl: "reference" (sequential scan), "xla" (chunked associative scan) or "auto" (the
-        reference on CPU up to length 1024, where its loop is cheaper forward and backward;
-        else xla).
+      impl: "reference" (sequential scan), "xla" (chunked associative scan), "pallas" (the
+        kernel of :mod:`jaxlm.kernels.selective_scan`, one group of B and C; "pallas_interpret"
+        runs it interpreted) or "auto" (the reference on CPU up to length 1024, where its loop
+        is cheaper forward and backward; else xla).
 
     Returns:
       y [batch, length, d_inner] in u's dtype, and the final state [batch, d_inner, d_state]
@@ -74,7 +75,10 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     if segment_ids is not None:
         check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
     check_positive(op, "chunk_size", chunk_size, allow_none=False)
-    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    if chosen.is_pallas and B.shape[2] > 1:
+        raise ValueError(f"{op}: impl={chosen.value!r} takes one group of B and C "
+                         f"([batch, length, d_state]), got groups={B.shape[2]}")
     if chosen is Impl.AUTO:
         short_on_cpu = jax.default_backend() == "cpu" and length <= _AUTO_REFERENCE_MAX_LENGTH
         chosen = Impl.REFERENCE if short_on_cpu else Impl.XLA
@@ -90,6 +94,11 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     parts = (dt, u.astype(acc), B.astype(acc), C.astype(acc), starts)
     if chosen is Impl.REFERENCE:
         y, state = _scan_reference(parts, A.astype(acc), state)
+    elif chosen.is_pallas:
+        from jaxlm.kernels.selective_scan import selective_scan as kernel
+
+        y, state = kernel(u, dt, A, B[:, :, 0], C[:, :, 0], starts, state,
+                          interpret=chosen.interpret)
     else:
         y, state = _scan_chunked(parts, A.astype(acc), state, min(chunk_size, length))
     if D is not None:
@@ -187,7 +196,8 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
       segment_ids [batch, length]: as in :func:`gated_linear_attention`.
       impl: "reference" (sequential scan) or "xla" (chunked: quadratic inside a chunk, a scan
         over chunk states; it is gated linear attention with q = C, k = B, v = dt·x and one
-        log-decay dt·A per head) or "auto" (xla).
+        log-decay dt·A per head), "pallas" / "pallas_interpret" (that gated linear attention
+        as a kernel) or "auto" (xla).
 
     Returns:
       y [batch, length, heads, head_dim] in x's dtype, and the final state
@@ -210,7 +220,7 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
     if initial_state is not None:
         check_shape(op, "initial_state", initial_state, (batch, heads, head_dim, d_state),
                     "[batch, heads, head_dim, d_state]")
-    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
     acc = jnp.promote_types(jnp.result_type(x, dt, A, B, C), jnp.float32)
     q = jnp.repeat(C, heads // groups, axis=2).astype(acc)
     k = jnp.repeat(B, heads // groups, axis=2).astype(acc)
@@ -223,7 +233,7 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
         y, state = gated_linear_attention(q, k, v, log_g, scale=1.0, chunk_size=chunk_size,
                                           initial_state=swap(initial_state),
                                           return_final_state=True, segment_ids=segment_ids,
-                                          impl="xla")
+                                          impl=chosen.value if chosen.is_pallas else "xla")
         state = swap(state)
     if D is not None:
         y = y + D.astype(acc)[:, None] * x.astype(acc)

@@ -243,7 +243,9 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
         blocks per query block; rows with more keep their lowest-index blocks. None: n_blocks
         (exact for every mask, but then the cost is that of dense attention).
       impl: "reference" (dense scores with the mask materialized), "xla" (gather the chosen
-        blocks: time and memory grow with max_blocks·length), "auto" (xla).
+        blocks: time and memory grow with max_blocks·length), "pallas" (the flash-attention
+        kernel, which skips unchosen blocks and ignores ``max_blocks``: exact for every mask;
+        "pallas_interpret" runs it interpreted), "auto" (xla).
 
     Returns [batch, length, heads, d] in q's dtype; a query that reads nothing gets 0.
     """
@@ -259,8 +261,13 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
         raise ValueError(f"{op}: block_mask's batch and heads axes must be 1 or ({batch}, "
                          f"{heads}), got {tuple(block_mask.shape)}")
     check_positive(op, "max_blocks", max_blocks)
-    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
     scale = d ** -0.5 if scale is None else float(scale)
+    if chosen.is_pallas:
+        from jaxlm.kernels.flash_attention import flash_attention
+
+        return flash_attention(q, k, v, causal=causal, block_mask=block_mask, scale=scale,
+                               block_size=block_size, interpret=chosen.interpret)
     block_mask = jnp.broadcast_to(block_mask, (batch, heads, n, n))
     if chosen is Impl.REFERENCE:
         tokens = jnp.repeat(jnp.repeat(block_mask, block_size, 2), block_size, 3)

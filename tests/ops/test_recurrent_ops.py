@@ -59,11 +59,11 @@ def run(name, x, impl, chunk):
     return OPS[name](x, impl=impl, chunk_size=chunk, return_final_state=True)
 
 
-def op_forms_and_grads(name, x, weights, chunk):
+def op_forms_and_grads(name, x, weights, chunk, impls=("reference", "xla")):
     floats = {k: v for k, v in x.items() if k != "seg"}
     op = lambda floats, impl: OPS[name]({**x, **floats}, impl=impl, chunk_size=chunk,
                                         return_final_state=True)
-    return forms_and_grads(op, floats, weights)
+    return forms_and_grads(op, floats, weights, impls)
 
 
 # (batch, length, chunk): ragged length, batch 1, length shorter than the chunk.
@@ -73,6 +73,18 @@ def test_chunked_equals_reference(name, batch, length, chunk):
     x = inputs(jax.random.key(length), batch, length)
     weights = jax.random.normal(jax.random.key(9), (batch, length, HEADS, DV), jnp.float64)
     assert_forms_agree(op_forms_and_grads(name, x, weights, chunk), TOL)
+
+
+# The Pallas kernels (jaxlm.kernels), run in Pallas' interpreter: ragged length over 3 chunks,
+# packed rows, initial state; a second chunk size for one op. Same 1e-10 tolerance.
+@pytest.mark.parametrize("name, batch, chunk", [
+    ("gla_per_channel", 2, 16), ("gla_per_head", 1, 16), ("gla_per_head", 2, 8),
+    ("linear_attention_normalized", 1, 16), ("gated_delta_rule", 2, 16), ("delta_rule", 1, 8)])
+def test_pallas_kernel_equals_reference(name, batch, chunk):
+    x = inputs(jax.random.key(7), batch, 37)
+    weights = jax.random.normal(jax.random.key(8), (batch, 37, HEADS, DV), jnp.float64)
+    results = op_forms_and_grads(name, x, weights, chunk, ("reference", "pallas_interpret"))
+    assert_forms_agree(results, TOL)
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -120,6 +132,22 @@ def test_float32_close_to_float64(name):
         out, state = OPS[name](x32, impl="xla", chunk_size=16, return_final_state=True)
     assert out.dtype == jnp.float32 and state.dtype == jnp.float32
     assert rel_err(out.astype(jnp.float64), ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["gla_per_channel", "gated_delta_rule"])
+def test_pallas_kernel_in_float32_and_bfloat16(name):
+    """The kernels accumulate in float32 whatever the inputs: float32 inputs within 1e-5 of the
+    float64 result; bfloat16 inputs within 2e-2 of the float64 result on the same rounded
+    inputs (the output is rounded to bfloat16)."""
+    x = inputs(jax.random.key(5), 1, 40)
+    for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)):
+        low = {k: (v.astype(dtype) if v is not None and v.dtype == jnp.float64 else v)
+               for k, v in x.items()}
+        ref, _ = run(name, jax.tree.map(lambda v: v.astype(jnp.float64), low), "reference", 16)
+        with jax.default_matmul_precision("highest"):
+            out, _ = run(name, low, "pallas_interpret", 16)
+        assert out.dtype == dtype
+        assert rel_err(out.astype(jnp.float64), ref) < tol
 
 
 def test_bad_shapes_are_named():

@@ -64,6 +64,47 @@ def test_selective_scan_chunked_equals_reference(case):
     assert_forms_agree(forms_and_grads(op, x, weights), TOL)
 
 
+# The Pallas kernel (one group of B and C) in Pallas' interpreter: ragged length, packed rows,
+# channels split over programs (d_inner 6 in blocks of 4, padded), every input differentiated.
+@pytest.mark.parametrize("batch, length", [(2, 37), (1, 9)])
+def test_selective_scan_pallas_kernel_equals_reference(batch, length):
+    x = scan_inputs(jax.random.key(length), batch, length, 6, 3, None, True)
+    weights = jax.random.normal(jax.random.key(1), (batch, length, 6), jnp.float64)
+    seg = x.pop("segment_ids")
+
+    def op(floats, impl):
+        if impl.startswith("pallas"):  # a small channel block, to cover several programs
+            from jaxlm.kernels.selective_scan import selective_scan as kernel
+            from jaxlm.ops.segments import segment_starts
+
+            dt = jax.nn.softplus(floats["delta"] + floats["delta_bias"])
+            y, h = kernel(floats["u"], dt, floats["A"], floats["B"], floats["C"],
+                          segment_starts(seg, batch, length), floats["initial_state"],
+                          chunk=8, block_d=4, interpret=True)
+            y = (y + floats["D"] * floats["u"]) * jax.nn.silu(floats["z"])
+            return y, h
+        return selective_scan(**floats, delta_softplus=True, segment_ids=seg, impl=impl,
+                              return_final_state=True)
+
+    assert_forms_agree(forms_and_grads(op, x, weights, ("reference", "pallas_interpret")), TOL)
+
+
+def test_selective_scan_op_runs_the_pallas_kernel():
+    """impl="pallas_interpret" through the op (default blocks) equals the reference."""
+    x = scan_inputs(jax.random.key(3), 1, 21, 5, 3, None, True)
+    seg = x.pop("segment_ids")
+    run = lambda impl: selective_scan(**x, delta_softplus=True, segment_ids=seg, impl=impl,
+                                      return_final_state=True)
+    assert rel_err(run("pallas_interpret"), run("reference")) < TOL
+
+
+def test_selective_scan_pallas_refuses_groups():
+    x = scan_inputs(jax.random.key(4), 1, 8, 4, 2, 2, False)
+    x.pop("segment_ids")
+    with pytest.raises(ValueError, match="takes one group of B and C"):
+        selective_scan(**x, impl="pallas_interpret")
+
+
 def test_selective_scan_halves_with_passed_state_equal_the_whole():
     x = scan_inputs(jax.random.key(2), 2, 30, 4, 3, None, False)
     args = {k: v for k, v in x.items() if k not in ("segment_ids", "initial_state", "z")}
@@ -101,6 +142,16 @@ def test_ssd_chunked_equals_reference(case):
     op = lambda floats, impl: ssd(**floats, chunk_size=chunk, segment_ids=seg, impl=impl,
                                   return_final_state=True)
     assert_forms_agree(forms_and_grads(op, x, weights), TOL)
+
+
+def test_ssd_pallas_kernel_equals_reference():
+    """SSD through the gated-linear-attention kernel (interpreted): groups, packed rows."""
+    x = ssd_inputs(jax.random.key(5), 2, 21, 4, 3, 2, 2, True)
+    weights = jax.random.normal(jax.random.key(3), (2, 21, 4, 3), jnp.float64)
+    seg = x.pop("segment_ids")
+    op = lambda floats, impl: ssd(**floats, chunk_size=8, segment_ids=seg, impl=impl,
+                                  return_final_state=True)
+    assert_forms_agree(forms_and_grads(op, x, weights, ("reference", "pallas_interpret")), TOL)
 
 
 def test_long_float32_stays_finite_and_close():

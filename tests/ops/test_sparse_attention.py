@@ -57,6 +57,9 @@ def test_gathered_form_equals_reference_for_any_mask(length, block_size):
     xla = values_and_grads(lambda q, k, v: block_sparse_attention(
         q, k, v, mask, block_size=block_size, max_blocks=most, impl="xla"), q, k, v)
     assert rel_err(xla, ref) < TOL
+    kernel = values_and_grads(lambda q, k, v: block_sparse_attention(  # Pallas, interpreted
+        q, k, v, mask, block_size=block_size, impl="pallas_interpret"), q, k, v)
+    assert rel_err(kernel, ref) < TOL
     out = block_sparse_attention(q, k, v, mask, block_size=block_size)
     assert float(jnp.abs(out[:, :block_size]).max()) == 0.0
 
