@@ -146,10 +146,10 @@ def _allowed(mask, i, j):
     return jnp.max(jnp.where((rows == i) & (cols == j), mask, 0)) > 0
 
 
-def _specs(cfg: _Config, q, k, seg, mask):
+def _specs(cfg: _Config, q, mask):
     """Block-spec makers: a program's own block (`own`) or the whole length (`whole`) of an
     array, head maps, its [n, n] block mask, and the segment ids as a column and as a row."""
-    batch, heads, padded, _ = q.shape
+    padded = q.shape[2]
     block = cfg.block
     whole = lambda x, head: pl.BlockSpec((pl.squeezed, pl.squeezed, padded, x.shape[-1]),
                                          lambda b, h, i: (b, head(h), 0, 0))
@@ -177,7 +177,7 @@ def _forward(cfg: _Config, q, k, v, seg, mask):
     batch, heads, padded, _ = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = jnp.promote_types(q.dtype, jnp.float32)
-    own, whole, q_head, kv_head, mask_spec, seg_col, seg_row = _specs(cfg, q, k, seg, mask)
+    own, whole, q_head, kv_head, mask_spec, seg_col, seg_row = _specs(cfg, q, mask)
 
     def kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, mask_ref, o_ref, lse_ref):
         i = pl.program_id(2)
@@ -224,7 +224,7 @@ def _backward_dq(cfg: _Config, q, k, v, seg, mask, lse, d_out, delta):
     batch, heads, padded, d = q.shape
     n, block = padded // cfg.block, cfg.block
     acc = lse.dtype
-    own, whole, q_head, kv_head, mask_spec, seg_col, seg_row = _specs(cfg, q, k, seg, mask)
+    own, whole, q_head, kv_head, mask_spec, seg_col, seg_row = _specs(cfg, q, mask)
 
     def kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, mask_ref, lse_ref, do_ref, delta_ref,
                dq_ref):
@@ -260,7 +260,7 @@ def _backward_dkdv(cfg: _Config, q, k, v, seg, mask, lse, d_out, delta):
     batch, heads, padded, d = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = lse.dtype
-    own, whole, q_head, kv_head, mask_spec, seg_col, seg_row = _specs(cfg, q, k, seg, mask)
+    own, whole, q_head, kv_head, mask_spec, seg_col, seg_row = _specs(cfg, q, mask)
 
     def kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, mask_ref, lse_ref, do_ref, delta_ref,
                dk_ref, dv_ref):
