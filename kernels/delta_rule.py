@@ -23,7 +23,8 @@ from jaxlm.kernels.chunked import Recurrence, chunked_recurrence
 from jaxlm.ops.delta_rule import forward_substitution, unit_lower_inverse
 
 
-def delta_chunk(state, consts, xs, *, inverse=forward_substitution):
+def delta_chunk(state, consts, xs, *, inverse=functools.partial(forward_substitution,
+                                                                 masked=True)):
     """One chunk: xs = (q [C, d_k] (scaled), k [C, d_k], v [C, d_v], beta [C, 1],
     log_a [C, 1], starts [C, 1]); state [d_k, d_v]. Returns (o [C, d_v], new state).
     ``inverse`` computes (I + N)⁻¹; the backward kernel uses the one with a closed-form
@@ -47,7 +48,8 @@ def delta_chunk(state, consts, xs, *, inverse=forward_substitution):
     return out, carry * state + blocks.dot_tn(k_out, u)
 
 
-_delta_chunk_for_grad = functools.partial(delta_chunk, inverse=unit_lower_inverse)
+_delta_chunk_for_grad = functools.partial(delta_chunk,
+                                          inverse=lambda n: unit_lower_inverse(n, True))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform"))

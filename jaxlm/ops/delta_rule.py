@@ -17,6 +17,8 @@ S_end = γ_C S₀ + Kᵀ diag(Γ_C·) U.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -121,38 +123,43 @@ def _reference(q, k, v, beta, a, segment_ids, state):
     return jnp.moveaxis(out, 0, 2), state
 
 
-def forward_substitution(n: jax.Array) -> jax.Array:
+def forward_substitution(n: jax.Array, masked: bool = False) -> jax.Array:
     """(I + N)⁻¹ for strictly lower-triangular N [..., C, C], by forward substitution.
 
     Row i of T = (I + N)⁻¹ is e_i − N[i, :] T, and only rows j < i of T enter it, so C
-    row updates give T exactly (plain matrix-vector products: no LAPACK call). Rows are picked
-    and written with masks, not indexing, so the same code runs inside a Pallas kernel.
+    row updates give T exactly (plain matrix-vector products: no LAPACK call). ``masked``
+    picks and writes rows with masks instead of indexing, as a Pallas kernel body must (about
+    10x slower in XLA on CPU at C = 64, so the XLA form indexes).
     """
     size = n.shape[-1]
-    rows = jax.lax.broadcasted_iota(jnp.int32, (size, size), 0)
     eye = jnp.broadcast_to(jnp.eye(size, dtype=n.dtype), n.shape)
+    rows = jax.lax.broadcasted_iota(jnp.int32, (size, size), 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (1, size), 1)
 
     def row(i, t):
-        n_i = jnp.sum(jnp.where(rows == i, n, 0), axis=-2, keepdims=True)  # [..., 1, C]
-        e_i = jnp.sum(jnp.where(rows == i, eye, 0), axis=-2, keepdims=True)
-        return jnp.where(rows == i, e_i - jnp.matmul(n_i, t), t)
+        if masked:
+            n_i = jnp.sum(jnp.where(rows == i, n, 0), axis=-2, keepdims=True)  # [..., 1, C]
+            return jnp.where(rows == i, (cols == i).astype(n.dtype) - jnp.matmul(n_i, t), t)
+        new = eye[..., i, :] - jnp.einsum("...j,...jc->...c", n[..., i, :], t)
+        return t.at[..., i, :].set(new)
 
     return jax.lax.fori_loop(jnp.int32(1), jnp.int32(size), row, eye)  # int32 in kernels
 
 
-@jax.custom_vjp
-def unit_lower_inverse(n: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def unit_lower_inverse(n: jax.Array, masked: bool = False) -> jax.Array:
     """(I + N)⁻¹ for strictly lower-triangular N [..., C, C] (:func:`forward_substitution`),
     differentiated in closed form rather than through the row loop."""
-    return forward_substitution(n)
+    return forward_substitution(n, masked)
 
 
-def _unit_lower_inverse_fwd(n):
-    t = forward_substitution(n)
+def _unit_lower_inverse_fwd(n, masked):
+    t = forward_substitution(n, masked)
     return t, t
 
 
-def _unit_lower_inverse_bwd(t, g):
+def _unit_lower_inverse_bwd(masked, t, g):
+    del masked
     # d(A⁻¹) = −A⁻¹ dA A⁻¹ with dA = dN strictly lower: N̄ = −Tᵀ Ḡ Tᵀ on the strict lower part.
     tt = jnp.swapaxes(t, -1, -2)
     grad = -tt @ g @ tt
