@@ -127,6 +127,25 @@ def _initial(initial_state, shape, dtype):
         else initial_state
 
 
+def _matrix_state_lasp2(op, q, k, v, gates, *, mesh, axis, initial_state, segment_ids,
+                        return_final_state):
+    """LASP-2 for an op with a [d_k, d_v] state per head whose update is linear in the state:
+    ``op(q, k, v, *gates, initial_state=, segment_ids=) -> (out, final state)``. The carried
+    transition is the op run on zeroed values from the identity state (a [d_k, d_k] matrix)."""
+    batch, length, heads, dk = q.shape
+    initial = _initial(initial_state, (batch, heads, dk, v.shape[-1]), v.dtype)
+
+    def body(seq, seg, init, _):
+        q, k, v, *gates = seq
+        run = lambda s: op(q, k, v, *gates, initial_state=s, segment_ids=seg)
+        transition = lambda: op(q, k, jnp.zeros(v.shape[:-1] + (dk,), v.dtype), *gates,
+                                initial_state=_identity_state(q, dk), segment_ids=seg)[1]
+        return _lasp2(run, transition, _matmul, init, seg, axis)
+
+    out, last = _sharded(mesh, axis, body, (q, k, v, *gates), segment_ids, initial, (), length)
+    return _finish(out, last, return_final_state)
+
+
 def sequence_parallel_gla(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.Array | None, *,
                           mesh: Mesh, axis: str = "sequence", scale: float | None = None,
                           chunk_size: int = 64, initial_state: jax.Array | None = None,
@@ -136,20 +155,11 @@ def sequence_parallel_gla(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.A
     ``axis`` (arguments and results as there; ``log_g=None`` is linear attention)."""
     check_global(gated_linear_attention, q, k, v, log_g, initial_state=initial_state,
                  segment_ids=segment_ids, impl=impl)
-    batch, length, heads, dk = q.shape
     op = functools.partial(gated_linear_attention, scale=scale, chunk_size=chunk_size,
                            return_final_state=True, impl=impl)
-    initial = _initial(initial_state, (batch, heads, dk, v.shape[-1]), v.dtype)
-
-    def body(seq, seg, init, _):
-        q, k, v, g = seq
-        run = lambda s: op(q, k, v, g, initial_state=s, segment_ids=seg)
-        transition = lambda: op(q, k, jnp.zeros(v.shape[:-1] + (dk,), v.dtype), g,
-                                initial_state=_identity_state(q, dk), segment_ids=seg)[1]
-        return _lasp2(run, transition, _matmul, init, seg, axis)
-
-    out, last = _sharded(mesh, axis, body, (q, k, v, log_g), segment_ids, initial, (), length)
-    return _finish(out, last, return_final_state)
+    return _matrix_state_lasp2(op, q, k, v, (log_g,), mesh=mesh, axis=axis,
+                               initial_state=initial_state, segment_ids=segment_ids,
+                               return_final_state=return_final_state)
 
 
 def sequence_parallel_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
@@ -163,21 +173,11 @@ def sequence_parallel_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta:
     α_t (I − β_t k_t k_tᵀ) of the chunk, a [d_k, d_k] matrix per head."""
     check_global(gated_delta_rule, q, k, v, beta, log_alpha, initial_state=initial_state,
                  segment_ids=segment_ids, impl=impl)
-    batch, length, heads, dk = q.shape
     op = functools.partial(gated_delta_rule, scale=scale, chunk_size=chunk_size,
                            return_final_state=True, impl=impl)
-    initial = _initial(initial_state, (batch, heads, dk, v.shape[-1]), v.dtype)
-
-    def body(seq, seg, init, _):
-        q, k, v, beta, a = seq
-        run = lambda s: op(q, k, v, beta, a, initial_state=s, segment_ids=seg)
-        transition = lambda: op(q, k, jnp.zeros(v.shape[:-1] + (dk,), v.dtype), beta, a,
-                                initial_state=_identity_state(q, dk), segment_ids=seg)[1]
-        return _lasp2(run, transition, _matmul, init, seg, axis)
-
-    out, last = _sharded(mesh, axis, body, (q, k, v, beta, log_alpha), segment_ids, initial, (),
-                         length)
-    return _finish(out, last, return_final_state)
+    return _matrix_state_lasp2(op, q, k, v, (beta, log_alpha), mesh=mesh, axis=axis,
+                               initial_state=initial_state, segment_ids=segment_ids,
+                               return_final_state=return_final_state)
 
 
 def sequence_parallel_ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array,
