@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = pathlib.Path(args.run_dir or f"runs/{config.name}")
         row = runner.run_one(config, run_dir, name=config.name, resume=args.resume,
                              progress=not args.no_progress)
-        print(runner.markdown_table([row], [c for c in runner.COLUMNS if c in row]))
+        print(runner.markdown_table([row]))
         print(f"run written to {run_dir}")
     elif args.command == "probe":
         row = runner.probe_run(args.run_dir, args.overrides)
@@ -76,15 +76,14 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "sweep":
         experiment = runner.load_experiment(args.config, args.overrides)
         out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
-        rows = runner.run_sweep(experiment, out, progress=not args.no_progress,
+        runner.run_sweep(experiment, out, progress=not args.no_progress,
                                 workers=args.workers)
         print()
-        print(runner.markdown_table(rows, runner.COLUMNS))
+        print((out / "results.md").read_text())
         print(f"\ntable and plot written to {out}/results.{{md,csv,png}}")
     elif args.command == "report":
         rows = runner.read_rows(args.out_dir)
-        print(runner.write_report(rows, args.out_dir, columns=runner.COLUMNS,
-                                  title=pathlib.Path(args.out_dir).name))
+        print(runner.write_report(rows, args.out_dir, title=pathlib.Path(args.out_dir).name))
     return 0
 
 

@@ -66,10 +66,20 @@ class ProbeConfig:
     num_examples: int = 1000
     batch_size: int = 250
     seed: int = 1234
+    lengths: str = ""  # also probe at these sequence lengths, e.g. "128,256,512"
 
     def __post_init__(self):
         for name in ("num_examples", "batch_size"):
             _require(getattr(self, name) >= 1, f"probe.{name}", getattr(self, name), ">= 1")
+        try:
+            ok = all(n >= 1 for n in self.test_lengths())
+        except ValueError:
+            ok = False
+        _require(ok, "probe.lengths", self.lengths,
+                 "comma-separated positive integers, e.g. '128,256'")
+
+    def test_lengths(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.lengths.split(",") if n.strip())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,20 @@
 """Data: synthetic task generators (deterministic in a seed), sources and batching."""
 
-from jaxlm.data.mqar import IGNORE, MQARConfig, mqar_batch, mqar_example
-from jaxlm.data.source import DataConfig, SPLITS, TaskSource, make_source
+from jaxlm.data.copying import (InductionHeadConfig, SelectiveCopyConfig, induction_head_example,
+                                selective_copy_example)
+from jaxlm.data.mqar import IGNORE, MQARConfig, mqar_example
+from jaxlm.data.passkey import PasskeyConfig, passkey_example
+from jaxlm.data.regression import (LinearRegressionConfig, deinterleave, interleave,
+                                   linear_regression_example, regression_prompt)
+from jaxlm.data.regular_language import (RegularLanguageConfig, random_dfa,
+                                         regular_language_batch, regular_language_example)
+from jaxlm.data.set_disjointness import SetDisjointnessConfig, set_disjointness_example
+from jaxlm.data.source import SPLITS, TASKS, DataConfig, Task, TaskSource, example_batch, make_source
 
-__all__ = ["IGNORE", "SPLITS", "DataConfig", "MQARConfig", "TaskSource", "make_source",
-           "mqar_batch", "mqar_example"]
+__all__ = ["IGNORE", "SPLITS", "TASKS", "DataConfig", "InductionHeadConfig",
+           "LinearRegressionConfig", "MQARConfig", "PasskeyConfig", "RegularLanguageConfig",
+           "SelectiveCopyConfig", "SetDisjointnessConfig", "Task", "TaskSource", "deinterleave",
+           "example_batch", "induction_head_example", "interleave", "linear_regression_example",
+           "make_source", "mqar_example", "passkey_example", "random_dfa",
+           "regression_prompt", "regular_language_batch", "regular_language_example",
+           "selective_copy_example", "set_disjointness_example"]

@@ -13,7 +13,6 @@ other target is ``IGNORE``. Matches Zoology's ``multiquery_ar``, generated with 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +49,8 @@ class MQARConfig:
             raise ValueError(f"mqar.power_a must be in (0, 1], got {self.power_a}")
 
 
-def mqar_example(key: jax.Array, config: MQARConfig) -> tuple[jax.Array, jax.Array]:
-    """One example: (inputs [seq_len] int32, targets [seq_len] int32 with IGNORE)."""
+def mqar_example(key: jax.Array, config: MQARConfig) -> dict[str, jax.Array]:
+    """One example: inputs [seq_len] int32, targets [seq_len] int32 (IGNORE off the queries)."""
     v, length, pairs = config.vocab_size, config.seq_len, config.num_kv_pairs
     k_keys, k_values, k_gaps, k_noise = jax.random.split(key, 4)
     keys = jax.random.choice(k_keys, jnp.arange(1, v // 2, dtype=jnp.int32), (pairs,),
@@ -71,18 +70,4 @@ def mqar_example(key: jax.Array, config: MQARConfig) -> tuple[jax.Array, jax.Arr
         queries = jnp.where(is_query, queries, noise)
     tokens = jnp.concatenate([kvs, queries]).astype(jnp.int32)  # [seq_len + 1]
     targets = jnp.full(length, IGNORE, jnp.int32).at[context + 2 * gaps].set(values)
-    return tokens[:-1], targets
-
-
-@functools.partial(jax.jit, static_argnames=("config", "batch_size"))
-def mqar_batch(key: jax.Array, first_index: jax.Array, *, config: MQARConfig,
-               batch_size: int) -> dict[str, jax.Array]:
-    """Examples ``first_index .. first_index + batch_size - 1`` of the stream seeded by ``key``.
-
-    Example ``i`` depends only on (key, i), so any batch can be regenerated at any time
-    (random access; resuming a run needs only the step number).
-    Returns {"inputs": [batch, seq_len], "targets": [batch, seq_len]} int32.
-    """
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(batch_size))
-    inputs, targets = jax.vmap(lambda k: mqar_example(k, config))(keys)
-    return {"inputs": inputs, "targets": targets}
+    return {"inputs": tokens[:-1], "targets": targets}

@@ -42,6 +42,17 @@ class Block(nnx.Module):
         return self._mlp(x + y), state
 
 
+def add_positions(h: jax.Array, positions: nnx.Embed | None, owner: str) -> jax.Array:
+    """h [batch, length, d_model] plus learned absolute positions (unchanged when None)."""
+    if positions is None:
+        return h
+    length = h.shape[1]
+    if length > positions.num_embeddings:
+        raise ValueError(f"{owner}: length {length} exceeds model.max_length="
+                         f"{positions.num_embeddings} of the learned positions")
+    return h + positions(jnp.arange(length))[None]
+
+
 class DecoderLM(nnx.Module):
     """Token embedding -> blocks -> RMSNorm -> logits.
 
@@ -71,14 +82,7 @@ class DecoderLM(nnx.Module):
         if tokens.ndim != 2:
             raise ValueError(f"DecoderLM: tokens must have shape [batch, length], "
                              f"got {tuple(tokens.shape)}")
-        h = self.embed(tokens)
-        if self.positions is not None:
-            length = tokens.shape[1]
-            if length > self.config.max_length:
-                raise ValueError(f"DecoderLM: length {length} exceeds model.max_length="
-                                 f"{self.config.max_length} of the learned positions")
-            h = h + self.positions(jnp.arange(length))[None]
-        return h
+        return add_positions(self.embed(tokens), self.positions, "DecoderLM")
 
     def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         h = self._embed(tokens)

@@ -1,9 +1,9 @@
 """The experiment runner: experiment files, sweeps, reports."""
 
 from jaxlm.runner.experiment import Experiment, grid, load_experiment, run_name
-from jaxlm.runner.report import markdown_table, read_rows, write_report
-from jaxlm.runner.sweep import COLUMNS, describe, load_run, probe_run, run_one, run_sweep
+from jaxlm.runner.report import markdown_table, read_rows, table_columns, write_report
+from jaxlm.runner.sweep import describe, load_run, probe_run, run_one, run_sweep
 
-__all__ = ["COLUMNS", "Experiment", "describe", "grid", "load_experiment", "load_run",
+__all__ = ["Experiment", "describe", "grid", "load_experiment", "load_run",
            "markdown_table", "probe_run", "read_rows", "run_name", "run_one", "run_sweep",
-           "write_report"]
+           "table_columns", "write_report"]

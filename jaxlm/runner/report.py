@@ -1,13 +1,43 @@
-"""Results tables (Markdown, CSV) and plots (PNG) from the rows a sweep saved."""
+"""Results tables (Markdown, CSV) and plots (PNG) from the rows a sweep saved, with the papers'
+numbers beside ours."""
 
 from __future__ import annotations
 
 import csv
 import json
 import pathlib
+import re
 from collections.abc import Sequence
 
+from jaxlm.probes import PROBE_COLUMNS, published, published_notes
+
 RESULTS = "results.jsonl"
+BASE_COLUMNS = ("model", "d_model", "layers", "params", "seq_len", "steps")
+# Columns that describe a task's settings: column name -> field of the task's config.
+TASK_COLUMNS = {
+    "mqar": {"kv_pairs": "num_kv_pairs"},
+    "selective_copy": {"num_tokens": "num_tokens"},
+    "passkey": {"num_digits": "num_digits"},
+    "set_disjointness": {"len_a": "len_a", "len_b": "len_b", "repeats": "repeats"},
+    "linear_regression": {"n_dims": "n_dims", "noise_std": "noise_std"},
+}
+_SWEPT = re.compile(r"^(accuracy|error|" + "|".join(
+    ("least_squares", "ridge", "averaging", "nearest_3", "zero")) + r")@\d+$")
+
+
+def table_columns(rows: Sequence[dict]) -> list[str]:
+    """The columns of a results table: the run's description, the task's settings, the probe's
+    metrics (including per-length ones such as ``accuracy@256``), the published number when
+    there is one, and the training time."""
+    task = rows[0].get("task", "mqar") if rows else "mqar"
+    columns = list(BASE_COLUMNS) + list(TASK_COLUMNS.get(task, {})) + list(
+        PROBE_COLUMNS.get(task, ()))
+    for row in rows:
+        columns += [k for k in row if _SWEPT.match(k) and k not in columns]
+    if any(row.get("paper") for row in rows):
+        columns.append("paper")
+    columns.append("train_s")
+    return [c for c in columns if any(c in row for row in rows)]
 
 
 def _fmt(value) -> str:
@@ -16,11 +46,23 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    columns = table_columns(rows) if columns is None else columns
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def with_published(rows: Sequence[dict]) -> list[dict]:
+    """The rows with a ``paper`` entry: the published number for the same model and setting."""
+    return [{**row, "paper": published(row.get("task", "mqar"), row)} for row in rows]
+
+
+def notes_markdown(rows: Sequence[dict]) -> str:
+    task = rows[0].get("task", "mqar") if rows else "mqar"
+    notes = published_notes(task)
+    return "\n".join(["Published:"] + [f"- {note}" for note in notes]) if notes else ""
 
 
 def read_rows(out_dir: str | pathlib.Path) -> list[dict]:
@@ -30,47 +72,94 @@ def read_rows(out_dir: str | pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *, columns: Sequence[str],
+def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *,
                  title: str = "results") -> str:
-    """Writes ``results.md``, ``results.csv`` and ``results.png``; returns the Markdown table."""
+    """Writes ``results.md`` (the table, then the papers' findings), ``results.csv`` and
+    ``results.png``; returns the Markdown."""
     out_dir = pathlib.Path(out_dir)
-    table = markdown_table(rows, columns)
-    (out_dir / "results.md").write_text(f"# {title}\n\n{table}\n")
+    rows = with_published(rows)
+    columns = table_columns(rows)
+    text = markdown_table(rows, columns)
+    notes = notes_markdown(rows)
+    text = f"{text}\n\n{notes}" if notes else text
+    (out_dir / "results.md").write_text(f"# {title}\n\n{text}\n")
     with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    plot_accuracy(rows, out_dir / "results.png", title=title)
-    return table
+    plot_results(rows, out_dir / "results.png", title=title)
+    return text
 
 
-def plot_accuracy(rows: Sequence[dict], path: str | pathlib.Path, *, title: str) -> None:
-    """Accuracy against sequence length, one line per model (bars when there is one length)."""
+def _main_metric(rows: Sequence[dict]) -> str:
+    task = rows[0].get("task", "mqar")
+    return (PROBE_COLUMNS.get(task) or ("accuracy",))[0]
+
+
+def plot_results(rows: Sequence[dict], path: str | pathlib.Path, *, title: str) -> None:
+    """One figure for the sweep: error curves for regression; otherwise the main metric against
+    test length (when probed at several lengths), width or training length, one line per
+    model, or bars when every run has the same settings."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lengths = sorted({row["seq_len"] for row in rows})
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     models = list(dict.fromkeys(row["model"] for row in rows))
-    if len(lengths) > 1:
-        for model in models:
-            points = sorted((r["seq_len"], r["accuracy"]) for r in rows if r["model"] == model)
-            ax.plot(*zip(*points), marker="o", label=model)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length")
-        ax.legend()
+    if rows and "curve" in rows[0]:
+        _plot_curves(ax, rows)
     else:
-        names = [row["model"] for row in rows]
-        labels = names if len(set(names)) == len(names) else [row["run"] for row in rows]
-        ax.bar(range(len(rows)), [row["accuracy"] for row in rows])
-        ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
-    if rows and "baseline" in rows[0]:
-        ax.axhline(min(r["baseline"] for r in rows), color="gray", ls="--", lw=1,
-                   label="chance")
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
+        metric = _main_metric(rows)
+        lengths = sorted({int(k.split("@")[1]) for r in rows for k in r
+                          if k.startswith("accuracy@")})
+        widths = sorted({row["d_model"] for row in rows})
+        seq_lens = sorted({row["seq_len"] for row in rows})
+        if lengths:
+            for row in rows:
+                points = sorted([(row["seq_len"], row[metric])] + [
+                    (n, row[f"accuracy@{n}"]) for n in lengths if f"accuracy@{n}" in row])
+                ax.plot(*zip(*points), marker="o", label=row["run"])
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("test sequence length")
+        elif len(widths) > 1 or len(seq_lens) > 1:
+            axis = "d_model" if len(widths) > 1 else "seq_len"
+            other = "seq_len" if axis == "d_model" else "d_model"
+            for model in models:
+                for fixed in sorted({r[other] for r in rows if r["model"] == model}):
+                    points = sorted((r[axis], r[metric]) for r in rows
+                                    if r["model"] == model and r[other] == fixed)
+                    label = model if len(seq_lens) == 1 or axis == "seq_len" else \
+                        f"{model}, {other} {fixed}"
+                    ax.plot(*zip(*points), marker="o", label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("model width (d_model)" if axis == "d_model" else "sequence length")
+        else:
+            names = [row["model"] for row in rows]
+            labels = names if len(set(names)) == len(names) else [row["run"] for row in rows]
+            ax.bar(range(len(rows)), [row.get(metric, 0.0) for row in rows])
+            ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
+        if "baseline" in rows[0]:
+            ax.axhline(min(r["baseline"] for r in rows), color="gray", ls="--", lw=1,
+                       label="baseline")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(metric)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_curves(ax, rows: Sequence[dict]) -> None:
+    """Normalised squared error against in-context examples: each run, and the baselines of
+    the first run (all runs share the test prompts)."""
+    for row in rows:
+        ax.plot(row["curve"]["model"], marker=".", label=row["run"])
+    for name, values in rows[0]["curve"].items():
+        if name != "model":
+            ax.plot(values, ls="--", lw=1, label=name)
+    ax.set_xlabel("in-context examples")
+    ax.set_ylabel("squared error / d")
+    ax.set_ylim(0, 2)
+    ax.legend(fontsize=7)

@@ -16,23 +16,28 @@ from flax import nnx
 from jaxlm.config import Config, ConfigError, apply_overrides, load_config, save_config
 from jaxlm.probes import evaluate
 from jaxlm.runner.experiment import Experiment, run_name
-from jaxlm.runner.report import RESULTS, write_report
+from jaxlm.runner.report import RESULTS, TASK_COLUMNS, write_report
 from jaxlm.train import (Checkpointer, build_model, init_train_state, make_optimizer,
                          merge_model, train)
 
 RESULT = "result.json"
-COLUMNS = ("model", "d_model", "layers", "params", "seq_len", "kv_pairs", "steps",
-           "accuracy", "baseline", "train_s")
 
 
 def describe(config: Config) -> dict[str, Any]:
     """The table columns that come from the config."""
-    row = {"model": config.model.pattern, "d_model": config.model.d_model,
-           "layers": config.model.n_layers, "seq_len": config.data.seq_len,
-           "steps": config.train.steps}
-    if config.data.task == "mqar":
-        row["kv_pairs"] = config.data.mqar.num_kv_pairs
+    row = {"task": config.data.task, "model": config.model.pattern,
+           "d_model": config.model.d_model, "layers": config.model.n_layers,
+           "seq_len": config.data.seq_len, "steps": config.train.steps}
+    for column, field in TASK_COLUMNS.get(config.data.task, {}).items():
+        row[column] = getattr(config.data.task_config, field)
     return row
+
+
+def _probe(model, config: Config) -> dict[str, Any]:
+    probe = config.probe
+    return evaluate(model, config.data, lengths=probe.test_lengths(),
+                    num_examples=probe.num_examples, batch_size=probe.batch_size,
+                    seed=probe.seed)
 
 
 def run_one(config: Config, run_dir: str | pathlib.Path, *, name: str = "run",
@@ -40,8 +45,7 @@ def run_one(config: Config, run_dir: str | pathlib.Path, *, name: str = "run",
     """Trains (or resumes) one run, probes it, and saves the row as ``result.json``."""
     run_dir = pathlib.Path(run_dir)
     result = train(config, run_dir, resume=resume, progress=progress)
-    probe = evaluate(result.model, config.data, num_examples=config.probe.num_examples,
-                     batch_size=config.probe.batch_size, seed=config.probe.seed)
+    probe = _probe(result.model, config)
     row = {"run": name, **describe(config), "params": result.num_params, **probe,
            "train_s": round(result.seconds, 1),
            **{f"val_{k}": v for k, v in result.eval_metrics.items()}}
@@ -83,7 +87,7 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
     rows = [json.loads((out_dir / name / RESULT).read_text()) for name in names]
     with open(out_dir / RESULTS, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    write_report(rows, out_dir, columns=COLUMNS, title=experiment.base.name)
+    write_report(rows, out_dir, title=experiment.base.name)
     return rows
 
 
@@ -133,6 +137,4 @@ def probe_run(run_dir: str | pathlib.Path, overrides: Sequence[str] = ()) -> dic
     """Probes a trained run, optionally on a changed task (``data.mqar.seq_len=128``, ...)."""
     config, model = load_run(run_dir)
     probe_config = apply_overrides(config, overrides)
-    return {**describe(probe_config), **evaluate(
-        model, probe_config.data, num_examples=probe_config.probe.num_examples,
-        batch_size=probe_config.probe.batch_size, seed=probe_config.probe.seed)}
+    return {**describe(probe_config), **_probe(model, probe_config)}

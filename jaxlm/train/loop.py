@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxlm.config import Config, save_config
 from jaxlm.data import TaskSource, make_source
-from jaxlm.models import DecoderLM, count_params
+from jaxlm.models import DecoderLM, SequenceRegressor, count_params
 from jaxlm.parallel import make_mesh, place_batch, place_state
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.metrics import MetricWriter
@@ -28,16 +28,20 @@ from jaxlm.train.state import (TrainState, init_train_state, make_eval_step, mak
 
 @dataclasses.dataclass
 class TrainResult:
-    model: DecoderLM
+    model: DecoderLM | SequenceRegressor
     state: TrainState
     eval_metrics: dict[str, float]
     num_params: int
     seconds: float  # wall time of this call's training loop (compilation included)
 
 
-def build_model(config: Config) -> DecoderLM:
-    """The model of ``config``, initialised from ``config.train.seed``."""
-    return DecoderLM(config.model, rngs=nnx.Rngs(params=config.train.seed))
+def build_model(config: Config) -> DecoderLM | SequenceRegressor:
+    """The model of ``config``, initialised from ``config.train.seed``: a ``DecoderLM`` for
+    token tasks, a ``SequenceRegressor`` for continuous ones."""
+    rngs = nnx.Rngs(params=config.train.seed)
+    if config.data.continuous:
+        return SequenceRegressor(config.model, config.data.task_config.input_dim, rngs=rngs)
+    return DecoderLM(config.model, rngs=rngs)
 
 
 def evaluate_params(eval_step, model_states: tuple[nnx.State, ...], source: TaskSource, *,
@@ -53,8 +57,9 @@ def evaluate_params(eval_step, model_states: tuple[nnx.State, ...], source: Task
         metrics = jax.device_get(eval_step(model_states, batch))
         n = float(metrics["tokens"])
         tokens += n
-        for name in ("loss", "accuracy"):
-            totals[name] = totals.get(name, 0.0) + float(metrics[name]) * n
+        for name, value in metrics.items():
+            if name != "tokens":
+                totals[name] = totals.get(name, 0.0) + float(value) * n
     return {name: value / max(tokens, 1.0) for name, value in totals.items()}
 
 
@@ -144,8 +149,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
             if done % tc.log_every == 0 or done == end:
                 metrics = jax.device_get(metrics)
                 writer.write(done, {**metrics, "learning_rate": float(schedule(done - 1))})
-                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}",
-                                acc=f"{float(metrics['accuracy']):.3f}")
+                bar.set_postfix({name: f"{float(metrics[name]):.3f}"
+                                 for name in ("loss", "accuracy") if name in metrics})
             if tc.eval_every and done % tc.eval_every == 0 and done != end:
                 evaluate(done)
             if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != end:

@@ -23,3 +23,24 @@ def lm_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, dict[str,
     loss = jnp.where(valid, losses, 0.0).sum() / count
     correct = (jnp.argmax(logits, axis=-1) == safe) & valid
     return loss, {"loss": loss, "accuracy": correct.sum() / count, "tokens": valid.sum()}
+
+
+def regression_loss(predictions: jax.Array, targets: jax.Array, mask: jax.Array
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean squared error over the positions where ``mask`` is True.
+
+    predictions, targets: [batch, length] float; mask: [batch, length] bool.
+    Returns (loss, {"loss", "tokens"}).
+    """
+    count = jnp.maximum(mask.sum(), 1)
+    loss = jnp.where(mask, jnp.square(predictions - targets), 0.0).sum() / count
+    return loss, {"loss": loss, "tokens": mask.sum()}
+
+
+def batch_loss(outputs: jax.Array, batch: dict[str, jax.Array]
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss of a batch of any task: squared error for continuous tasks (their batches carry
+    a ``mask``), token cross-entropy otherwise."""
+    if "mask" in batch:
+        return regression_loss(outputs, batch["targets"], batch["mask"])
+    return lm_loss(outputs, batch["targets"])

@@ -10,7 +10,7 @@ import jax
 import optax
 from flax import nnx
 
-from jaxlm.train.losses import lm_loss
+from jaxlm.train.losses import batch_loss
 
 
 @flax.struct.dataclass
@@ -47,8 +47,8 @@ def _model_loss(graphdef, states, batch, *, training: bool):
     model = nnx.merge(graphdef, *states, copy=True)
     if training:
         model.train()
-    logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
-    loss, metrics = lm_loss(logits, batch["targets"])
+    outputs = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
+    loss, metrics = batch_loss(outputs, batch)
     return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
 
