@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every point of an experiment's sweep and tabulate")
     p.add_argument("config", help="experiment file defining config() and sweep()")
     p.add_argument("--out", help="output directory (default runs/<name>)")
+    p.add_argument("--preset", help="a named preset of the experiment file's PRESETS, e.g. "
+                                    "full (the paper's sizes, for accelerators)")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once, each in its own process (default 1); helps on machines "
                         "with many cores, not on 2")
@@ -74,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         row = runner.probe_run(args.run_dir, args.overrides)
         print(json.dumps(row, indent=2))
     elif args.command == "sweep":
-        experiment = runner.load_experiment(args.config, args.overrides)
+        experiment = runner.load_experiment(args.config, args.overrides, args.preset)
         out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
         runner.run_sweep(experiment, out, progress=not args.no_progress,
                                 workers=args.workers)

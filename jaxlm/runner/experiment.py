@@ -49,8 +49,11 @@ def grid(axes: Mapping[str | tuple[str, ...], Sequence[Any]]) -> list[dict[str, 
     return points
 
 
-def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Experiment:
-    """Imports an experiment file and applies command-line overrides to its base config.
+def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = (),
+                    preset: str | None = None) -> Experiment:
+    """Imports an experiment file and applies a named preset of its ``PRESETS`` (a dict of
+    name -> overrides, e.g. ``"full"``: the paper's sizes), then command-line overrides, to its
+    base config.
 
     While the file runs, its folder is importable, so one experiment can build on another
     (``import quickstart``)."""
@@ -71,6 +74,11 @@ def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> 
     if not isinstance(base, Config):
         raise ConfigError(f"{path}: config() must return a jaxlm.config.Config, "
                           f"got {type(base).__name__}")
+    if preset is not None:
+        presets = getattr(module, "PRESETS", {})
+        if preset not in presets:
+            raise ConfigError(f"{path} has no preset {preset!r}; presets: {sorted(presets)}")
+        base = apply_overrides(base, presets[preset])
     base = apply_overrides(base, overrides)
     points = list(module.sweep()) if hasattr(module, "sweep") else [{}]
     experiment = Experiment(path, base, points)
