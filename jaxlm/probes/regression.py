@@ -4,10 +4,6 @@ least squares, ridge, averaging and nearest neighbours fitted to the same prefix
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -17,42 +13,35 @@ from jaxlm.probes.common import test_batches
 BASELINES = ("least_squares", "ridge", "averaging", "nearest_3", "zero")
 
 
-def _prefix_mask(num_points: int) -> jax.Array:
-    """[k, k] bool: row i marks the i points x_1..x_i in context when predicting y_{i+1}."""
-    return jnp.arange(num_points)[None, :] < jnp.arange(num_points)[:, None]
-
-
-@functools.partial(jax.jit, static_argnames=("ridge",))
-def baseline_predictions(xs: jax.Array, ys: jax.Array, *, ridge: float
-                         ) -> dict[str, jax.Array]:
+def baseline_predictions(xs: np.ndarray, ys: np.ndarray, *, ridge: float
+                         ) -> dict[str, np.ndarray]:
     """Each baseline's prediction of y_i from the i-1 earlier points, for every i.
 
-    xs: [batch, k, d], ys: [batch, k] -> {name: [batch, k]}. Least squares is the minimum-norm
-    solution (pseudo-inverse) while i-1 < d; ridge solves (X^T X + ridge I) w = X^T y (the
-    posterior mean for w ~ N(0, I) when ridge is the noise variance); averaging is
-    w = mean_j y_j x_j; nearest_3 averages the y of the 3 nearest earlier x.
+    xs: [batch, k, d], ys: [batch, k] -> {name: [batch, k]}, computed in float64 with NumPy on
+    the host (classical baselines, not the model). Least squares is the minimum-norm solution
+    (pseudo-inverse) while i-1 < d; ridge solves (X^T X + ridge I) w = X^T y (the posterior mean
+    for w ~ N(0, I) when ridge is the noise variance); averaging is w = mean_j y_j x_j;
+    nearest_3 averages the y of the 3 nearest earlier x.
     """
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
     k, d = xs.shape[-2:]
-    prefix = _prefix_mask(k).astype(xs.dtype)  # [k (query), k (context)]
-
-    def one(x, y):
-        xm = prefix[:, :, None] * x[None]  # [k, k, d]: the in-context points per query
-        ym = prefix * y[None]  # [k, k]
-        w_ls = jnp.einsum("qdk,qk->qd", jnp.linalg.pinv(xm), ym)
-        gram = jnp.einsum("qkd,qke->qde", xm, xm) + ridge * jnp.eye(d)
-        w_ridge = jnp.linalg.solve(gram, jnp.einsum("qkd,qk->qd", xm, ym)[..., None])[..., 0]
-        count = jnp.maximum(prefix.sum(1, keepdims=True), 1)
-        w_avg = jnp.einsum("qkd,qk->qd", xm, ym) / count
-        dist = jnp.sum(jnp.square(x[:, None] - x[None]), -1)  # [k, k]
-        dist = jnp.where(prefix > 0, dist, jnp.inf)
-        neighbours = jnp.argsort(dist, axis=1)[:, :3]  # [k, 3]
-        chosen = jnp.take_along_axis(prefix, neighbours, 1)  # only earlier points count
-        near = (y[neighbours] * chosen).sum(1) / jnp.maximum(chosen.sum(1), 1)
-        predict = lambda w: jnp.einsum("qd,qd->q", w, x)
-        return {"least_squares": predict(w_ls), "ridge": predict(w_ridge),
-                "averaging": predict(w_avg), "nearest_3": near, "zero": jnp.zeros_like(y)}
-
-    return jax.vmap(one)(xs, ys)
+    prefix = (np.arange(k)[None, :] < np.arange(k)[:, None]).astype(np.float64)  # [query, ctx]
+    xm = prefix[None, :, :, None] * xs[:, None]  # [batch, query, ctx, d]
+    ym = prefix[None] * ys[:, None]  # [batch, query, ctx]
+    xty = np.einsum("bqkd,bqk->bqd", xm, ym)
+    w_ls = np.einsum("bqdk,bqk->bqd", np.linalg.pinv(xm), ym)
+    gram = np.einsum("bqkd,bqke->bqde", xm, xm) + ridge * np.eye(d)
+    w_ridge = np.linalg.solve(gram, xty[..., None])[..., 0]
+    w_avg = xty / np.maximum(prefix.sum(1), 1)[None, :, None]
+    dist = np.square(xs[:, :, None] - xs[:, None]).sum(-1)  # [batch, query, ctx]
+    dist = np.where(prefix[None] > 0, dist, np.inf)
+    neighbours = np.argsort(dist, axis=-1)[..., :3]
+    chosen = np.take_along_axis(np.broadcast_to(prefix, dist.shape), neighbours, -1)
+    near_y = np.take_along_axis(np.broadcast_to(ys[:, None], dist.shape), neighbours, -1)
+    near = (near_y * chosen).sum(-1) / np.maximum(chosen.sum(-1), 1)
+    predict = lambda w: np.einsum("bqd,bqd->bq", w, xs)
+    return {"least_squares": predict(w_ls), "ridge": predict(w_ridge),
+            "averaging": predict(w_avg), "nearest_3": near, "zero": np.zeros_like(ys)}
 
 
 def evaluate_regression(model: nnx.Module, data: DataConfig, *, num_examples: int = 1000,
@@ -71,8 +60,7 @@ def evaluate_regression(model: nnx.Module, data: DataConfig, *, num_examples: in
                                            batch_size=batch_size, seed=seed):
         xs, ys = deinterleave(batch["inputs"])
         outputs = {"model": predictions[:, 0::2],
-                   **jax.device_get(baseline_predictions(
-                       xs, ys, ridge=max(config.noise_std ** 2, 1e-3)))}
+                   **baseline_predictions(xs, ys, ridge=max(config.noise_std ** 2, 1e-3))}
         for name, pred in outputs.items():
             error = np.square(np.asarray(pred, np.float64) - ys).sum(0) / d
             sums[name] = sums.get(name, 0.0) + error

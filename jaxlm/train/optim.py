@@ -7,8 +7,9 @@ import optax
 
 
 def make_schedule(cfg) -> optax.Schedule:
-    """Linear warm-up to ``learning_rate``, then cosine / linear decay or a constant."""
-    peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, cfg.steps)
+    """Linear warm-up to ``learning_rate``, then cosine / linear decay or a constant. A warm-up
+    as long as the run is cut to ``steps - 1`` (a short trial run of a long config works)."""
+    peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, cfg.steps - 1)
     end = peak * cfg.final_lr_fraction
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, cfg.steps, end_value=end)

@@ -79,3 +79,15 @@ def test_routing_centroids_are_variables_the_optimizer_never_sees(tmp_path):
                              for c in centroids)
     initial = jax.tree.leaves(nnx.state(build_model(ROUTING), nnx.Not(nnx.Param)))
     assert not any(np.allclose(a, b) for a, b in zip(centroids, initial))
+
+
+def test_schedule_with_warmup_as_long_as_the_run():
+    """A trial run of a long config (warm-up >= steps) still gets a schedule that rises and
+    ends at the final learning rate, for every schedule."""
+    from jaxlm.config import TrainConfig
+    from jaxlm.train import make_schedule
+    for schedule in ("cosine", "linear", "constant"):
+        sched = make_schedule(TrainConfig(steps=5, warmup_steps=100, schedule=schedule,
+                                          learning_rate=1.0))
+        values = [float(sched(i)) for i in range(6)]
+        assert values[0] == 0.0 and max(values) > 0.5 and all(v >= 0 for v in values)
