@@ -43,6 +43,8 @@ def test_unknown_key_lists_valid_keys():
     ("model", "must look like key=value"),
     ("model.attention=3", "is a section"),
     ("model.vocab_size=16", "smaller than the task's vocab_size"),
+    ("probe.lengths=128,x", r"probe\.lengths must be comma-separated positive integers"),
+    ("data.set_disjointness.order=random", r"set_disjointness\.order='random'"),
 ])
 def test_bad_values_are_named(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -58,3 +60,18 @@ def test_json_round_trip(tmp_path):
 def test_config_keys_cover_nested_sections():
     keys = config_keys(Config())
     assert "model.attention.window" in keys and "data.mqar.seq_len" in keys
+
+
+def test_presets_and_length_sweeps_fail_clearly(tmp_path):
+    from jaxlm.data import DataConfig
+    from jaxlm.probes import with_seq_len
+    from jaxlm.runner import load_experiment
+    path = tmp_path / "e.py"
+    path.write_text("from jaxlm.config import Config\nPRESETS = {'full': {'train.steps': 7}}\n"
+                    "def config():\n    return Config()\n")
+    assert load_experiment(path, preset="full").base.train.steps == 7
+    with pytest.raises(ConfigError, match="has no preset 'huge'; presets: \\['full'\\]"):
+        load_experiment(path, preset="huge")
+    assert with_seq_len(DataConfig(), 128).mqar.seq_len == 128
+    with pytest.raises(ValueError, match="'set_disjointness' has no seq_len setting"):
+        with_seq_len(DataConfig(task="set_disjointness"), 64)

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.data import DataConfig
-from jaxlm.probes.common import target_hits, test_batches, with_seq_len
+from jaxlm.probes.common import target_hits, probe_batches, with_seq_len
 from jaxlm.probes.lsa import LSAConfig, train_lsa
 from jaxlm.probes.mqar import evaluate_mqar
 from jaxlm.probes.published import PUBLISHED, published, published_notes
@@ -61,5 +61,5 @@ def _floats(metrics: dict) -> dict:
 __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
            "baseline_predictions", "evaluate", "evaluate_answers", "evaluate_mqar",
            "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
-           "ngram_predictions", "published", "published_notes", "target_hits", "test_batches",
+           "ngram_predictions", "published", "published_notes", "target_hits", "probe_batches",
            "train_lsa", "with_seq_len"]

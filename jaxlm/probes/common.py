@@ -12,7 +12,7 @@ from flax import nnx
 from jaxlm.data import IGNORE, DataConfig, make_source
 
 
-def test_batches(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_size: int,
+def probe_batches(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_size: int,
                  seed: int) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """(batch, outputs) pairs over ``ceil(num_examples / batch_size)`` batches of the ``test``
     split of a stream seeded by ``seed`` (training draws the ``train`` split, so none was

@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.data import DataConfig, deinterleave
-from jaxlm.probes.common import test_batches
+from jaxlm.probes.common import probe_batches
 
 BASELINES = ("least_squares", "ridge", "averaging", "nearest_3", "zero")
 
@@ -56,7 +56,7 @@ def evaluate_regression(model: nnx.Module, data: DataConfig, *, num_examples: in
     d = config.n_dims
     sums: dict[str, np.ndarray] = {}
     rows = 0
-    for batch, predictions in test_batches(model, data, num_examples=num_examples,
+    for batch, predictions in probe_batches(model, data, num_examples=num_examples,
                                            batch_size=batch_size, seed=seed):
         xs, ys = deinterleave(batch["inputs"])
         outputs = {"model": predictions[:, 0::2],

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxlm.data import DataConfig
 from jaxlm.data.regular_language import FIRST_LETTER
-from jaxlm.probes.common import test_batches
+from jaxlm.probes.common import probe_batches
 
 NGRAM_ORDERS = (1, 2, 3)
 
@@ -55,7 +55,7 @@ def evaluate_regular_language(model: nnx.Module, data: DataConfig, *, num_exampl
     prediction is a letter the prompt's DFA allows, "ngram_1/2/3": the same for the in-context
     n-gram models, "baseline": the best of them}. Languages are held out from training."""
     totals = Counter()
-    for batch, logits in test_batches(model, data, num_examples=num_examples,
+    for batch, logits in probe_batches(model, data, num_examples=num_examples,
                                       batch_size=batch_size, seed=seed):
         counted = batch["targets"] >= FIRST_LETTER
         ok, n = validity(logits.argmax(-1), batch["valid"], counted)

@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.data import DataConfig
-from jaxlm.probes.common import target_hits, test_batches
+from jaxlm.probes.common import target_hits, probe_batches
 
 
 def evaluate_answers(model: nnx.Module, data: DataConfig, *, num_examples: int = 1000,
@@ -21,7 +21,7 @@ def evaluate_answers(model: nnx.Module, data: DataConfig, *, num_examples: int =
     hits, counts, exact, extra = 0, 0, 0, {}
     rows = 0
     split_by_order = data.task == "set_disjointness"
-    for batch, logits in test_batches(model, data, num_examples=num_examples,
+    for batch, logits in probe_batches(model, data, num_examples=num_examples,
                                       batch_size=batch_size, seed=seed):
         row_hits, row_counts = target_hits(batch, logits)
         hits, counts = hits + row_hits.sum(), counts + row_counts.sum()
