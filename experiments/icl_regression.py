@@ -1,7 +1,7 @@
 """In-context linear regression (Garg et al.): squared error against the number of in-context
 examples, beside least squares, ridge, averaging and 3-nearest-neighbours on the same prompts.
 
-Run:  jaxlm sweep experiments/icl_regression.py            (CPU, about 20 minutes)
+Run:  jaxlm sweep experiments/icl_regression.py            (CPU, 30-45 minutes)
       jaxlm sweep experiments/icl_regression.py --preset full   (the paper's d = 20, 41 points)
 The CPU preset is the paper's toy setting (d = 5, 11 points): a 4-layer model per mixer,
 d_model 64 with an MLP, 4000 steps of 64 fresh prompts (at 2 layers and 3000 steps attention
