@@ -9,7 +9,8 @@ from jaxlm.data.regression import (LinearRegressionConfig, deinterleave, interle
 from jaxlm.data.regular_language import (RegularLanguageConfig, random_dfa,
                                          regular_language_batch, regular_language_example)
 from jaxlm.data.set_disjointness import SetDisjointnessConfig, set_disjointness_example
-from jaxlm.data.source import SPLITS, TASKS, DataConfig, Task, TaskSource, example_batch, make_source
+from jaxlm.data.source import (SPLITS, TASKS, DataConfig, Task, TaskSource, example_batch,
+                               make_source)
 
 __all__ = ["IGNORE", "SPLITS", "TASKS", "DataConfig", "InductionHeadConfig",
            "LinearRegressionConfig", "MQARConfig", "PasskeyConfig", "RegularLanguageConfig",

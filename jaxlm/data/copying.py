@@ -20,16 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.data.mqar import IGNORE
+from jaxlm.ops.checks import check_positive_fields
 
 TRIGGER = 1
 MARKER = 1
-
-
-def _check_positive(task: str, config) -> None:
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            raise ValueError(f"{task}.{field.name} must be a positive integer, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +32,7 @@ class InductionHeadConfig:
     seq_len: int = 64
 
     def __post_init__(self):
-        _check_positive("induction_head", self)
+        check_positive_fields("induction_head", self, ("vocab_size", "seq_len"))
         if self.vocab_size < 4:
             raise ValueError(f"induction_head.vocab_size must be >= 4 (trigger + 2 content "
                              f"tokens), got {self.vocab_size}")
@@ -64,7 +58,8 @@ class SelectiveCopyConfig:
     num_tokens: int = 8
 
     def __post_init__(self):
-        _check_positive("selective_copy", self)
+        check_positive_fields("selective_copy", self,
+                              ("vocab_size", "seq_len", "num_tokens"))
         if self.vocab_size < 3:
             raise ValueError(f"selective_copy.vocab_size must be >= 3, got {self.vocab_size}")
         if 2 * self.num_tokens > self.seq_len:

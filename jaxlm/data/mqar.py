@@ -17,6 +17,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import check_positive_fields
+
 IGNORE = -100  # target id that the loss and the metrics skip
 
 
@@ -30,10 +32,7 @@ class MQARConfig:
 
     def __post_init__(self):
         v, length, pairs = self.vocab_size, self.seq_len, self.num_kv_pairs
-        for name in ("vocab_size", "seq_len", "num_kv_pairs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"mqar.{name} must be a positive integer, got {value!r}")
+        check_positive_fields("mqar", self, ("vocab_size", "seq_len", "num_kv_pairs"))
         if length % 2:
             raise ValueError(f"mqar.seq_len must be even, got {length}")
         if 4 * pairs > length:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.data.mqar import IGNORE
+from jaxlm.ops.checks import check_positive_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,10 +26,7 @@ class PasskeyConfig:
     filler_cycle: int = 8  # F: distinct filler tokens, repeating in order
 
     def __post_init__(self):
-        for name in ("seq_len", "num_digits", "filler_cycle"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"passkey.{name} must be a positive integer, got {value!r}")
+        check_positive_fields("passkey", self, ("seq_len", "num_digits", "filler_cycle"))
         if self.seq_len < 2 * self.num_digits + 2:
             raise ValueError(f"passkey.seq_len must be >= 2 * num_digits + 2 = "
                              f"{2 * self.num_digits + 2}, got {self.seq_len}")

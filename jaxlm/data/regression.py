@@ -16,6 +16,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import check_positive_fields
+
 COVARIANCES = ("isotropic", "skewed")
 
 
@@ -30,11 +32,7 @@ class LinearRegressionConfig:
     query_scale: float = 1.0  # the last point x_k is scaled by this (a query shift)
 
     def __post_init__(self):
-        for name in ("n_dims", "num_points"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"linear_regression.{name} must be a positive integer, "
-                                 f"got {value!r}")
+        check_positive_fields("linear_regression", self, ("n_dims", "num_points"))
         if self.covariance not in COVARIANCES:
             raise ValueError(f"linear_regression.covariance={self.covariance!r}; expected one "
                              f"of {list(COVARIANCES)}")

@@ -22,6 +22,8 @@ import zlib
 
 import numpy as np
 
+from jaxlm.ops.checks import check_positive_fields
+
 SEPARATOR, FIRST_LETTER, LETTERS = 1, 2, 18
 HELD_OUT_MODULUS = 5
 
@@ -37,12 +39,9 @@ class RegularLanguageConfig:
     max_string_len: int = 20  # the paper uses 49
 
     def __post_init__(self):
-        for name in ("seq_len", "min_states", "max_states", "min_alphabet", "max_alphabet",
-                     "max_out_degree", "max_string_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"regular_language.{name} must be a positive integer, "
-                                 f"got {value!r}")
+        check_positive_fields("regular_language", self, (
+            "seq_len", "min_states", "max_states", "min_alphabet", "max_alphabet",
+            "max_out_degree", "max_string_len"))
         if not 2 <= self.min_states <= self.max_states:
             raise ValueError(f"regular_language: need 2 <= min_states <= max_states, got "
                              f"{self.min_states}, {self.max_states}")

@@ -5,8 +5,8 @@ Token ids: 0 unused, 1 = prefix, 2 = list separator, 3 = answer separator, 4..V-
 Per example the elements are shuffled and split in halves; A (``len_a`` elements) comes from one
 half, B (``len_b``) from the other, and one element of A overwrites a random position of B, so
 the sets meet in exactly one element. The row is ``[1] A [2] B [3]``; with ``repeats`` > 1 the
-``[1] A [2] B`` part is repeated before the ``[3]`` (the JRT prompt), and the only target, at the final position, is
-the shared element. ``order="mixed"`` swaps which set comes first in half of the examples.
+``[1] A [2] B`` part is repeated before the ``[3]`` (the JRT prompt). The only target, at the
+final position, is the shared element. ``order="mixed"`` swaps which set comes first in half of the examples.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.data.mqar import IGNORE
+from jaxlm.ops.checks import check_positive_fields
 
 PREFIX, SEP_LISTS, SEP_ANSWER, FIRST_ELEMENT = 1, 2, 3, 4
 ORDERS = ("a_first", "b_first", "mixed")
@@ -31,11 +32,8 @@ class SetDisjointnessConfig:
     repeats: int = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "len_a", "len_b", "repeats"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"set_disjointness.{name} must be a positive integer, "
-                                 f"got {value!r}")
+        check_positive_fields("set_disjointness", self,
+                              ("vocab_size", "len_a", "len_b", "repeats"))
         half = (self.vocab_size - FIRST_ELEMENT) // 2
         if max(self.len_a, self.len_b) > half:
             raise ValueError(f"set_disjointness: len_a={self.len_a} and len_b={self.len_b} "

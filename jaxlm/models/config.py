@@ -8,6 +8,7 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, LSSLConfig,
                           Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
                           SparseAttentionConfig, WindowAttentionConfig)
+from jaxlm.ops.checks import check_positive_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +46,8 @@ class ModelConfig:
     h3: H3Config = H3Config()
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        check_positive_fields("model", self,
+                              ("vocab_size", "d_model", "n_layers", "max_length"))
         if not isinstance(self.d_ff, int) or self.d_ff < 0:
             raise ValueError(f"model.d_ff must be a non-negative integer (0: no MLP), "
                              f"got {self.d_ff!r}")

@@ -76,6 +76,15 @@ def check_positive(op: str, name: str, value: int | None, *, allow_none: bool = 
                          f"{' or None' if allow_none else ''}, got {value!r}")
 
 
+def check_positive_fields(section: str, config: object, names: Sequence[str]) -> None:
+    """Raises unless each named field of a config dataclass is a positive int; the message names
+    the dotted config key, e.g. ``mqar.seq_len``."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{section}.{name} must be a positive integer, got {value!r}")
+
+
 def check_qkv(op: str, q: jax.Array, k: jax.Array, v: jax.Array) -> None:
     """Raises unless q [batch, length, heads, head_dim], k [batch, length, kv_heads, head_dim]
     and v [batch, length, kv_heads, v_head_dim] agree, with kv_heads dividing heads."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 from flax import nnx
 
 from jaxlm.data import DataConfig
@@ -51,7 +50,6 @@ def chance(data: DataConfig) -> float:
 
 def evaluate_set_disjointness(model: nnx.Module, data: DataConfig, **kwargs) -> dict[str, float]:
     """Set disjointness evaluated with A first and with B first, whatever the training order."""
-    metrics = evaluate_answers(model, dataclasses.replace(
+    return evaluate_answers(model, dataclasses.replace(
         data, set_disjointness=dataclasses.replace(data.set_disjointness, order="mixed")),
         **kwargs)
-    return {k: float(np.asarray(v)) for k, v in metrics.items()}
