@@ -9,10 +9,13 @@ from jaxlm.data.regression import (LinearRegressionConfig, deinterleave, interle
 from jaxlm.data.regular_language import (RegularLanguageConfig, random_dfa,
                                          regular_language_batch, regular_language_example)
 from jaxlm.data.set_disjointness import SetDisjointnessConfig, set_disjointness_example
+from jaxlm.data.text import (BOS, BYTE_VOCAB, EOS, EOW, PAD, TextConfig, decode, encode,
+                             text_batch)
 from jaxlm.data.source import (SPLITS, TASKS, DataConfig, Task, TaskSource, example_batch,
                                make_source)
 
-__all__ = ["IGNORE", "SPLITS", "TASKS", "DataConfig", "InductionHeadConfig",
+__all__ = ["BOS", "BYTE_VOCAB", "EOS", "EOW", "PAD", "TextConfig", "decode", "encode",
+           "text_batch", "IGNORE", "SPLITS", "TASKS", "DataConfig", "InductionHeadConfig",
            "LinearRegressionConfig", "MQARConfig", "PasskeyConfig", "RegularLanguageConfig",
            "SelectiveCopyConfig", "SetDisjointnessConfig", "Task", "TaskSource", "deinterleave",
            "example_batch", "induction_head_example", "interleave", "linear_regression_example",

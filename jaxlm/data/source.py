@@ -25,6 +25,7 @@ from jaxlm.data.passkey import PasskeyConfig, passkey_example
 from jaxlm.data.regression import LinearRegressionConfig, linear_regression_example
 from jaxlm.data.regular_language import RegularLanguageConfig, regular_language_batch
 from jaxlm.data.set_disjointness import SetDisjointnessConfig, set_disjointness_example
+from jaxlm.data.text import TextConfig, text_batch
 
 SPLITS = ("train", "validation", "test")
 
@@ -49,6 +50,7 @@ TASKS: dict[str, Task] = {
     "set_disjointness": Task(example=set_disjointness_example),
     "regular_language": Task(host_batch=regular_language_batch),
     "linear_regression": Task(example=linear_regression_example, continuous=True),
+    "text": Task(host_batch=text_batch),
 }
 
 
@@ -65,6 +67,7 @@ class DataConfig:
     set_disjointness: SetDisjointnessConfig = SetDisjointnessConfig()
     regular_language: RegularLanguageConfig = RegularLanguageConfig()
     linear_regression: LinearRegressionConfig = LinearRegressionConfig()
+    text: TextConfig = TextConfig()
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -1,9 +1,28 @@
-"""Language models built from blocks of registered mixers."""
+"""Language models built from blocks of registered mixers; ``MODELS`` maps each
+``ModelConfig.kind`` to its class."""
 
-from jaxlm.models.config import ModelConfig
-from jaxlm.models.generate import generate
+from flax import nnx
+
+from jaxlm.models.config import LexinvariantConfig, ModelConfig, WordConfig
+from jaxlm.models.generate import generate, generate_text
+from jaxlm.models.lexinvariant import LexinvariantLM
 from jaxlm.models.lm import Block, DecoderLM, add_positions, count_params
 from jaxlm.models.regression import SequenceRegressor
+from jaxlm.models.words import WordLM
 
-__all__ = ["Block", "DecoderLM", "ModelConfig", "SequenceRegressor", "add_positions",
-           "count_params", "generate"]
+MODELS = {
+    "decoder": DecoderLM,
+    "lexinvariant": LexinvariantLM,
+    "hierarchical": WordLM,
+    "word_pooled": WordLM,
+}
+
+
+def build_lm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The token model of ``config.kind``."""
+    return MODELS[config.kind](config, rngs=rngs)
+
+
+__all__ = ["MODELS", "Block", "DecoderLM", "LexinvariantConfig", "LexinvariantLM",
+           "ModelConfig", "SequenceRegressor", "WordConfig", "WordLM", "add_positions",
+           "build_lm", "count_params", "generate", "generate_text"]

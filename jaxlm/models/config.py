@@ -11,6 +11,45 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
 from jaxlm.ops.checks import check_positive_fields
 
 
+MODEL_KINDS = ("decoder", "lexinvariant", "hierarchical", "word_pooled")
+
+
+@dataclasses.dataclass(frozen=True)
+class LexinvariantConfig:
+    """Options of ``kind="lexinvariant"`` ("Lexinvariant Language Models")."""
+    random_prob: float = 1.0  # 1: fully lexinvariant; < 1: semi-lexinvariant (learned table)
+    table_seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.random_prob <= 1.0:
+            raise ValueError(f"model.lexinvariant.random_prob must be in [0, 1], "
+                             f"got {self.random_prob!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WordConfig:
+    """Options of the word-level byte models (``kind="hierarchical"``, ``"word_pooled"``):
+    a byte encoder of ``encoder_layers`` and a byte decoder of ``decoder_layers`` blocks of
+    ``local_pattern`` (repeated that many times) at width ``d_local``; words are at most
+    ``max_word_len`` bytes and a row holds at most ``max_words`` words (0: ``length // 4 + 2``,
+    room for words of 4 bytes on average; English averages about 6). Bytes of words beyond it
+    are not modelled and are counted in the ``dropped_bytes`` metric; ``max_words`` equal to
+    the row length never drops one."""
+    max_word_len: int = 16
+    max_words: int = 0
+    d_local: int = 64
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    local_pattern: str = "attention"
+
+    def __post_init__(self):
+        check_positive_fields("model.words", self,
+                              ("max_word_len", "d_local", "encoder_layers", "decoder_layers"))
+        if self.max_words < 0:
+            raise ValueError(f"model.words.max_words must be >= 0 (0: length // 4 + 2), "
+                             f"got {self.max_words}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A decoder LM: ``n_layers`` blocks whose mixers follow ``pattern`` cyclically.
@@ -20,6 +59,7 @@ class ModelConfig:
     options live in the field of the same name (``attention``, ``attention_window``, ...).
     ``d_ff=0`` leaves out the MLP (as in Zoology's MQAR models).
     """
+    kind: str = "decoder"  # one of MODEL_KINDS
     vocab_size: int = 256
     d_model: int = 64
     n_layers: int = 2
@@ -44,8 +84,13 @@ class ModelConfig:
     s4d: S4DConfig = S4DConfig()
     lssl: LSSLConfig = LSSLConfig()
     h3: H3Config = H3Config()
+    lexinvariant: LexinvariantConfig = LexinvariantConfig()
+    words: WordConfig = WordConfig()
 
     def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind={self.kind!r} is unknown; expected one of "
+                             f"{list(MODEL_KINDS)}")
         check_positive_fields("model", self,
                               ("vocab_size", "d_model", "n_layers", "max_length"))
         if not isinstance(self.d_ff, int) or self.d_ff < 0:
@@ -61,6 +106,17 @@ class ModelConfig:
         if self.n_layers % len(names):
             raise ValueError(f"model.n_layers={self.n_layers} must be a multiple of the length "
                              f"of model.pattern={self.pattern!r} ({len(names)})")
+
+        if self.kind in ("hierarchical", "word_pooled"):
+            self.local_config(1)
+
+    def local_config(self, n_layers: int) -> "ModelConfig":
+        """The config of a word model's byte encoder or decoder: ``n_layers`` blocks of
+        ``words.local_pattern`` at width ``words.d_local``."""
+        names = [n.strip() for n in self.words.local_pattern.split(",")]
+        return dataclasses.replace(self, kind="decoder", d_model=self.words.d_local,
+                                   pattern=self.words.local_pattern,
+                                   n_layers=len(names) * n_layers, learned_positions=False)
 
     def mixer_names(self) -> list[str]:
         return [name.strip() for name in self.pattern.split(",")]

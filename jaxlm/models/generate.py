@@ -47,3 +47,24 @@ def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
 
     _, rest = jax.lax.scan(decode, (state, first), keys[1:])  # [max_new_tokens - 1, batch]
     return jnp.concatenate([prompt, first[:, None], rest.T], axis=1)
+
+
+def generate_text(model, prompt: str, *, max_new_bytes: int, key: jax.Array | None = None,
+                  temperature: float = 0.0) -> str:
+    """Continues a text prompt with any byte-level model (vocab = ``jaxlm.data.BYTE_VOCAB``)
+    and returns the prompt and its continuation as text (invalid UTF-8 becomes U+FFFD).
+
+    Token models (``DecoderLM``, ``LexinvariantLM``) generate byte by byte with ``generate``;
+    word-level models (``WordLM``) word by word with ``generate_words``, stopping after the
+    word that reaches ``max_new_bytes``. The prompt is read after a BOS, as in training."""
+    from jaxlm.data.text import BOS, decode, encode
+    from jaxlm.models.words import WordLM, generate_words
+
+    tokens = jnp.concatenate([jnp.asarray([BOS], jnp.int32), jnp.asarray(encode(prompt))])
+    if isinstance(model, WordLM):
+        out = generate_words(model, tokens, max_new_words=max_new_bytes,
+                             max_new_bytes=max_new_bytes, key=key, temperature=temperature)
+        return decode(out[:len(tokens) + max_new_bytes])
+    out = generate(model, tokens[None], max_new_tokens=max_new_bytes, key=key,
+                   temperature=temperature)
+    return decode(out[0])

@@ -16,6 +16,7 @@ from jaxlm.probes.mqar import evaluate_mqar
 from jaxlm.probes.published import PUBLISHED, published, published_notes
 from jaxlm.probes.regression import BASELINES, baseline_predictions, evaluate_regression
 from jaxlm.probes.regular_language import evaluate_regular_language, ngram_predictions
+from jaxlm.probes.text import evaluate_text, score_text
 from jaxlm.probes.tokens import evaluate_answers, evaluate_set_disjointness
 
 PROBES = {
@@ -26,6 +27,7 @@ PROBES = {
     "set_disjointness": evaluate_set_disjointness,
     "regular_language": evaluate_regular_language,
     "linear_regression": evaluate_regression,
+    "text": evaluate_text,
 }
 
 # The metric columns of each probe's results table (after the run's description).
@@ -37,6 +39,8 @@ PROBE_COLUMNS = {
     "set_disjointness": ("accuracy_a_first", "accuracy_b_first", "baseline"),
     "regular_language": ("accuracy", "ngram_1", "ngram_2", "ngram_3"),
     "linear_regression": (),  # error@n and baseline@n columns, named by the prompt length
+    "text": ("bits_per_byte", "bits_per_byte_cipher", "unigram", "bytes_per_second",
+             "reduction"),
 }
 
 
@@ -60,6 +64,6 @@ def _floats(metrics: dict) -> dict:
 
 __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
            "baseline_predictions", "evaluate", "evaluate_answers", "evaluate_mqar",
-           "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
-           "ngram_predictions", "published", "published_notes", "target_hits", "probe_batches",
+           "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness", "evaluate_text",
+           "ngram_predictions", "published", "published_notes", "target_hits", "probe_batches", "score_text",
            "train_lsa", "with_seq_len"]

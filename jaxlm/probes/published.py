@@ -81,6 +81,17 @@ NOTES: dict[str, list[str]] = {
         "[derived] least squares 1 - n/d for n < d and 0 from n = d; averaging (d+1)/n; the "
         "zero predictor 1.",
     ],
+    "text": [
+        "Lexinvariant Language Models [qualitative]: without fixed embeddings the perplexity "
+        "gap to a standard LM is large at short context and closes with context length; on "
+        "substitution-ciphered text a linear probe on its states reads the plaintext "
+        "(about 99.6%, secondary summary) and a standard LM cannot.",
+        "Hierarchical Autoregressive Transformers [qualitative]: byte -> word -> byte matches "
+        "subword models of the same compute, with the backbone running over words.",
+        "Learn Your Tokens [paper abstract]: word-pooled models beat subword and byte models "
+        "by over 300% on next-word prediction.",
+        "MrT5 [paper abstract]: deletion shortens byte sequences by up to 80% at little cost.",
+    ],
 }
 
 

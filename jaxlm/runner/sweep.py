@@ -25,7 +25,10 @@ RESULT = "result.json"
 
 def describe(config: Config) -> dict[str, Any]:
     """The table columns that come from the config."""
-    row = {"task": config.data.task, "model": config.model.pattern,
+    model = config.model.pattern
+    if config.model.kind != "decoder":
+        model = f"{config.model.kind} ({model})"
+    row = {"task": config.data.task, "model": model,
            "d_model": config.model.d_model, "layers": config.model.n_layers,
            "seq_len": config.data.seq_len, "steps": config.train.steps}
     for column, field in TASK_COLUMNS.get(config.data.task, {}).items():

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxlm.config import Config, save_config
 from jaxlm.data import TaskSource, make_source
-from jaxlm.models import DecoderLM, SequenceRegressor, count_params
+from jaxlm.models import SequenceRegressor, build_lm, count_params
 from jaxlm.parallel import make_mesh, place_batch, place_state
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.metrics import MetricWriter
@@ -28,20 +28,20 @@ from jaxlm.train.state import (TrainState, init_train_state, make_eval_step, mak
 
 @dataclasses.dataclass
 class TrainResult:
-    model: DecoderLM | SequenceRegressor
+    model: nnx.Module
     state: TrainState
     eval_metrics: dict[str, float]
     num_params: int
     seconds: float  # wall time of this call's training loop (compilation included)
 
 
-def build_model(config: Config) -> DecoderLM | SequenceRegressor:
-    """The model of ``config``, initialised from ``config.train.seed``: a ``DecoderLM`` for
-    token tasks, a ``SequenceRegressor`` for continuous ones."""
+def build_model(config: Config) -> nnx.Module:
+    """The model of ``config``, initialised from ``config.train.seed``: the token model of
+    ``config.model.kind`` for token tasks, a ``SequenceRegressor`` for continuous ones."""
     rngs = nnx.Rngs(params=config.train.seed)
     if config.data.continuous:
         return SequenceRegressor(config.model, config.data.task_config.input_dim, rngs=rngs)
-    return DecoderLM(config.model, rngs=rngs)
+    return build_lm(config.model, rngs=rngs)
 
 
 def evaluate_params(eval_step, model_states: tuple[nnx.State, ...], source: TaskSource, *,

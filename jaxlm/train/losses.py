@@ -37,10 +37,23 @@ def regression_loss(predictions: jax.Array, targets: jax.Array, mask: jax.Array
     return loss, {"loss": loss, "tokens": mask.sum()}
 
 
-def batch_loss(outputs: jax.Array, batch: dict[str, jax.Array]
+def logits_and_targets(outputs: jax.Array | dict, batch: dict[str, jax.Array]
+                       ) -> tuple[jax.Array, jax.Array]:
+    """A token model's (logits, targets): the batch's targets for logits aligned with the
+    inputs, or the model's own for models that predict in another layout (word-level byte
+    models return ``{"logits", "targets"}``)."""
+    if isinstance(outputs, dict):
+        return outputs["logits"], outputs["targets"]
+    return outputs, batch["targets"]
+
+
+def batch_loss(outputs: jax.Array | dict, batch: dict[str, jax.Array]
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The loss of a batch of any task: squared error for continuous tasks (their batches carry
-    a ``mask``), token cross-entropy otherwise."""
+    a ``mask``), token cross-entropy otherwise; a model returning a dict may add ``metrics``."""
     if "mask" in batch:
         return regression_loss(outputs, batch["targets"], batch["mask"])
-    return lm_loss(outputs, batch["targets"])
+    loss, metrics = lm_loss(*logits_and_targets(outputs, batch))
+    if isinstance(outputs, dict):
+        metrics = {**metrics, **outputs.get("metrics", {})}
+    return loss, metrics

@@ -9,7 +9,7 @@ import pytest
 
 from jaxlm.data import (IGNORE, TASKS, DataConfig, InductionHeadConfig, LinearRegressionConfig,
                         PasskeyConfig, RegularLanguageConfig, SelectiveCopyConfig,
-                        SetDisjointnessConfig, deinterleave, make_source)
+                        SetDisjointnessConfig, TextConfig, deinterleave, make_source)
 from jaxlm.data.regular_language import FIRST_LETTER, SEPARATOR, is_held_out, random_dfa
 
 SMALL = DataConfig(
@@ -18,7 +18,8 @@ SMALL = DataConfig(
     passkey=PasskeyConfig(seq_len=48, num_digits=5, filler_cycle=6),
     set_disjointness=SetDisjointnessConfig(vocab_size=64, len_a=4, len_b=12, order="mixed"),
     regular_language=RegularLanguageConfig(seq_len=64, max_string_len=10),
-    linear_regression=LinearRegressionConfig(n_dims=4, num_points=9))
+    linear_regression=LinearRegressionConfig(n_dims=4, num_points=9),
+    text=TextConfig(seq_len=64))
 
 
 def batch(task, index=0, size=16, split="train", seed=0, **changes):

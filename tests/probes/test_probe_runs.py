@@ -22,6 +22,8 @@ CASES = {
                          "data.set_disjointness.len_a=2", "data.set_disjointness.len_b=6"],
     "induction_head": ["model.vocab_size=16", "data.induction_head.seq_len=24",
                        "probe.lengths=48"],
+    "text": ["model.vocab_size=260", "model.kind=hierarchical", "model.words.d_local=16",
+             "model.words.max_word_len=6", "data.text.seq_len=32"],
 }
 
 
@@ -45,6 +47,11 @@ def test_probe_run(task, tmp_path):
     elif task == "set_disjointness":
         assert 0 <= row["accuracy_a_first"] <= 1 and 0 <= row["accuracy_b_first"] <= 1
         assert row["baseline"] == 0.5
+    elif task == "text":
+        assert row["model"] == "hierarchical (attention)"
+        assert 0 < row["bits_per_byte"] < 12 and 0 < row["bits_per_byte_cipher"] < 12
+        assert 4 < row["unigram"] < 5.5 and 2 < row["reduction"] < 12
+        assert row["bytes_per_second"] > 0
     else:
         assert "accuracy@48" in row and row["seq_len"] == 24
         assert "H3 Table 1" in text  # the published number for attention, beside ours

@@ -1,0 +1,187 @@
+"""Text as bytes: a byte tokenizer, corpora, packed rows with ``segment_ids`` and a
+document-level train / validation / test split.
+
+Token ids 0..255 are the UTF-8 bytes; ``BOS`` opens and ``EOS`` closes every document, ``EOW``
+ends a word for the word-level models ("Hierarchical Autoregressive Transformers", "Learn Your
+Tokens"), ``PAD`` fills. A corpus is a list of named documents: every file under a path the
+user gives, or the built-in default, the topic pages of the Python documentation that ship
+with the standard library (``pydoc_data.topics``: about 460 kB of English prose and code, on
+every machine with Python, nothing downloaded).
+
+A document goes to the validation split when the CRC-32 of its name is 0 mod 10, to the test
+split when it is 1 mod 10, otherwise to training: the splits never share a document. Each
+split's documents are concatenated as ``BOS doc EOS BOS doc EOS ...`` and cut into rows of
+``seq_len + 1`` tokens; row ``r`` holds ``inputs = stream[r L : r L + L]``, ``targets`` the
+next tokens, ``segment_ids`` the document of each input. A target in another document than its
+input (the token after an ``EOS``) is ``IGNORE``, so no prediction crosses a document. Training
+rows are visited in a fresh seeded permutation each epoch; example ``i`` of a split is a pure
+function of (seed, split, i), so runs resume from the step.
+
+``cipher=True`` applies, per row, a random permutation of the 26 letters (the same one to
+upper and lower case): English under a substitution cipher, the probe of "Lexinvariant
+Language Models".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import zlib
+
+import numpy as np
+
+from jaxlm.data.mqar import IGNORE
+from jaxlm.ops.checks import check_positive_fields
+
+PAD, BOS, EOS, EOW = 256, 257, 258, 259
+BYTE_VOCAB = 260
+SPLIT_MODULUS = 10  # crc32(name) % 10: 0 -> validation, 1 -> test, else train
+DEFAULT_CORPUS = "pydoc"
+
+
+def encode(text: str | bytes) -> np.ndarray:
+    """UTF-8 bytes of ``text`` as int32 token ids 0..255."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    return np.frombuffer(data, np.uint8).astype(np.int32)
+
+
+def decode(ids) -> str:
+    """Token ids -> text: special ids are dropped, invalid UTF-8 becomes U+FFFD."""
+    ids = np.asarray(ids).reshape(-1)
+    return bytes(int(i) for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Byte-level text: ``path`` is a text file or a folder of them ('' or 'pydoc': the
+    built-in corpus)."""
+    path: str = DEFAULT_CORPUS
+    seq_len: int = 256
+    cipher: bool = False  # substitution-cipher each row's letters (a fresh permutation per row)
+    max_bytes: int = 0  # > 0: keep at most this many bytes of each document
+
+    def __post_init__(self):
+        check_positive_fields("text", self, ("seq_len",))
+        if self.max_bytes < 0:
+            raise ValueError(f"text.max_bytes must be >= 0 (0: whole documents), "
+                             f"got {self.max_bytes}")
+
+    @property
+    def vocab_size(self) -> int:
+        return BYTE_VOCAB
+
+
+def default_documents() -> list[tuple[str, bytes]]:
+    """The built-in corpus: the Python documentation topics of the standard library."""
+    from pydoc_data.topics import topics
+    return [(name, topics[name].encode("utf-8")) for name in sorted(topics)]
+
+
+def read_documents(path: str | pathlib.Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) for every non-empty file under ``path`` (a file or a folder, recursively,
+    hidden files skipped), sorted by name. A single file is split into documents at blank
+    lines so that it can be split into train / validation / test."""
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"text.path={str(path)!r} does not exist; give a text file, a "
+                                f"folder of text files, or 'pydoc' for the built-in corpus")
+    if path.is_file():
+        paragraphs = [p.strip(b"\n") for p in path.read_bytes().split(b"\n\n")]
+        return [(f"{path.name}:{i}", p) for i, p in enumerate(paragraphs) if p.strip()]
+    files = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    documents = [(str(p.relative_to(path)), p.read_bytes()) for p in files]
+    return [(name, data) for name, data in documents if data.strip()]
+
+
+def split_of(name: str) -> int:
+    """0 train, 1 validation, 2 test (the index in ``jaxlm.data.SPLITS``)."""
+    residue = zlib.crc32(name.encode("utf-8")) % SPLIT_MODULUS
+    return {0: 1, 1: 2}.get(residue, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedSplit:
+    """One split as a token stream: ``tokens`` [n] int32 and ``documents`` [n] int32 (the
+    document index of each token)."""
+    tokens: np.ndarray
+    documents: np.ndarray
+    num_documents: int
+
+    def num_rows(self, seq_len: int) -> int:
+        return max((len(self.tokens) - 1) // seq_len, 0)
+
+
+def pack(documents: list[bytes]) -> PackedSplit:
+    """``BOS doc EOS`` for every document, concatenated."""
+    pieces, owners = [], []
+    for index, data in enumerate(documents):
+        tokens = np.concatenate([[BOS], encode(data), [EOS]]).astype(np.int32)
+        pieces.append(tokens)
+        owners.append(np.full(len(tokens), index, np.int32))
+    if not pieces:
+        return PackedSplit(np.zeros(0, np.int32), np.zeros(0, np.int32), 0)
+    return PackedSplit(np.concatenate(pieces), np.concatenate(owners), len(documents))
+
+
+@functools.lru_cache(maxsize=8)
+def packed_splits(path: str, max_bytes: int = 0) -> tuple[PackedSplit, PackedSplit, PackedSplit]:
+    """The train, validation and test streams of a corpus (read once per process)."""
+    named = default_documents() if path in ("", DEFAULT_CORPUS) else read_documents(path)
+    if max_bytes:
+        named = [(name, data[:max_bytes]) for name, data in named]
+    by_split: list[list[bytes]] = [[], [], []]
+    for name, data in named:
+        by_split[split_of(name)].append(data)
+    return tuple(pack(docs) for docs in by_split)
+
+
+def corpus_split(config: TextConfig, split: int) -> PackedSplit:
+    packed = packed_splits(config.path, config.max_bytes)[split]
+    if packed.num_rows(config.seq_len) == 0:
+        sizes = [p.num_documents for p in packed_splits(config.path, config.max_bytes)]
+        raise ValueError(f"text.path={config.path!r}: split {split} (0 train, 1 validation, "
+                         f"2 test) has too little text for one row of text.seq_len="
+                         f"{config.seq_len} tokens (documents per split: {sizes}); give a "
+                         f"larger corpus or a shorter seq_len")
+    return packed
+
+
+def row_order(seed: int, split: int, index: np.ndarray, num_rows: int) -> np.ndarray:
+    """The stream row of each example index: a seeded permutation per epoch in training, in
+    order for validation and test."""
+    if split != 0:
+        return index % num_rows
+    rows = np.empty_like(index)
+    for epoch in np.unique(index // num_rows):
+        at = index // num_rows == epoch
+        permutation = np.random.default_rng([seed, int(epoch)]).permutation(num_rows)
+        rows[at] = permutation[index[at] % num_rows]
+    return rows
+
+
+def letter_cipher(rng: np.random.Generator) -> np.ndarray:
+    """A token map [BYTE_VOCAB] that permutes a..z (and A..Z the same way), fixing the rest."""
+    table = np.arange(BYTE_VOCAB, dtype=np.int32)
+    permutation = rng.permutation(26)
+    table[ord("a") + np.arange(26)] = ord("a") + permutation
+    table[ord("A") + np.arange(26)] = ord("A") + permutation
+    return table
+
+
+def text_batch(seed: int, split: int, indices: np.ndarray,
+               config: TextConfig) -> dict[str, np.ndarray]:
+    """Rows of packed text: inputs, targets, segment_ids [batch, seq_len] int32."""
+    packed = corpus_split(config, split)
+    length = config.seq_len
+    rows = row_order(seed, split, np.asarray(indices, np.int64), packed.num_rows(length))
+    window = rows[:, None] * length + np.arange(length + 1)
+    tokens, owners = packed.tokens[window], packed.documents[window]
+    if config.cipher:
+        for b, index in enumerate(indices):
+            cipher = letter_cipher(np.random.default_rng([seed, split, int(index), 7]))
+            tokens[b] = cipher[tokens[b]]
+    same = owners[:, 1:] == owners[:, :-1]
+    return {"inputs": tokens[:, :-1], "targets": np.where(same, tokens[:, 1:], IGNORE),
+            "segment_ids": owners[:, :-1]}

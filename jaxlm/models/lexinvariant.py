@@ -1,0 +1,127 @@
+"""A language model without fixed token embeddings, from "Lexinvariant Language Models"
+(Huang, Zelikman, Chen, Wu, Valiant, Liang).
+
+Every row draws its own embedding table E [vocab, d_model] with entries N(0, 1/d_model): a
+token id means the same vector everywhere in the row and an unrelated one in the next row. The
+output head is the same table (logits = h E^T), so the model can only predict a token through
+its earlier occurrences in the context, and its distribution is invariant to any permutation of
+the vocabulary. ``random_prob < 1`` is the paper's semi-lexinvariant regulariser: a learned
+table is kept, and in training each row uses a random table with probability ``random_prob``
+(evaluation and generation then use the learned table).
+
+The random tables come from ``table_seed`` and a draw counter (an ``nnx.Variable``, not a
+parameter) that each training-mode call advances, so training sees fresh tables every step and
+evaluation is deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models.config import ModelConfig
+from jaxlm.models.lm import Block, add_positions
+
+
+class TableDraws(nnx.Variable):
+    """How many times training has drawn random embedding tables (a counter, not trained)."""
+
+
+def random_tables(key: jax.Array, batch_size: int, vocab_size: int, d_model: int) -> jax.Array:
+    """One random embedding table per row: [batch, vocab, d_model], entries N(0, 1/d_model)."""
+    keys = jax.random.split(key, batch_size)
+    draw = lambda k: jax.random.normal(k, (vocab_size, d_model)) / jnp.sqrt(d_model)
+    return jax.vmap(draw)(keys)
+
+
+class LexinvariantLM(nnx.Module):
+    """Blocks of ``config.pattern`` over per-row random token embeddings.
+
+    ``__call__``: tokens [batch, length] -> logits [batch, length, vocab] (float32); ``tables``
+    [batch, vocab, d_model] overrides the drawn tables (tests use it to check invariance).
+    ``prefill`` / ``step`` keep the row's table in the state, so generation stays consistent.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.options = config.lexinvariant
+        self.learned = (nnx.Embed(config.vocab_size, config.d_model, rngs=rngs)
+                        if self.options.random_prob < 1 else None)
+        self.positions = (nnx.Embed(config.max_length, config.d_model, rngs=rngs)
+                          if config.learned_positions else None)
+        self.blocks = nnx.List([Block(config, name, rngs=rngs)
+                                for name in config.layer_mixers()])
+        self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
+        self.draws = TableDraws(jnp.zeros((), jnp.uint32))
+        self.deterministic = True  # False after model.train(): fresh tables on every call
+
+    def tables(self, batch_size: int) -> jax.Array:
+        """The embedding table of each row of the next call: [batch, vocab, d_model]."""
+        c = self.config
+        key = jax.random.fold_in(jax.random.key(self.options.table_seed), self.draws[...])
+        table_key, choice_key = jax.random.split(key)
+        random = random_tables(table_key, batch_size, c.vocab_size, c.d_model)
+        if self.learned is None:
+            return random
+        learned = jnp.broadcast_to(self.learned.embedding[...], random.shape)
+        if self.deterministic:
+            return learned
+        use_random = jax.random.bernoulli(choice_key, self.options.random_prob,
+                                          (batch_size, 1, 1))
+        return jnp.where(use_random, random, learned)
+
+    def _advance(self) -> None:
+        if not self.deterministic:
+            self.draws[...] = self.draws[...] + 1
+
+    def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
+                 tables: jax.Array | None = None) -> jax.Array:
+        if tokens.ndim != 2:
+            raise ValueError(f"LexinvariantLM: tokens must have shape [batch, length], "
+                             f"got {tuple(tokens.shape)}")
+        if tables is None:
+            tables = self.tables(tokens.shape[0])
+            self._advance()
+        h = add_positions(jnp.take_along_axis(tables, tokens[..., None], axis=1),
+                          self.positions, "LexinvariantLM")
+        for block in self.blocks:
+            h = block(h, segment_ids=segment_ids)
+        return self._logits(h, tables)
+
+    def _logits(self, h: jax.Array, tables: jax.Array) -> jax.Array:
+        h = self.final_norm(h)
+        return jnp.einsum("b...d,bvd->b...v", h, tables.astype(h.dtype)).astype(jnp.float32)
+
+    def init_state(self, batch_size: int, *, max_length: int,
+                   dtype: Any = jnp.float32) -> dict[str, Any]:
+        layers = [block.mixer.init_state(batch_size, dtype, max_length=max_length)
+                  for block in self.blocks]
+        return {"pos": jnp.zeros((), jnp.int32), "layers": layers,
+                "tables": self.tables(batch_size)}
+
+    def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
+        tables = self.tables(tokens.shape[0])
+        h = add_positions(jnp.take_along_axis(tables, tokens[..., None], axis=1),
+                          self.positions, "LexinvariantLM")
+        layers = []
+        for block in self.blocks:
+            h, layer_state = block.prefill(h, max_length=max_length)
+            layers.append(layer_state)
+        state = {"pos": jnp.asarray(tokens.shape[1], jnp.int32), "layers": layers,
+                 "tables": tables}
+        return self._logits(h, tables), state
+
+    def step(self, tokens: jax.Array, state: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
+        """tokens: [batch] -> (logits [batch, vocab], new state)."""
+        tables = state["tables"]
+        h = jnp.take_along_axis(tables, tokens[:, None, None], axis=1)[:, 0]
+        if self.positions is not None:
+            h = h + self.positions(state["pos"])
+        new_layers = []
+        for block, layer_state in zip(self.blocks, state["layers"]):
+            h, layer_state = block.step(h, layer_state)
+            new_layers.append(layer_state)
+        return self._logits(h, tables), {**state, "pos": state["pos"] + 1, "layers": new_layers}

@@ -1,0 +1,153 @@
+"""Token-free models: lexinvariance, causality and document isolation of the word-level
+models, generation, and the bits-per-byte probe."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxlm.data import (BOS, BYTE_VOCAB, EOS, EOW, IGNORE, DataConfig, TextConfig, encode,
+                        make_source)
+from jaxlm.layers import AttentionConfig
+from jaxlm.models import (LexinvariantConfig, ModelConfig, WordConfig, build_lm,
+                          generate_text)
+from jaxlm.probes import score_text
+
+SMALL = ModelConfig(vocab_size=BYTE_VOCAB, d_model=16, n_layers=1, d_ff=32,
+                    attention=AttentionConfig(n_heads=2),
+                    words=WordConfig(max_word_len=6, d_local=16))
+
+
+def model(kind, **changes):
+    return build_lm(dataclasses.replace(SMALL, kind=kind, **changes), rngs=nnx.Rngs(params=0))
+
+
+@jax.jit
+def forward(m, tokens, segment_ids=None, tables=None):
+    """The model's parallel form, compiled (one compile instead of many eager ops)."""
+    if tables is not None:
+        return m(tokens, tables=tables)
+    return m(tokens, segment_ids=segment_ids)
+
+
+def test_lexinvariant_logits_follow_any_relabelling_of_the_vocabulary():
+    """Relabelling tokens by a permutation pi (and the table with them) permutes the logits:
+    logits(pi(x), T o pi^-1)[..., pi(v)] == logits(x, T)[..., v]."""
+    m = model("lexinvariant", vocab_size=20)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(0, 20, (2, 11)))
+    tables = jax.random.normal(jax.random.key(1), (2, 20, 16))
+    pi = jnp.asarray(rng.permutation(20))
+    relabelled_tables = jnp.zeros_like(tables).at[:, pi].set(tables)
+    logits = forward(m, tokens, tables=tables)
+    relabelled = forward(m, pi[tokens], tables=relabelled_tables)
+    np.testing.assert_allclose(relabelled[..., pi], logits, atol=1e-5)
+
+
+def test_lexinvariant_tables_are_fresh_in_training_and_fixed_in_evaluation():
+    m = model("lexinvariant")
+    tokens = jnp.asarray(encode("abcabcabc"))[None]
+    np.testing.assert_array_equal(m(tokens), m(tokens))  # evaluation: deterministic
+    m.train()
+    first, second = m(tokens), m(tokens)
+    assert int(m.draws[...]) == 2 and not np.allclose(first, second)
+    semi = model("lexinvariant", lexinvariant=LexinvariantConfig(random_prob=0.5))
+    learned = jnp.broadcast_to(semi.learned.embedding[...], (1, BYTE_VOCAB, 16))
+    np.testing.assert_allclose(forward(semi, tokens), forward(semi, tokens, tables=learned))
+    with pytest.raises(ValueError, match="random_prob"):
+        LexinvariantConfig(random_prob=1.5)
+
+
+def test_lexinvariant_step_matches_the_parallel_form():
+    m = model("lexinvariant")
+    tokens = jnp.asarray(encode("the cat sat on the mat"))[None]
+    full = forward(m, tokens)
+    logits, state = m.prefill(tokens[:, :10], max_length=tokens.shape[1])
+    np.testing.assert_allclose(logits, full[:, :10], atol=1e-5)
+    for t in range(10, tokens.shape[1]):
+        logits, state = m.step(tokens[:, t], state)
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
+
+
+TEXT = "the cat sat, on  the mat\nand ran away quickly "
+
+
+@pytest.mark.parametrize("kind", ["hierarchical", "word_pooled"])
+def test_word_models_are_causal(kind):
+    """Changing a letter of word k leaves every earlier word's logits alone; inside word k the
+    hierarchical decoder's predictions up to that letter stay too, the word-pooled decoder's
+    whole word (it sees only the words before)."""
+    m = model(kind)
+    tokens = jnp.asarray(encode(TEXT))[None]
+    changed = tokens.at[0, 22].set(ord("q"))  # "mat" -> "mqt", word 5
+    a, b = forward(m, tokens), forward(m, changed)
+    assert (np.asarray(a["targets"][0, :5]) == np.asarray(b["targets"][0, :5])).all()
+    np.testing.assert_allclose(a["logits"][0, :5], b["logits"][0, :5], atol=1e-5)
+    same = 2 if kind == "hierarchical" else 7  # positions 0, 1 predict "m", "a"
+    np.testing.assert_allclose(a["logits"][0, 5, :same], b["logits"][0, 5, :same], atol=1e-5)
+    assert not np.allclose(a["logits"][0, 6:], b["logits"][0, 6:])
+
+
+def test_word_targets_spell_each_word_then_eow_and_ignore_what_has_no_context():
+    m = model("hierarchical", words=dataclasses.replace(SMALL.words, max_words=10))
+    tokens = jnp.asarray(np.concatenate([[BOS], encode("ab cd "), [EOS, BOS], encode("ef gh")]))
+    segments = jnp.asarray([0] * 8 + [1] * 6)
+    targets = np.asarray(forward(m, tokens[None], segments[None])["targets"][0])
+    words = [list(row[row != IGNORE]) for row in targets]
+    assert words[0] == []  # BOS of the row's first document: nothing before it
+    assert words[1] == [ord("a"), ord("b"), ord(" "), EOW]
+    assert words[2] == [ord("c"), ord("d"), ord(" "), EOW]
+    assert words[3] == [EOS, EOW]
+    assert words[4] == []  # BOS of the next document: its context is another document
+    assert words[5] == [ord("e"), ord("f"), ord(" "), EOW]
+    assert words[6] == [ord("g"), ord("h")]  # the row's last word may go on: no EOW
+    assert all(w == [] for w in words[7:])
+
+
+@pytest.mark.parametrize("kind", ["decoder", "hierarchical"])
+def test_packed_rows_never_see_another_document(kind):
+    """A document's predictions in a packed row equal those of the document alone."""
+    m = model(kind)
+    first = np.concatenate([[BOS], encode("some old text here "), [EOS]])
+    second = np.concatenate([[BOS], encode("the cat sat on the mat")])
+    row = jnp.asarray(np.concatenate([first, second]))[None]
+    segments = jnp.asarray([0] * len(first) + [1] * len(second))[None]
+    packed = forward(m, row, segments)
+    alone = forward(m, jnp.asarray(second)[None])
+    if kind == "decoder":
+        np.testing.assert_allclose(packed[0, len(first):], alone[0], atol=1e-5)
+    else:
+        words = 6  # BOS, "some ", "old ", "text ", "here ", EOS
+        np.testing.assert_allclose(packed["logits"][0, words + 1:words + 7],
+                                   alone["logits"][0, 1:7], atol=1e-5)
+        np.testing.assert_array_equal(packed["targets"][0, words + 1:words + 7],
+                                      alone["targets"][0, 1:7])
+
+
+@pytest.mark.parametrize("kind", ["decoder", "lexinvariant", "hierarchical", "word_pooled"])
+def test_generate_text_returns_the_prompt_and_valid_text(kind):
+    out = generate_text(model(kind), "Hello wor", max_new_bytes=8, temperature=1.0,
+                        key=jax.random.key(0))
+    assert isinstance(out, str) and out.startswith("Hello wor") and len(out) > len("Hello wor")
+    out.encode("utf-8")  # replacement characters, never an error
+
+
+class Uniform(nnx.Module):
+    """Logits 0 everywhere: every counted target costs log2(vocab) bits."""
+
+    def __call__(self, tokens, *, segment_ids=None):
+        return jnp.zeros(tokens.shape + (BYTE_VOCAB,))
+
+
+def test_bits_per_byte_is_code_length_over_bytes():
+    data = DataConfig(task="text", text=TextConfig(seq_len=64))
+    metrics = score_text(Uniform(), data, num_examples=8, batch_size=4, seed=0)
+    batch = jax.device_get(make_source(data).batch(0, 8, "test"))
+    counted = batch["targets"] != IGNORE
+    expected = math.log2(BYTE_VOCAB) * counted.sum() / (counted & (batch["targets"] < 256)).sum()
+    assert metrics["bits_per_byte"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["reduction"] == 1.0 and 4 < metrics["unigram"] < 5.5
