@@ -1,5 +1,6 @@
 """Token-free language models on English text: a byte LM, the lexinvariant LM, the
-hierarchical byte -> word -> byte model and the word-pooled model, each with the same backbone.
+hierarchical byte -> word -> byte model, the word-pooled model and MrT5's token deletion, each
+with the same attention backbone.
 
 Run:  jaxlm sweep experiments/token_free.py     (CPU, about 10 minutes)
 Trains every model on the built-in corpus (the Python documentation topics of the standard
@@ -32,4 +33,5 @@ def config() -> Config:
 
 
 def sweep() -> list[dict]:
-    return grid({"model.kind": ["decoder", "lexinvariant", "hierarchical", "word_pooled"]})
+    return grid({"model.kind": ["decoder", "lexinvariant", "hierarchical", "word_pooled",
+                                "mrt5"]})

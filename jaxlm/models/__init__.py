@@ -3,9 +3,10 @@
 
 from flax import nnx
 
-from jaxlm.models.config import LexinvariantConfig, ModelConfig, WordConfig
+from jaxlm.models.config import DeletionConfig, LexinvariantConfig, ModelConfig, WordConfig
 from jaxlm.models.generate import generate, generate_text
 from jaxlm.models.lexinvariant import LexinvariantLM
+from jaxlm.models.mrt5 import MrT5LM
 from jaxlm.models.lm import Block, DecoderLM, add_positions, count_params
 from jaxlm.models.regression import SequenceRegressor
 from jaxlm.models.words import WordLM
@@ -15,6 +16,7 @@ MODELS = {
     "lexinvariant": LexinvariantLM,
     "hierarchical": WordLM,
     "word_pooled": WordLM,
+    "mrt5": MrT5LM,
 }
 
 
@@ -23,6 +25,6 @@ def build_lm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     return MODELS[config.kind](config, rngs=rngs)
 
 
-__all__ = ["MODELS", "Block", "DecoderLM", "LexinvariantConfig", "LexinvariantLM",
+__all__ = ["MODELS", "Block", "DecoderLM", "DeletionConfig", "MrT5LM", "LexinvariantConfig", "LexinvariantLM",
            "ModelConfig", "SequenceRegressor", "WordConfig", "WordLM", "add_positions",
            "build_lm", "count_params", "generate", "generate_text"]

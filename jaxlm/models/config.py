@@ -11,7 +11,7 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
 from jaxlm.ops.checks import check_positive_fields
 
 
-MODEL_KINDS = ("decoder", "lexinvariant", "hierarchical", "word_pooled")
+MODEL_KINDS = ("decoder", "lexinvariant", "hierarchical", "word_pooled", "mrt5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +19,12 @@ class LexinvariantConfig:
     """Options of ``kind="lexinvariant"`` ("Lexinvariant Language Models")."""
     random_prob: float = 1.0  # 1: fully lexinvariant; < 1: semi-lexinvariant (learned table)
     table_seed: int = 0
+    table_dim: int = 0  # width of the random table (0: d_model); otherwise learned maps to it
 
     def __post_init__(self):
+        if self.table_dim < 0:
+            raise ValueError(f"model.lexinvariant.table_dim must be >= 0 (0: d_model), "
+                             f"got {self.table_dim}")
         if not 0.0 <= self.random_prob <= 1.0:
             raise ValueError(f"model.lexinvariant.random_prob must be in [0, 1], "
                              f"got {self.random_prob!r}")
@@ -37,17 +41,36 @@ class WordConfig:
     the row length never drops one."""
     max_word_len: int = 16
     max_words: int = 0
+    pooled_tokens: int = 1  # word_pooled: CLS tokens per word
     d_local: int = 64
     encoder_layers: int = 1
     decoder_layers: int = 1
     local_pattern: str = "attention"
 
     def __post_init__(self):
-        check_positive_fields("model.words", self,
-                              ("max_word_len", "d_local", "encoder_layers", "decoder_layers"))
+        check_positive_fields("model.words", self, ("max_word_len", "d_local", "encoder_layers",
+                                                    "decoder_layers", "pooled_tokens"))
         if self.max_words < 0:
             raise ValueError(f"model.words.max_words must be >= 0 (0: length // 4 + 2), "
                              f"got {self.max_words}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeletionConfig:
+    """Options of ``kind="mrt5"`` ("MrT5: Dynamic Token Merging for Efficient Byte-level
+    Language Models"): the delete gate sits after ``gate_layer`` blocks; a controller moves the
+    regulariser's weight by ``gain * (target_rate - measured rate)`` every training step."""
+    gate_layer: int = 1
+    target_rate: float = 0.5  # the fraction of tokens to delete
+    gain: float = 0.01
+
+    def __post_init__(self):
+        check_positive_fields("model.deletion", self, ("gate_layer",))
+        if not 0.0 <= self.target_rate < 1.0:
+            raise ValueError(f"model.deletion.target_rate must be in [0, 1), "
+                             f"got {self.target_rate!r}")
+        if self.gain < 0:
+            raise ValueError(f"model.deletion.gain must be >= 0, got {self.gain!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +109,7 @@ class ModelConfig:
     h3: H3Config = H3Config()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()
+    deletion: DeletionConfig = DeletionConfig()
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -109,6 +133,14 @@ class ModelConfig:
 
         if self.kind in ("hierarchical", "word_pooled"):
             self.local_config(1)
+        if self.kind == "mrt5":
+            after = self.layer_mixers()[self.deletion.gate_layer:]
+            if not after or any(name != "attention" for name in after):
+                raise ValueError(
+                    f"model.kind='mrt5' needs attention in every layer after "
+                    f"model.deletion.gate_layer={self.deletion.gate_layer} (the gate biases "
+                    f"their attention scores) and at least one such layer; the layers are "
+                    f"{self.layer_mixers()}")
 
     def local_config(self, n_layers: int) -> "ModelConfig":
         """The config of a word model's byte encoder or decoder: ``n_layers`` blocks of

@@ -9,6 +9,11 @@ the vocabulary. ``random_prob < 1`` is the paper's semi-lexinvariant regulariser
 table is kept, and in training each row uses a random table with probability ``random_prob``
 (evaluation and generation then use the learned table).
 
+With ``table_dim`` wider than ``d_model`` the tables are that wide, and learned linear maps take
+a row's vectors into the model and its output back to table space (which keeps the model
+lexinvariant: the maps do not depend on token ids). Random vectors in d dimensions hold about d
+of them apart, so a wide table lets a small model tell many in-context tokens apart.
+
 The random tables come from ``table_seed`` and a draw counter (an ``nnx.Variable``, not a
 parameter) that each training-mode call advances, so training sees fresh tables every step and
 evaluation is deterministic.
@@ -30,10 +35,10 @@ class TableDraws(nnx.Variable):
     """How many times training has drawn random embedding tables (a counter, not trained)."""
 
 
-def random_tables(key: jax.Array, batch_size: int, vocab_size: int, d_model: int) -> jax.Array:
-    """One random embedding table per row: [batch, vocab, d_model], entries N(0, 1/d_model)."""
+def random_tables(key: jax.Array, batch_size: int, vocab_size: int, dim: int) -> jax.Array:
+    """One random embedding table per row: [batch, vocab, dim], entries N(0, 1/dim)."""
     keys = jax.random.split(key, batch_size)
-    draw = lambda k: jax.random.normal(k, (vocab_size, d_model)) / jnp.sqrt(d_model)
+    draw = lambda k: jax.random.normal(k, (vocab_size, dim)) / jnp.sqrt(dim)
     return jax.vmap(draw)(keys)
 
 
@@ -48,7 +53,13 @@ class LexinvariantLM(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.options = config.lexinvariant
-        self.learned = (nnx.Embed(config.vocab_size, config.d_model, rngs=rngs)
+        self.table_dim = self.options.table_dim or config.d_model
+        wide = self.table_dim != config.d_model
+        self.read_in = (nnx.Linear(self.table_dim, config.d_model, use_bias=False, rngs=rngs)
+                        if wide else None)
+        self.read_out = (nnx.Linear(config.d_model, self.table_dim, use_bias=False, rngs=rngs)
+                         if wide else None)
+        self.learned = (nnx.Embed(config.vocab_size, self.table_dim, rngs=rngs)
                         if self.options.random_prob < 1 else None)
         self.positions = (nnx.Embed(config.max_length, config.d_model, rngs=rngs)
                           if config.learned_positions else None)
@@ -59,11 +70,10 @@ class LexinvariantLM(nnx.Module):
         self.deterministic = True  # False after model.train(): fresh tables on every call
 
     def tables(self, batch_size: int) -> jax.Array:
-        """The embedding table of each row of the next call: [batch, vocab, d_model]."""
-        c = self.config
+        """The embedding table of each row of the next call: [batch, vocab, table_dim]."""
         key = jax.random.fold_in(jax.random.key(self.options.table_seed), self.draws[...])
         table_key, choice_key = jax.random.split(key)
-        random = random_tables(table_key, batch_size, c.vocab_size, c.d_model)
+        random = random_tables(table_key, batch_size, self.config.vocab_size, self.table_dim)
         if self.learned is None:
             return random
         learned = jnp.broadcast_to(self.learned.embedding[...], random.shape)
@@ -85,14 +95,21 @@ class LexinvariantLM(nnx.Module):
         if tables is None:
             tables = self.tables(tokens.shape[0])
             self._advance()
-        h = add_positions(jnp.take_along_axis(tables, tokens[..., None], axis=1),
-                          self.positions, "LexinvariantLM")
+        h = add_positions(self._embed(tokens, tables), self.positions, "LexinvariantLM")
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
         return self._logits(h, tables)
 
+    def _embed(self, tokens: jax.Array, tables: jax.Array) -> jax.Array:
+        """tokens [batch, ...] -> their rows of each batch row's table, in model width."""
+        flat = tokens.reshape(tokens.shape[0], -1)
+        x = jnp.take_along_axis(tables, flat[..., None], axis=1)
+        x = x.reshape(tokens.shape + (tables.shape[-1],))
+        return x if self.read_in is None else self.read_in(x)
+
     def _logits(self, h: jax.Array, tables: jax.Array) -> jax.Array:
         h = self.final_norm(h)
+        h = h if self.read_out is None else self.read_out(h)
         return jnp.einsum("b...d,bvd->b...v", h, tables.astype(h.dtype)).astype(jnp.float32)
 
     def init_state(self, batch_size: int, *, max_length: int,
@@ -104,8 +121,7 @@ class LexinvariantLM(nnx.Module):
 
     def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
         tables = self.tables(tokens.shape[0])
-        h = add_positions(jnp.take_along_axis(tables, tokens[..., None], axis=1),
-                          self.positions, "LexinvariantLM")
+        h = add_positions(self._embed(tokens, tables), self.positions, "LexinvariantLM")
         layers = []
         for block in self.blocks:
             h, layer_state = block.prefill(h, max_length=max_length)
@@ -117,7 +133,7 @@ class LexinvariantLM(nnx.Module):
     def step(self, tokens: jax.Array, state: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
         """tokens: [batch] -> (logits [batch, vocab], new state)."""
         tables = state["tables"]
-        h = jnp.take_along_axis(tables, tokens[:, None, None], axis=1)[:, 0]
+        h = self._embed(tokens, tables)
         if self.positions is not None:
             h = h + self.positions(state["pos"])
         new_layers = []

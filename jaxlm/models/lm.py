@@ -29,8 +29,10 @@ class Block(nnx.Module):
     def _mlp(self, x):
         return x if self.mlp is None else x + self.mlp(self.mlp_norm(x))
 
-    def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
-        x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids)
+    def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
+                 **mixer_options: Any) -> jax.Array:
+        """``mixer_options`` go to the mixer (e.g. ``bias=`` for attention)."""
+        x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids, **mixer_options)
         return self._mlp(x)
 
     def step(self, x_t: jax.Array, state: Any) -> tuple[jax.Array, Any]:

@@ -2,12 +2,15 @@
 backbone of any mixer pattern runs over words, a byte decoder spells the next word.
 
 - ``kind="hierarchical"`` ("Hierarchical Autoregressive Transformers: Combining Byte- and
-  Word-Level Processing for Robust, Adaptable Language Models", Neitemeier et al.): the decoder
-  is autoregressive inside the word: the backbone's output for the words so far, then the
-  word's bytes, predicting each next byte and finally ``EOW``.
+  Word-Level Processing for Robust, Adaptable Language Models", Neitemeier et al.): the word
+  vector is the causal byte encoder's output at the word's last byte.
 - ``kind="word_pooled"`` ("Learn Your Tokens: Word-Pooled Tokenization for Language Modeling",
-  Thawani et al.): the decoder predicts all bytes of the next word in parallel, each from the
-  backbone's output and its position in the word.
+  Thawani et al.): ``words.pooled_tokens`` learned CLS tokens follow each word's bytes in the
+  encoder; their outputs, concatenated, are the word vector.
+
+In both the decoder is autoregressive inside a word and runs on all words in parallel: the
+backbone's output for the words so far, then the word's bytes, predicting each next byte and
+finally ``EOW``.
 
 Words follow ``jaxlm.ops.words`` (a run of non-whitespace bytes and its trailing whitespace, at
 most ``max_word_len`` bytes). The model reads rows of bytes, [batch, length], like a byte LM,
@@ -27,7 +30,6 @@ from flax import nnx
 
 from jaxlm.data.mqar import IGNORE
 from jaxlm.data.text import EOW, PAD
-from jaxlm.layers import GatedMLP
 from jaxlm.models.config import ModelConfig
 from jaxlm.models.lm import Block
 from jaxlm.ops.words import WordLayout, word_layout
@@ -60,34 +62,29 @@ class WordLM(nnx.Module):
     """Byte encoder -> word backbone -> byte decoder (see the module docstring).
 
     ``__call__``: tokens [batch, length] byte ids -> {"logits", "targets", "metrics"}, where
-    metrics holds ``bytes_per_word`` (the measured sequence-length reduction of the backbone)
+    metrics holds ``reduction`` (bytes per word: the backbone's sequence-length reduction)
     and ``dropped_bytes`` (bytes in words beyond ``max_words``: not modelled).
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         w = config.words
-        self.autoregressive = config.kind == "hierarchical"
+        self.cls = (nnx.Param(0.02 * jax.random.normal(rngs.params(),
+                                                      (w.pooled_tokens, w.d_local)))
+                    if config.kind == "word_pooled" else None)
         self.byte_embed = nnx.Embed(config.vocab_size, w.d_local, rngs=rngs)
         self.byte_positions = nnx.Embed(w.max_word_len + 1, w.d_local, rngs=rngs)
         encoder = config.local_config(w.encoder_layers)
         self.encoder = nnx.List([Block(encoder, n, rngs=rngs) for n in encoder.layer_mixers()])
         self.encoder_norm = nnx.RMSNorm(w.d_local, epsilon=config.norm_eps, rngs=rngs)
-        self.to_backbone = nnx.Linear(w.d_local, config.d_model, rngs=rngs)
+        pooled = w.d_local * (w.pooled_tokens if self.cls is not None else 1)
+        self.to_backbone = nnx.Linear(pooled, config.d_model, rngs=rngs)
         self.blocks = nnx.List([Block(config, n, rngs=rngs) for n in config.layer_mixers()])
         self.backbone_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
         self.from_backbone = nnx.Linear(config.d_model, w.d_local, rngs=rngs)
         self.start = nnx.Param(jnp.zeros((w.d_local,)))  # the context of a row's first word
-        if self.autoregressive:
-            decoder = config.local_config(w.decoder_layers)
-            self.decoder = nnx.List([Block(decoder, n, rngs=rngs)
-                                     for n in decoder.layer_mixers()])
-        else:
-            self.decoder = nnx.List([GatedMLP(w.d_local, 4 * w.d_local, rngs=rngs)
-                                     for _ in range(w.decoder_layers)])
-            self.decoder_norms = nnx.List([
-                nnx.RMSNorm(w.d_local, epsilon=config.norm_eps, rngs=rngs)
-                for _ in range(w.decoder_layers)])
+        decoder = config.local_config(w.decoder_layers)
+        self.decoder = nnx.List([Block(decoder, n, rngs=rngs) for n in decoder.layer_mixers()])
         self.final_norm = nnx.RMSNorm(w.d_local, epsilon=config.norm_eps, rngs=rngs)
         self.head = nnx.Linear(w.d_local, config.vocab_size, use_bias=False, rngs=rngs)
 
@@ -97,15 +94,22 @@ class WordLM(nnx.Module):
 
     def encode_words(self, words: jax.Array, lengths: jax.Array) -> jax.Array:
         """words [batch, n, max_word_len], lengths [batch, n] -> word vectors [batch, n,
-        d_model]: the causal byte encoder's output at each word's last byte."""
+        d_model]: the causal byte encoder's output at each word's last byte (hierarchical) or
+        at the CLS tokens after its bytes (word-pooled); 0 for empty word slots."""
         batch, n, width = words.shape
         x = self.byte_embed(words) + self.byte_positions(jnp.arange(width))
-        x = x.reshape(batch * n, width, -1)
+        if self.cls is not None:
+            cls = jnp.broadcast_to(self.cls[...], (batch, n) + self.cls.shape)
+            x = jnp.concatenate([x, cls.astype(x.dtype)], axis=2)
+        x = x.reshape(batch * n, x.shape[2], -1)
         for block in self.encoder:
             x = block(x)
-        x = self.encoder_norm(x).reshape(batch, n, width, -1)
-        last = jnp.clip(lengths - 1, 0, width - 1)[..., None, None]
-        pooled = jnp.take_along_axis(x, last, axis=2)[:, :, 0]
+        x = self.encoder_norm(x).reshape(batch, n, x.shape[1], -1)
+        if self.cls is not None:
+            pooled = x[:, :, width:].reshape(batch, n, -1)
+        else:
+            last = jnp.clip(lengths - 1, 0, width - 1)[..., None, None]
+            pooled = jnp.take_along_axis(x, last, axis=2)[:, :, 0]
         return self.to_backbone(jnp.where(lengths[..., None] > 0, pooled, 0.0))
 
     def backbone(self, vectors: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
@@ -120,17 +124,11 @@ class WordLM(nnx.Module):
         """context [batch, n, d_local] (for each word, the backbone output of the words before
         it), words [batch, n, max_word_len] -> logits [batch, n, max_word_len + 1, vocab]."""
         batch, n, width = words.shape
-        positions = self.byte_positions(jnp.arange(width + 1))
-        if self.autoregressive:
-            x = jnp.concatenate([context[:, :, None], self.byte_embed(words)], axis=2)
-            x = (x + positions).reshape(batch * n, width + 1, -1)
-            for block in self.decoder:
-                x = block(x)
-            x = x.reshape(batch, n, width + 1, -1)
-        else:
-            x = context[:, :, None] + positions
-            for norm, mlp in zip(self.decoder_norms, self.decoder):
-                x = x + mlp(norm(x))
+        x = jnp.concatenate([context[:, :, None], self.byte_embed(words)], axis=2)
+        x = (x + self.byte_positions(jnp.arange(width + 1))).reshape(batch * n, width + 1, -1)
+        for block in self.decoder:
+            x = block(x)
+        x = x.reshape(batch, n, width + 1, -1)
         return self.head(self.final_norm(x)).astype(jnp.float32)
 
     def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> dict:
@@ -143,7 +141,7 @@ class WordLM(nnx.Module):
         start = jnp.broadcast_to(self.start[...], context[:, :1].shape)
         context = jnp.concatenate([start, context[:, :-1]], axis=1)
         used = layout.lengths > 0
-        metrics = {"bytes_per_word": layout.lengths.sum() / jnp.maximum(used.sum(), 1),
+        metrics = {"reduction": layout.lengths.sum() / jnp.maximum(used.sum(), 1),
                    "dropped_bytes": (layout.word >= layout.words.shape[1]).sum()}
         return {"logits": self.decode(context, layout.words), "targets": word_targets(layout),
                 "metrics": metrics}
@@ -155,10 +153,9 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
     """Continues one prompt word by word: prompt [length] byte ids -> the prompt's bytes and
     then the new words' bytes, [length + new bytes] int32.
 
-    The backbone reads the words so far; the decoder spells the next word, byte by byte
-    (hierarchical) or all at once (word-pooled), until ``EOW`` or ``max_word_len`` bytes. The
-    prompt's last word is continued by the hierarchical decoder (it may not be finished); the
-    word-pooled decoder cannot condition on a word's prefix, so it starts a new word. It stops
+    The backbone reads the words so far; the decoder spells the next word byte by byte, until
+    ``EOW`` or ``max_word_len`` bytes. The prompt's last word is continued first (it may not be
+    finished). It stops
     after ``max_new_words`` words, after the word that reaches ``max_new_bytes`` new bytes, or
     at an empty word. ``temperature=0`` is greedy.
     """
@@ -175,7 +172,7 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
     count = int(layout.word[0, -1]) + 1
     words = list(map(list, jax.device_get(layout.words[0, :count])))
     words = [[int(b) for b in w[:n]] for w, n in zip(words, jax.device_get(layout.lengths[0]))]
-    open_word = words.pop() if model.autoregressive else []
+    open_word = words.pop()
     capacity = len(words) + max_new_words + 1
     graphdef, state = nnx.split(model)
 
@@ -205,18 +202,11 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
             prefix = jnp.full((1, width), PAD, jnp.int32).at[0, :len(word)].set(
                 jnp.asarray(word, jnp.int32))
             logits = next_logits(state, table, lengths, len(words), prefix)
-            if model.autoregressive:
-                token = int(pick(logits[len(word)], jax.random.fold_in(word_key, len(word))))
-                if token == EOW or token >= 256:
-                    break
-                word.append(token)
-                new_bytes.append(token)
-            else:
-                tokens = [int(t) for t in pick(logits, word_key)]
-                end = next((i for i, t in enumerate(tokens) if t >= 256), width)
-                word = tokens[:min(end, width)]
-                new_bytes.extend(word)
+            token = int(pick(logits[len(word)], jax.random.fold_in(word_key, len(word))))
+            if token == EOW or token >= 256:
                 break
+            word.append(token)
+            new_bytes.append(token)
         if not word:
             break
         words.append(word)

@@ -56,13 +56,14 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: 
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                     scale: float) -> jax.Array:
+                     scale: float, bias: jax.Array | None = None) -> jax.Array:
     """Materialized attention for an explicit mask (also the KV-cache decode path and the
     reference of the sparse-attention ops).
 
     q: [batch, q_len, heads, d]; k: [batch, k_len, kv_heads, d]; v: [batch, k_len, kv_heads, dv];
     mask: bool [batch, q_len, k_len] (every head), or [batch, heads, q_len, k_len] (per head;
     batch or heads may be 1 to broadcast). A query whose row allows no key gets 0.
+    bias: float [batch, q_len, k_len] added to every head's scores (e.g. MrT5's soft deletion).
     Returns [batch, q_len, heads, dv] in q's dtype; scores and softmax run in at least float32.
     """
     batch, q_len, heads, _ = q.shape
@@ -70,6 +71,8 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     acc = jnp.promote_types(q.dtype, jnp.float32)
     qg = q.reshape(batch, q_len, kv_heads, heads // kv_heads, q.shape[-1]).astype(acc)
     scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k.astype(acc)) * scale
+    if bias is not None:
+        scores = scores + bias[:, None, None].astype(acc)
     if mask.ndim == 3:
         mask = mask[:, None, None]
     elif mask.shape[1] == 1:

@@ -37,7 +37,7 @@ def code_length(outputs, batch) -> dict[str, jax.Array]:
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(counted, targets, 0))
     return {"nats": jnp.where(counted, nll, 0.0).sum(),
             "bytes": (counted & (targets < 256)).sum(),
-            "reduction": (outputs.get("metrics", {}).get("bytes_per_word", 1.0)
+            "reduction": (outputs.get("metrics", {}).get("reduction", 1.0)
                           if isinstance(outputs, dict) else 1.0)}
 
 

@@ -43,17 +43,21 @@ def logits_and_targets(outputs: jax.Array | dict, batch: dict[str, jax.Array]
     inputs, or the model's own for models that predict in another layout (word-level byte
     models return ``{"logits", "targets"}``)."""
     if isinstance(outputs, dict):
-        return outputs["logits"], outputs["targets"]
+        return outputs["logits"], outputs.get("targets", batch["targets"])
     return outputs, batch["targets"]
 
 
 def batch_loss(outputs: jax.Array | dict, batch: dict[str, jax.Array]
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The loss of a batch of any task: squared error for continuous tasks (their batches carry
-    a ``mask``), token cross-entropy otherwise; a model returning a dict may add ``metrics``."""
+    a ``mask``), token cross-entropy otherwise. A model returning a dict may add an
+    ``aux_loss`` (a regulariser, added to the loss) and ``metrics`` (logged)."""
     if "mask" in batch:
         return regression_loss(outputs, batch["targets"], batch["mask"])
     loss, metrics = lm_loss(*logits_and_targets(outputs, batch))
     if isinstance(outputs, dict):
         metrics = {**metrics, **outputs.get("metrics", {})}
+        if "aux_loss" in outputs:
+            loss = loss + outputs["aux_loss"]
+            metrics["aux_loss"] = outputs["aux_loss"]
     return loss, metrics

@@ -16,6 +16,7 @@ from jaxlm.layers import AttentionConfig
 from jaxlm.models import (LexinvariantConfig, ModelConfig, WordConfig, build_lm,
                           generate_text)
 from jaxlm.probes import score_text
+from jaxlm.train.losses import batch_loss
 
 SMALL = ModelConfig(vocab_size=BYTE_VOCAB, d_model=16, n_layers=1, d_ff=32,
                     attention=AttentionConfig(n_heads=2),
@@ -23,6 +24,8 @@ SMALL = ModelConfig(vocab_size=BYTE_VOCAB, d_model=16, n_layers=1, d_ff=32,
 
 
 def model(kind, **changes):
+    if kind == "mrt5":
+        changes.setdefault("n_layers", 2)
     return build_lm(dataclasses.replace(SMALL, kind=kind, **changes), rngs=nnx.Rngs(params=0))
 
 
@@ -34,13 +37,15 @@ def forward(m, tokens, segment_ids=None, tables=None):
     return m(tokens, segment_ids=segment_ids)
 
 
-def test_lexinvariant_logits_follow_any_relabelling_of_the_vocabulary():
+@pytest.mark.parametrize("table_dim", [0, 48])
+def test_lexinvariant_logits_follow_any_relabelling_of_the_vocabulary(table_dim):
     """Relabelling tokens by a permutation pi (and the table with them) permutes the logits:
     logits(pi(x), T o pi^-1)[..., pi(v)] == logits(x, T)[..., v]."""
-    m = model("lexinvariant", vocab_size=20)
+    m = model("lexinvariant", vocab_size=20,
+              lexinvariant=LexinvariantConfig(table_dim=table_dim))
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, 20, (2, 11)))
-    tables = jax.random.normal(jax.random.key(1), (2, 20, 16))
+    tables = jax.random.normal(jax.random.key(1), (2, 20, table_dim or 16))
     pi = jnp.asarray(rng.permutation(20))
     relabelled_tables = jnp.zeros_like(tables).at[:, pi].set(tables)
     logits = forward(m, tokens, tables=tables)
@@ -78,17 +83,17 @@ TEXT = "the cat sat, on  the mat\nand ran away quickly "
 
 @pytest.mark.parametrize("kind", ["hierarchical", "word_pooled"])
 def test_word_models_are_causal(kind):
-    """Changing a letter of word k leaves every earlier word's logits alone; inside word k the
-    hierarchical decoder's predictions up to that letter stay too, the word-pooled decoder's
-    whole word (it sees only the words before)."""
+    """Changing a letter of word k leaves every earlier word's logits alone, and inside word k
+    the decoder's predictions up to that letter."""
     m = model(kind)
     tokens = jnp.asarray(encode(TEXT))[None]
     changed = tokens.at[0, 22].set(ord("q"))  # "mat" -> "mqt", word 5
     a, b = forward(m, tokens), forward(m, changed)
     assert (np.asarray(a["targets"][0, :5]) == np.asarray(b["targets"][0, :5])).all()
     np.testing.assert_allclose(a["logits"][0, :5], b["logits"][0, :5], atol=1e-5)
-    same = 2 if kind == "hierarchical" else 7  # positions 0, 1 predict "m", "a"
-    np.testing.assert_allclose(a["logits"][0, 5, :same], b["logits"][0, 5, :same], atol=1e-5)
+    # positions 0, 1 predict "m", "a"; position 2 reads the changed letter
+    np.testing.assert_allclose(a["logits"][0, 5, :2], b["logits"][0, 5, :2], atol=1e-5)
+    assert not np.allclose(a["logits"][0, 5, 2], b["logits"][0, 5, 2])
     assert not np.allclose(a["logits"][0, 6:], b["logits"][0, 6:])
 
 
@@ -108,7 +113,7 @@ def test_word_targets_spell_each_word_then_eow_and_ignore_what_has_no_context():
     assert all(w == [] for w in words[7:])
 
 
-@pytest.mark.parametrize("kind", ["decoder", "hierarchical"])
+@pytest.mark.parametrize("kind", ["decoder", "word_pooled"])
 def test_packed_rows_never_see_another_document(kind):
     """A document's predictions in a packed row equal those of the document alone."""
     m = model(kind)
@@ -128,7 +133,8 @@ def test_packed_rows_never_see_another_document(kind):
                                       alone["targets"][0, 1:7])
 
 
-@pytest.mark.parametrize("kind", ["decoder", "lexinvariant", "hierarchical", "word_pooled"])
+@pytest.mark.parametrize("kind", ["decoder", "lexinvariant", "hierarchical", "word_pooled",
+                                  "mrt5"])
 def test_generate_text_returns_the_prompt_and_valid_text(kind):
     out = generate_text(model(kind), "Hello wor", max_new_bytes=8, temperature=1.0,
                         key=jax.random.key(0))
@@ -151,3 +157,40 @@ def test_bits_per_byte_is_code_length_over_bytes():
     expected = math.log2(BYTE_VOCAB) * counted.sum() / (counted & (batch["targets"] < 256)).sum()
     assert metrics["bits_per_byte"] == pytest.approx(expected, rel=1e-6)
     assert metrics["reduction"] == 1.0 and 4 < metrics["unigram"] < 5.5
+
+
+def mrt5(**changes):
+    m = model("mrt5", n_layers=3, **changes)
+    m.gate.proj.bias[...] = jnp.array([0.3], jnp.float32)  # G near the threshold: some tokens go
+    return m
+
+
+def test_mrt5_generation_with_a_shorter_cache_matches_hard_deletion():
+    m = mrt5()
+    tokens = jnp.asarray(encode("the cat sat on the mat, and then it ran away"))[None]
+    out = forward(m, tokens)
+    rate = float(out["metrics"]["deletion_rate"])
+    assert 0.1 < rate < 0.9
+    logits, state = m.prefill(tokens, max_length=tokens.shape[1])
+    np.testing.assert_allclose(logits, out["logits"], atol=1e-5)
+    # the late layers' caches hold only the kept tokens
+    assert int(state["kept"][0]) == round((1 - rate) * tokens.shape[1])
+
+
+def test_mrt5_gate_learns_through_soft_deletion_and_the_controller_moves_alpha():
+    m = mrt5()
+    m.train()
+    tokens = jnp.asarray(encode("the cat sat on the mat"))[None]
+    batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1)}
+
+    def loss(m):
+        return batch_loss(m(batch["inputs"]), batch)[0]
+
+    grads = nnx.grad(loss)(m)
+    assert float(jnp.abs(grads.gate.proj.kernel[...]).sum()) > 0
+    m2 = mrt5(deletion=dataclasses.replace(SMALL.deletion, target_rate=0.9, gain=0.1))
+    m2.train()
+    rate = float(m2(tokens)["metrics"]["deletion_rate"])
+    assert float(m2.weight[...]) == pytest.approx(0.1 * (0.9 - rate))
+    with pytest.raises(ValueError, match="needs attention in every layer after"):
+        dataclasses.replace(SMALL, kind="mrt5", n_layers=2, pattern="attention,mamba2")
