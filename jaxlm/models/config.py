@@ -58,11 +58,11 @@ class WordConfig:
 @dataclasses.dataclass(frozen=True)
 class DeletionConfig:
     """Options of ``kind="mrt5"`` ("MrT5: Dynamic Token Merging for Efficient Byte-level
-    Language Models"): the delete gate sits after ``gate_layer`` blocks; a controller moves the
-    regulariser's weight by ``gain * (target_rate - measured rate)`` every training step."""
+    Language Models"): the delete gate sits after ``gate_layer`` blocks; the regulariser's weight
+    is ``gain * (target_rate - measured rate)`` (a proportional controller)."""
     gate_layer: int = 1
     target_rate: float = 0.5  # the fraction of tokens to delete
-    gain: float = 0.01
+    gain: float = 1.0
 
     def __post_init__(self):
         check_positive_fields("model.deletion", self, ("gate_layer",))

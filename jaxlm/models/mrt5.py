@@ -10,7 +10,8 @@ later layers attend over, and in generation their KV cache, which stores only ke
 
 MrT5 deletes inside a T5 encoder; this is the decoder-only variant. The regulariser is
 ``alpha * mean(G)`` (minimising it deletes more); like the paper, a proportional controller
-sets ``alpha``: each training step adds ``gain * (target_rate - measured rate)`` (kept >= 0).
+sets ``alpha = gain * (target_rate - measured rate)`` from each batch's deletion rate, so
+``alpha`` turns negative (favouring keeping) when too much is deleted.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ from jaxlm.ops import attention_mask, masked_attention
 GATE_SCALE = -30.0  # G in (GATE_SCALE, 0)
 HARD_THRESHOLD = GATE_SCALE / 2  # hard deletion: G below this
 DELETED = -1e9  # the score bias of a hard-deleted key
-
-
-class DeletionWeight(nnx.Variable):
-    """The regulariser weight alpha, set by the controller (not trained by gradients)."""
 
 
 class DeleteGate(nnx.Module):
@@ -74,8 +71,7 @@ class MrT5LM(nnx.Module):
         self.gate = DeleteGate(config.d_model, eps=config.norm_eps, rngs=rngs)
         self.late = nnx.List([Block(config, n, rngs=rngs) for n in names[cut:]])
         self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
-        self.weight = DeletionWeight(jnp.zeros((), jnp.float32))
-        self.deterministic = True  # False after model.train(): soft deletion, controller on
+        self.deterministic = True  # False after model.train(): soft deletion
 
     def _logits(self, h: jax.Array) -> jax.Array:
         return self.embed.attend(self.final_norm(h)).astype(jnp.float32)
@@ -92,10 +88,7 @@ class MrT5LM(nnx.Module):
         for block in self.late:
             h = block(h, segment_ids=segment_ids, bias=bias)
         rate = jnp.mean(gate < HARD_THRESHOLD)
-        alpha = self.weight[...]
-        if not self.deterministic:
-            step = self.options.gain * (self.options.target_rate - rate)
-            self.weight[...] = jnp.maximum(alpha + jax.lax.stop_gradient(step), 0.0)
+        alpha = jax.lax.stop_gradient(self.options.gain * (self.options.target_rate - rate))
         metrics = {"deletion_rate": rate, "reduction": 1.0 / jnp.maximum(1.0 - rate, 1e-6),
                    "deletion_weight": alpha}
         return {"logits": self._logits(h), "aux_loss": alpha * jnp.mean(gate),
