@@ -129,4 +129,5 @@ class TaskSource:
 
 
 def make_source(config: DataConfig) -> TaskSource:
+    """The random-access batch source of ``config.task``."""
     return TaskSource(config)

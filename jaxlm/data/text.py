@@ -4,9 +4,11 @@ document-level train / validation / test split.
 Token ids 0..255 are the UTF-8 bytes; ``BOS`` opens and ``EOS`` closes every document, ``EOW``
 ends a word for the word-level models ("Hierarchical Autoregressive Transformers", "Learn Your
 Tokens"), ``PAD`` fills. A corpus is a list of named documents: every file under a path the
-user gives, or the built-in default, the topic pages of the Python documentation that ship
-with the standard library (``pydoc_data.topics``: about 460 kB of English prose and code, on
-every machine with Python, nothing downloaded).
+user gives; a prepared tensorflow-datasets dataset, ``tfds:NAME?split=SPLIT&field=FIELD``, read through
+``tfds.data_source`` (random access; the optional extra ``tensorflow-datasets``, data already in
+its data_dir: nothing is downloaded); or the built-in default, the topic pages of the Python
+documentation that ship with the standard library (``pydoc_data.topics``: about 460 kB of
+English prose and code, on every machine with Python).
 
 A document goes to the validation split when the CRC-32 of its name is 0 mod 10, to the test
 split when it is 1 mod 10, otherwise to training: the splits never share a document. Each
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import urllib.parse
 import zlib
 
 import numpy as np
@@ -95,6 +98,27 @@ def read_documents(path: str | pathlib.Path) -> list[tuple[str, bytes]]:
     return [(name, data) for name, data in documents if data.strip()]
 
 
+def tfds_documents(spec: str) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every record of ``tfds:NAME?split=SPLIT&field=FIELD`` (default split
+    ``train``, field ``text``), read with ``tfds.data_source``; the dataset must already be
+    prepared in tensorflow-datasets' data_dir (jaxlm never downloads)."""
+    name, _, query = spec.removeprefix("tfds:").partition("?")
+    options = dict(urllib.parse.parse_qsl(query))
+    split, field = options.get("split", "train"), options.get("field", "text")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ImportError(f"text.path={spec!r} needs tensorflow-datasets: pip install "
+                          f"tensorflow-datasets (and prepare {name!r} in its data_dir)") from None
+    source = tfds.data_source(name, split=split, download=False)
+    documents = []
+    for index in range(len(source)):
+        value = source[index][field]
+        documents.append((f"{name}:{split}:{index}",
+                          value.encode("utf-8") if isinstance(value, str) else bytes(value)))
+    return [(n, d) for n, d in documents if d.strip()]
+
+
 def split_of(name: str) -> int:
     """0 train, 1 validation, 2 test (the index in ``jaxlm.data.SPLITS``)."""
     residue = zlib.crc32(name.encode("utf-8")) % SPLIT_MODULUS
@@ -128,7 +152,12 @@ def pack(documents: list[bytes]) -> PackedSplit:
 @functools.lru_cache(maxsize=8)
 def packed_splits(path: str, max_bytes: int = 0) -> tuple[PackedSplit, PackedSplit, PackedSplit]:
     """The train, validation and test streams of a corpus (read once per process)."""
-    named = default_documents() if path in ("", DEFAULT_CORPUS) else read_documents(path)
+    if path in ("", DEFAULT_CORPUS):
+        named = default_documents()
+    elif path.startswith("tfds:"):
+        named = tfds_documents(path)
+    else:
+        named = read_documents(path)
     if max_bytes:
         named = [(name, data[:max_bytes]) for name, data in named]
     by_split: list[list[bytes]] = [[], [], []]

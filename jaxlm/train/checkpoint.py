@@ -15,6 +15,10 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
+    """Orbax checkpoints of a train state in ``directory``, keeping the latest ``keep``:
+    ``save(step, state)`` (asynchronous; ``close()`` waits), ``latest_step()``, and
+    ``restore(target)`` against a state of the same structure (placed like ``target``)."""
+
     def __init__(self, directory: str | pathlib.Path, *, keep: int = 2):
         self.directory = pathlib.Path(directory).absolute()
         self._manager = ocp.CheckpointManager(

@@ -39,6 +39,8 @@ class MetricWriter:
 
 
 def read_metrics(run_dir: str | pathlib.Path) -> list[dict]:
+    """Every row a run wrote to ``run_dir/metrics.jsonl``, in order: ``{"step", "split"
+    ("train" or "validation"), metric: value, ...}``; [] before the first write."""
     path = pathlib.Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []

@@ -2,6 +2,8 @@
 predicts across a document, the letter cipher."""
 
 import dataclasses
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -86,3 +88,35 @@ def test_cipher_is_one_letter_permutation_per_row():
     maps = [dict(zip(plain[r][letters[r]], secret[r][letters[r]])) for r in range(2)]
     shared = set(maps[0]) & set(maps[1])
     assert any(maps[0][k] != maps[1][k] for k in shared)  # a fresh permutation per row
+
+
+def test_tfds_sources_are_read_through_data_source(monkeypatch):
+    """``tfds:NAME?split=SPLIT&field=FIELD`` reads every record of ``tfds.data_source`` (a stand-in module
+    here: the real one needs a prepared dataset)."""
+    calls = []
+
+    class Source:
+        def __init__(self, records):
+            self.records = records
+
+        def __len__(self):
+            return len(self.records)
+
+        def __getitem__(self, i):
+            return self.records[i]
+
+    def data_source(name, *, split, download):
+        calls.append((name, split, download))
+        return Source([{"body": f"record {i} ".encode() * 40} for i in range(60)] + [{"body": b""}])
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(
+        data_source=data_source))
+    splits = packed_splits("tfds:my/corpus?split=train[:50%]&field=body")
+    assert calls == [("my/corpus", "train[:50%]", False)]
+    assert sum(s.num_documents for s in splits) == 60 and min(s.num_documents for s in splits)
+
+
+def test_tfds_without_the_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
+        packed_splits("tfds:missing")
