@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models.config import ModelConfig
-from jaxlm.models.lm import Block, add_positions
+from jaxlm.models.lm import Block, add_positions, prefill_blocks, step_blocks
 
 
 class TableDraws(nnx.Variable):
@@ -122,10 +122,7 @@ class LexinvariantLM(nnx.Module):
     def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
         tables = self.tables(tokens.shape[0])
         h = add_positions(self._embed(tokens, tables), self.positions, "LexinvariantLM")
-        layers = []
-        for block in self.blocks:
-            h, layer_state = block.prefill(h, max_length=max_length)
-            layers.append(layer_state)
+        h, layers = prefill_blocks(self.blocks, h, max_length=max_length)
         state = {"pos": jnp.asarray(tokens.shape[1], jnp.int32), "layers": layers,
                  "tables": tables}
         return self._logits(h, tables), state
@@ -136,8 +133,5 @@ class LexinvariantLM(nnx.Module):
         h = self._embed(tokens, tables)
         if self.positions is not None:
             h = h + self.positions(state["pos"])
-        new_layers = []
-        for block, layer_state in zip(self.blocks, state["layers"]):
-            h, layer_state = block.step(h, layer_state)
-            new_layers.append(layer_state)
-        return self._logits(h, tables), {**state, "pos": state["pos"] + 1, "layers": new_layers}
+        h, layers = step_blocks(self.blocks, h, state["layers"])
+        return self._logits(h, tables), {**state, "pos": state["pos"] + 1, "layers": layers}

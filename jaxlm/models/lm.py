@@ -44,6 +44,24 @@ class Block(nnx.Module):
         return self._mlp(x + y), state
 
 
+def prefill_blocks(blocks, h: jax.Array, *, max_length: int) -> tuple[jax.Array, list]:
+    """Runs ``blocks`` over a prompt h [batch, length, d_model]: (output, each block's state)."""
+    states = []
+    for block in blocks:
+        h, state = block.prefill(h, max_length=max_length)
+        states.append(state)
+    return h, states
+
+
+def step_blocks(blocks, h: jax.Array, states: list) -> tuple[jax.Array, list]:
+    """One token h [batch, d_model] through ``blocks``: (output, each block's new state)."""
+    new_states = []
+    for block, state in zip(blocks, states):
+        h, state = block.step(h, state)
+        new_states.append(state)
+    return h, new_states
+
+
 def add_positions(h: jax.Array, positions: nnx.Embed | None, owner: str) -> jax.Array:
     """h [batch, length, d_model] plus learned absolute positions (unchanged when None)."""
     if positions is None:
@@ -102,11 +120,7 @@ class DecoderLM(nnx.Module):
     def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
         """Reads a prompt: tokens [batch, length] -> (logits [batch, length, vocab_size], the
         state after the prompt, ready for ``step``; room for ``max_length`` tokens in all)."""
-        h = self._embed(tokens)
-        layers = []
-        for block in self.blocks:
-            h, layer_state = block.prefill(h, max_length=max_length)
-            layers.append(layer_state)
+        h, layers = prefill_blocks(self.blocks, self._embed(tokens), max_length=max_length)
         pos = jnp.asarray(tokens.shape[1], jnp.int32)
         return self._logits(h), {"pos": pos, "layers": layers}
 
@@ -115,11 +129,8 @@ class DecoderLM(nnx.Module):
         h = self.embed(tokens)
         if self.positions is not None:
             h = h + self.positions(state["pos"])
-        new_layers = []
-        for block, layer_state in zip(self.blocks, state["layers"]):
-            h, layer_state = block.step(h, layer_state)
-            new_layers.append(layer_state)
-        return self._logits(h), {"pos": state["pos"] + 1, "layers": new_layers}
+        h, layers = step_blocks(self.blocks, h, state["layers"])
+        return self._logits(h), {"pos": state["pos"] + 1, "layers": layers}
 
 
 def count_params(model: nnx.Module) -> int:

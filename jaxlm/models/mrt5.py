@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models.config import ModelConfig
-from jaxlm.models.lm import Block
+from jaxlm.models.lm import Block, step_blocks
 from jaxlm.ops import attention_mask, masked_attention
 
 GATE_SCALE = -30.0  # G in (GATE_SCALE, 0)
@@ -129,11 +129,7 @@ class MrT5LM(nnx.Module):
 
     def step(self, tokens: jax.Array, state: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
         """tokens: [batch] -> (logits [batch, vocab], new state); hard deletion."""
-        h = self.embed(tokens)
-        early = []
-        for block, layer_state in zip(self.early, state["early"]):
-            h, layer_state = block.step(h, layer_state)
-            early.append(layer_state)
+        h, early = step_blocks(self.early, self.embed(tokens), state["early"])
         keep = self.gate(h) >= HARD_THRESHOLD
         late = []
         for block, cache in zip(self.late, state["late"]):
