@@ -89,9 +89,10 @@ from jaxlm.config import Config, apply_overrides
 from jaxlm.probes import evaluate
 from jaxlm.train import read_metrics, train
 
-steps = 20 if SMOKE else 1500
+steps = 10 if SMOKE else 1500
 config = apply_overrides(Config(name="notebook"), {
-    "model.pattern": "deltanet,attention", "model.vocab_size": 128, "model.d_model": 64,
+    "model.pattern": "attention" if SMOKE else "deltanet,attention", "model.vocab_size": 128,
+    "model.d_model": 32 if SMOKE else 64,
     "model.n_layers": 2, "model.attention.n_heads": 2, "model.deltanet.n_heads": 2,
     "model.deltanet.chunk_size": 16, "data.mqar.vocab_size": 128,
     "data.mqar.seq_len": 32 if SMOKE else 64, "data.mqar.num_kv_pairs": 4,
@@ -112,7 +113,7 @@ plt.figure(figsize=(5, 3))
 plt.plot([r["step"] for r in train_log], [r["loss"] for r in train_log])
 plt.xlabel("step")
 plt.ylabel("training loss")
-plt.title("DeltaNet + attention on MQAR")
+plt.title(f"{config.model.pattern} on MQAR")
 plt.show()
 
 # %% [markdown]

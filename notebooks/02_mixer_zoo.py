@@ -54,11 +54,11 @@ from jaxlm.models import DecoderLM
 
 mixers = ["attention", "mamba2"] if SMOKE else sorted(MIXERS)
 base = apply_overrides(Config(name="zoo"), {
-    "model.vocab_size": 64, "model.d_model": 32 if SMOKE else 64, "model.n_layers": 2,
+    "model.vocab_size": 64, "model.d_model": 16 if SMOKE else 64, "model.n_layers": 2,
     "data.mqar.vocab_size": 64, "data.mqar.seq_len": 32 if SMOKE else 64,
-    "data.mqar.num_kv_pairs": 4, "train.steps": 10 if SMOKE else 1500,
-    "train.batch_size": 32, "train.learning_rate": 3e-3, "train.warmup_steps": 5 if SMOKE else 100,
-    "train.log_every": 10 if SMOKE else 100, "train.tensorboard": False})
+    "data.mqar.num_kv_pairs": 4, "train.steps": 4 if SMOKE else 1500,
+    "train.batch_size": 32, "train.learning_rate": 3e-3, "train.warmup_steps": 2 if SMOKE else 100,
+    "train.log_every": 4 if SMOKE else 100, "train.tensorboard": False})
 print(len(MIXERS), "registered mixers:", ", ".join(sorted(MIXERS)))
 
 # %% [markdown]

@@ -67,7 +67,7 @@ config = apply_overrides(Config(name="icl"), {
     "data.task": "linear_regression", "data.linear_regression.n_dims": n_dims,
     "data.linear_regression.num_points": 2 * n_dims + 1, "model.d_model": 32 if SMOKE else 64,
     "model.n_layers": 2 if SMOKE else 4, "model.attention.n_heads": 2,
-    "train.steps": 20 if SMOKE else 4000, "train.batch_size": 64,
+    "train.steps": 10 if SMOKE else 4000, "train.batch_size": 64,
     "train.learning_rate": 1e-3, "train.warmup_steps": 10 if SMOKE else 200,
     "train.log_every": 10 if SMOKE else 200, "train.tensorboard": False})
 result = train(config, tempfile.mkdtemp(), progress=not SMOKE)
@@ -91,8 +91,8 @@ plt.show()
 # %%
 from jaxlm.probes import LSAConfig, train_lsa
 
-lsa = train_lsa(LSAConfig(n_dims=n_dims, steps=50 if SMOKE else 2000,
-                          test_prompts=2000 if SMOKE else 50_000))
+lsa = train_lsa(LSAConfig(n_dims=n_dims, steps=20 if SMOKE else 2000,
+                          test_prompts=1000 if SMOKE else 50_000))
 for name, value in lsa.items():
     print(f"{name:14s} {value:.4f}")
 
@@ -100,7 +100,7 @@ for name, value in lsa.items():
 # ## MQAR accuracy against width
 
 # %%
-widths = [16, 32] if SMOKE else [32, 64, 128]
+widths = [16] if SMOKE else [32, 64, 128]
 patterns = ["attention"] if SMOKE else ["attention", "deltanet", "mamba2", "h3"]
 accuracy = {}
 for pattern in patterns:

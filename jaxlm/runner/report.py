@@ -140,10 +140,14 @@ def plot_results(rows: Sequence[dict], path: str | pathlib.Path, *, title: str) 
             labels = names if len(set(names)) == len(names) else [row["run"] for row in rows]
             ax.bar(range(len(rows)), [row.get(metric, 0.0) for row in rows])
             ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)
-        if "baseline" in rows[0]:
-            ax.axhline(min(r["baseline"] for r in rows), color="gray", ls="--", lw=1,
-                       label="baseline")
-        ax.set_ylim(0, 1.05)
+        baseline = next((k for k in ("baseline", "unigram") if k in rows[0]), None)
+        if baseline:
+            ax.axhline(min(r[baseline] for r in rows), color="gray", ls="--", lw=1,
+                       label=baseline)
+        if all(0 <= r.get(metric, 0.0) <= 1 for r in rows):  # accuracies
+            ax.set_ylim(0, 1.05)
+        else:  # e.g. bits per byte
+            ax.set_ylim(0, None)
         ax.set_ylabel(metric)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

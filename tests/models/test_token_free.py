@@ -186,7 +186,7 @@ def test_mrt5_gate_learns_through_soft_deletion_and_the_controller_sets_alpha():
     def loss(m):
         return batch_loss(m(batch["inputs"]), batch)[0]
 
-    grads = nnx.grad(loss)(m)
+    grads = nnx.jit(nnx.grad(loss))(m)
     assert float(jnp.abs(grads.gate.proj.kernel[...]).sum()) > 0
     m2 = mrt5(deletion=dataclasses.replace(SMALL.deletion, target_rate=0.9, gain=0.1))
     m2.train()
