@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.conftest import FAST_COMPILE
+
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("*.py"))
 
@@ -30,7 +32,8 @@ def test_every_notebook_is_paired_and_in_sync():
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_notebook_runs_with_smoke_sizes(source, monkeypatch, tmp_path):
     monkeypatch.setenv("JAXLM_SMOKE", "1")
-    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the notebook chooses its own devices
+    # the notebook chooses its own devices; compile fast, as the other tests do
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     notebook = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
     opening = notebook.cells[0].source
