@@ -95,20 +95,12 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
                  bias: jax.Array | None = None) -> jax.Array:
-        """``bias`` [batch, length, length], added to every head's scores, takes the
-        materialized path (``masked_attention``; MrT5's soft deletion uses it)."""
+        """``bias`` [batch, length, length] is added to every head's scores (MrT5's soft
+        deletion); the op then takes its reference form."""
         batch, length, _ = x.shape
-        positions = self._positions(batch, length, segment_ids)
-        q, k, v = self._qkv(x, positions)
-        if bias is None:
-            out = attention(q, k, v, causal=True, window=self.window, segment_ids=segment_ids,
-                            impl=self.impl)
-        else:
-            index = jnp.arange(length)
-            mask = attention_mask(index, index, causal=True, window=self.window,
-                                  q_segment=segment_ids, k_segment=segment_ids)
-            mask = jnp.broadcast_to(mask, (batch, length, length))
-            out = masked_attention(q, k, v, mask, self.head_dim ** -0.5, bias=bias)
+        q, k, v = self._qkv(x, self._positions(batch, length, segment_ids))
+        out = attention(q, k, v, causal=True, window=self.window, segment_ids=segment_ids,
+                        bias=bias, impl=self.impl)
         return self.o_proj(out.reshape(batch, length, -1))
 
     def init_state(self, batch_size: int, dtype: Any = jnp.float32, *,

@@ -141,6 +141,10 @@ class ModelConfig:
                     f"model.deletion.gate_layer={self.deletion.gate_layer} (the gate biases "
                     f"their attention scores) and at least one such layer; the layers are "
                     f"{self.layer_mixers()}")
+            if self.attention.window is not None:
+                raise ValueError(f"model.kind='mrt5' generates with a cache of the kept tokens, "
+                                 f"which has no sliding window; set model.attention.window=None "
+                                 f"(got {self.attention.window})")
 
     def local_config(self, n_layers: int) -> "ModelConfig":
         """The config of a word model's byte encoder or decoder: ``n_layers`` blocks of

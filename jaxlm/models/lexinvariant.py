@@ -95,10 +95,14 @@ class LexinvariantLM(nnx.Module):
         if tables is None:
             tables = self.tables(tokens.shape[0])
             self._advance()
-        h = add_positions(self._embed(tokens, tables), self.positions, "LexinvariantLM")
+        h = self._inputs(tokens, tables)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
         return self._logits(h, tables)
+
+    def _inputs(self, tokens: jax.Array, tables: jax.Array) -> jax.Array:
+        """tokens [batch, length] -> embeddings plus learned positions (when configured)."""
+        return add_positions(self._embed(tokens, tables), self.positions, "LexinvariantLM")
 
     def _embed(self, tokens: jax.Array, tables: jax.Array) -> jax.Array:
         """tokens [batch, ...] -> their rows of each batch row's table, in model width."""
@@ -121,8 +125,8 @@ class LexinvariantLM(nnx.Module):
 
     def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
         tables = self.tables(tokens.shape[0])
-        h = add_positions(self._embed(tokens, tables), self.positions, "LexinvariantLM")
-        h, layers = prefill_blocks(self.blocks, h, max_length=max_length)
+        h, layers = prefill_blocks(self.blocks, self._inputs(tokens, tables),
+                                   max_length=max_length)
         state = {"pos": jnp.asarray(tokens.shape[1], jnp.int32), "layers": layers,
                  "tables": tables}
         return self._logits(h, tables), state

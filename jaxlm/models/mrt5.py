@@ -118,8 +118,6 @@ class MrT5LM(nnx.Module):
         values = jnp.concatenate([cache["v"], v.astype(cache["v"].dtype)], axis=1)
         mask = jnp.arange(slots + 1)[None, :] < kept[:, None]
         mask = mask.at[:, slots].set(True)[:, None, :]
-        if attn.window is not None:
-            raise ValueError("MrT5LM.step: windowed attention is not supported after the gate")
         out = masked_attention(q, keys, values, mask, attn.head_dim ** -0.5)
         write = (jnp.arange(slots)[None, :] == kept[:, None]) & keep[:, None]
         write = write[..., None, None]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxlm.data.mqar import IGNORE
@@ -120,6 +121,15 @@ class WordLM(nnx.Module):
             h = block(h, segment_ids=segment_ids)
         return self.from_backbone(self.backbone_norm(h))
 
+    def contexts(self, words: jax.Array, lengths: jax.Array,
+                 segment_ids: jax.Array | None) -> jax.Array:
+        """words [batch, n, max_word_len], lengths [batch, n] -> what the decoder of each word
+        reads, [batch, n, d_local]: the backbone's output after the words before it (the
+        learned ``start`` for the first)."""
+        context = self.backbone(self.encode_words(words, lengths), segment_ids)
+        start = jnp.broadcast_to(self.start[...], context[:, :1].shape)
+        return jnp.concatenate([start, context[:, :-1]], axis=1)
+
     def decode(self, context: jax.Array, words: jax.Array) -> jax.Array:
         """context [batch, n, d_local] (for each word, the backbone output of the words before
         it), words [batch, n, max_word_len] -> logits [batch, n, max_word_len + 1, vocab]."""
@@ -136,10 +146,7 @@ class WordLM(nnx.Module):
             raise ValueError(f"WordLM: tokens must have shape [batch, length], "
                              f"got {tuple(tokens.shape)}")
         layout = self.layout(tokens, segment_ids)
-        context = self.backbone(self.encode_words(layout.words, layout.lengths),
-                                layout.segment_ids)
-        start = jnp.broadcast_to(self.start[...], context[:, :1].shape)
-        context = jnp.concatenate([start, context[:, :-1]], axis=1)
+        context = self.contexts(layout.words, layout.lengths, layout.segment_ids)
         used = layout.lengths > 0
         metrics = {"reduction": layout.lengths.sum() / jnp.maximum(used.sum(), 1),
                    "dropped_bytes": (layout.word >= layout.words.shape[1]).sum()}
@@ -153,11 +160,10 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
     """Continues one prompt word by word: prompt [length] byte ids -> the prompt's bytes and
     then the new words' bytes, [length + new bytes] int32.
 
-    The backbone reads the words so far; the decoder spells the next word byte by byte, until
-    ``EOW`` or ``max_word_len`` bytes. The prompt's last word is continued first (it may not be
-    finished). It stops
-    after ``max_new_words`` words, after the word that reaches ``max_new_bytes`` new bytes, or
-    at an empty word. ``temperature=0`` is greedy.
+    The backbone reads the words so far (once per word); the decoder spells the next word byte
+    by byte, until ``EOW`` or ``max_word_len`` bytes. The prompt's last word is continued first
+    (it may not be finished). It stops after ``max_new_words`` words, after the word that
+    reaches ``max_new_bytes`` new bytes, or at an empty word. ``temperature=0`` is greedy.
     """
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim != 1 or prompt.shape[0] < 1:
@@ -167,22 +173,24 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
         raise ValueError(f"generate_words: max_new_words must be >= 1, got {max_new_words}")
     key = jax.random.key(0) if key is None else key
     width = model.config.words.max_word_len
-    layout = word_layout(prompt[None], None, max_word_len=width,
-                         max_words=prompt.shape[0], pad=PAD)
+    layout = jax.device_get(word_layout(prompt[None], None, max_word_len=width,
+                                        max_words=prompt.shape[0], pad=PAD))
     count = int(layout.word[0, -1]) + 1
-    words = list(map(list, jax.device_get(layout.words[0, :count])))
-    words = [[int(b) for b in w[:n]] for w, n in zip(words, jax.device_get(layout.lengths[0]))]
-    open_word = words.pop()
-    capacity = len(words) + max_new_words + 1
+    capacity = count + max_new_words
+    table = np.full((1, capacity, width), PAD, np.int32)  # the words so far
+    lengths = np.zeros((1, capacity), np.int32)
+    table[0, :count], lengths[0, :count] = layout.words[0, :count], layout.lengths[0, :count]
+    index = count - 1  # the word being spelled: first the prompt's last one
+    word = [int(b) for b in table[0, index, :lengths[0, index]]]
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def next_logits(state, table, lengths, index, prefix):
-        m = nnx.merge(graphdef, state)
-        context = m.backbone(m.encode_words(table, lengths), None)
-        start = jnp.broadcast_to(m.start[...], context[:, :1].shape)
-        context = jnp.concatenate([start, context[:, :-1]], axis=1)
-        return m.decode(context[:, index][:, None], prefix[:, None])[0, 0]  # [width + 1, vocab]
+    def context_of(state, table, lengths, index):  # the decoder input of word ``index``
+        return nnx.merge(graphdef, state).contexts(table, lengths, None)[:, index]
+
+    @jax.jit
+    def spell(state, context, prefix):  # [width + 1, vocab]: the next byte at each position
+        return nnx.merge(graphdef, state).decode(context[:, None], prefix[None, None])[0, 0]
 
     def pick(logits, step_key):
         if temperature == 0:
@@ -190,18 +198,14 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
         return jax.random.categorical(step_key, logits / temperature)
 
     new_bytes: list[int] = []
-    for w in range(max_new_words):
-        table = jnp.full((1, capacity, width), PAD, jnp.int32)
-        lengths = jnp.zeros((1, capacity), jnp.int32)
-        for i, word in enumerate(words):
-            table = table.at[0, i, :len(word)].set(jnp.asarray(word, jnp.int32))
-            lengths = lengths.at[0, i].set(len(word))
-        word = open_word if w == 0 else []
+    for _ in range(max_new_words):
+        table[0, index], lengths[0, index] = PAD, 0  # the decoder reads only earlier words
+        context = context_of(state, table, lengths, index)
         key, word_key = jax.random.split(key)
         while len(word) < width:
-            prefix = jnp.full((1, width), PAD, jnp.int32).at[0, :len(word)].set(
-                jnp.asarray(word, jnp.int32))
-            logits = next_logits(state, table, lengths, len(words), prefix)
+            prefix = np.full((width,), PAD, np.int32)
+            prefix[:len(word)] = word
+            logits = spell(state, context, prefix)
             token = int(pick(logits[len(word)], jax.random.fold_in(word_key, len(word))))
             if token == EOW or token >= 256:
                 break
@@ -209,7 +213,8 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
             new_bytes.append(token)
         if not word:
             break
-        words.append(word)
+        table[0, index, :len(word)], lengths[0, index] = word, len(word)
+        index, word = index + 1, []
         if max_new_bytes is not None and len(new_bytes) >= max_new_bytes:
             break
     return jnp.concatenate([prompt, jnp.asarray(new_bytes, jnp.int32)])

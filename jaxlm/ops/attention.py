@@ -87,8 +87,8 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
               window: int | None = None, segment_ids: jax.Array | None = None,
-              scale: float | None = None, impl: str | Impl = "auto",
-              block_size: int = 128) -> jax.Array:
+              scale: float | None = None, bias: jax.Array | None = None,
+              impl: str | Impl = "auto", block_size: int = 128) -> jax.Array:
     """Scaled dot-product attention over one sequence.
 
     Args:
@@ -100,6 +100,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         not causal). None means unlimited.
       segment_ids: [batch, length] document ids of packed rows; no token reads another document.
       scale: multiplies q·k; defaults to head_dim ** -0.5.
+      bias: [batch, length (queries), length (keys)] float added to every head's scores (e.g.
+        MrT5's soft deletion); only the reference form takes one ("auto" picks it).
       impl: "reference", "xla" (blockwise, memory-efficient), "pallas" (the flash-attention
         kernel of :mod:`jaxlm.kernels.flash_attention`; "pallas_interpret" runs it
         interpreted) or "auto" (the reference where its scores are small: length <= 512 on
@@ -119,6 +121,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
     scale = head_dim ** -0.5 if scale is None else float(scale)
 
     chosen = resolve_impl(_OP, impl, ("reference", "xla", "pallas"))
+    if bias is not None:
+        check_shape(_OP, "bias", bias, (batch, length, length), "[batch, length, length]")
+        if chosen not in (Impl.AUTO, Impl.REFERENCE):
+            raise ValueError(f"{_OP}: a bias needs impl='reference' (or 'auto'), got "
+                             f"impl={impl!r}")
+        chosen = Impl.REFERENCE
     if chosen is Impl.AUTO:
         chosen = _auto_form(batch, heads, length)
     if chosen.is_pallas:
@@ -131,7 +139,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         mask = attention_mask(pos, pos, causal=causal, window=window,
                               q_segment=segment_ids, k_segment=segment_ids)
         mask = jnp.broadcast_to(mask, (batch, length, length))
-        return masked_attention(q, k, v, mask, scale)
+        return masked_attention(q, k, v, mask, scale, bias=bias)
     return _blockwise_attention(q, k, v, segment_ids, causal=causal, window=window,
                                 scale=scale, block_size=block_size)
 

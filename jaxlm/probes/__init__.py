@@ -64,6 +64,7 @@ def _floats(metrics: dict) -> dict:
 
 __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
            "baseline_predictions", "evaluate", "evaluate_answers", "evaluate_mqar",
-           "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness", "evaluate_text",
-           "ngram_predictions", "published", "published_notes", "target_hits", "probe_batches", "score_text",
+           "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
+           "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
+           "probe_batches", "score_text",
            "train_lsa", "with_seq_len"]

@@ -15,6 +15,7 @@ the letters share their mean frequency), scored on the same targets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -39,6 +40,14 @@ def code_length(outputs, batch) -> dict[str, jax.Array]:
             "bytes": (counted & (targets < 256)).sum(),
             "reduction": (outputs.get("metrics", {}).get("reduction", 1.0)
                           if isinstance(outputs, dict) else 1.0)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _model_code_length(graphdef: nnx.GraphDef, state: nnx.State, batch) -> dict[str, jax.Array]:
+    """``code_length`` of the model ``nnx.merge(graphdef, state)`` on a batch (compiled once per
+    model structure and batch shape, so the plain and the ciphered scoring share it)."""
+    model = nnx.merge(graphdef, state)
+    return code_length(model(batch["inputs"], segment_ids=batch["segment_ids"]), batch)
 
 
 def unigram_bits(data: DataConfig, batches: list[dict[str, np.ndarray]]) -> float:
@@ -66,13 +75,11 @@ def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_
     batches = [jax.device_get(source.batch(i, batch_size, "test"))
                for i in range(-(-rows // batch_size))]
     graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, batch: code_length(
-        nnx.merge(graphdef, state)(batch["inputs"], segment_ids=batch["segment_ids"]), batch))
-    jax.block_until_ready(forward(state, batches[0]))  # compile outside the timing
+    jax.block_until_ready(_model_code_length(graphdef, state, batches[0]))  # compile untimed
     totals = {"nats": 0.0, "bytes": 0.0, "reduction": 0.0}
     start = time.perf_counter()
     for batch in batches:
-        for name, value in jax.device_get(forward(state, batch)).items():
+        for name, value in jax.device_get(_model_code_length(graphdef, state, batch)).items():
             totals[name] += float(value)
     seconds = time.perf_counter() - start
     return {"bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1.0),

@@ -195,3 +195,6 @@ def test_mrt5_gate_learns_through_soft_deletion_and_the_controller_sets_alpha():
     assert float(metrics["deletion_weight"]) == pytest.approx(0.1 * (0.9 - rate), rel=1e-5)
     with pytest.raises(ValueError, match="needs attention in every layer after"):
         dataclasses.replace(SMALL, kind="mrt5", n_layers=2, pattern="attention,mamba2")
+    with pytest.raises(ValueError, match="model.attention.window=None"):
+        dataclasses.replace(SMALL, kind="mrt5", n_layers=2,
+                            attention=AttentionConfig(n_heads=2, window=8))

@@ -12,8 +12,9 @@ from tests.helpers import rel_err
 TOL = 1e-10
 
 
-def loop_attention(q, k, v, *, causal, window, segment_ids):
-    """The obviously-correct definition: one query at a time, in numpy float64."""
+def loop_attention(q, k, v, *, causal, window, segment_ids, bias=None):
+    """The obviously-correct definition: one query at a time, in numpy float64 (``bias``
+    [batch, length, length] added to the scores)."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
     batch, length, heads, d = q.shape
     groups = heads // k.shape[2]
@@ -26,6 +27,8 @@ def loop_attention(q, k, v, *, causal, window, segment_ids):
                         if (not causal or j <= i) and (window is None or abs(i - j) < window)
                         and seg[b, i] == seg[b, j]]
                 s = np.array([q[b, i, h] @ k[b, j, h // groups] for j in keys]) / np.sqrt(d)
+                if bias is not None:
+                    s = s + np.asarray(bias)[b, i, keys]
                 p = np.exp(s - s.max())
                 out[b, i, h] = (p / p.sum()) @ v[b, keys, h // groups]
     return out
@@ -39,6 +42,18 @@ def random_inputs(key, batch, length, heads, kv_heads, d, packed):
     seg = (jnp.cumsum(jax.random.bernoulli(ks, 0.15, (batch, length)), axis=1)
            if packed else None)
     return q, k, v, seg
+
+
+def test_score_bias_matches_the_loop_and_needs_the_reference_form():
+    q, k, v, seg = random_inputs(jax.random.key(3), 2, 11, 2, 1, 4, True)
+    bias = 3 * jax.random.normal(jax.random.key(4), (2, 11, 11), jnp.float64)
+    out = attention(q, k, v, window=6, segment_ids=seg, bias=bias)  # "auto": the reference
+    expected = loop_attention(q, k, v, causal=True, window=6, segment_ids=seg, bias=bias)
+    assert rel_err(out, expected) < TOL
+    with pytest.raises(ValueError, match="bias needs impl='reference'"):
+        attention(q, k, v, bias=bias, impl="xla")
+    with pytest.raises(ValueError, match="bias"):
+        attention(q, k, v, bias=bias[:, :5])
 
 
 # (batch, length, heads, kv_heads, head_dim, causal, window, packed, block_size)
