@@ -60,6 +60,9 @@ def generate_text(model, prompt: str, *, max_new_bytes: int, key: jax.Array | No
     from jaxlm.data.text import BOS, decode, encode
     from jaxlm.models.words import WordLM, generate_words
 
+    if max_new_bytes < 1:
+        raise ValueError(f"generate_text: max_new_bytes must be >= 1, got {max_new_bytes}")
+
     tokens = jnp.concatenate([jnp.asarray([BOS], jnp.int32), jnp.asarray(encode(prompt))])
     if isinstance(model, WordLM):
         out = generate_words(model, tokens, max_new_words=max_new_bytes,

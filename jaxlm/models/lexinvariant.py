@@ -46,7 +46,7 @@ class LexinvariantLM(nnx.Module):
     """Blocks of ``config.pattern`` over per-row random token embeddings.
 
     ``__call__``: tokens [batch, length] -> logits [batch, length, vocab] (float32); ``tables``
-    [batch, vocab, d_model] overrides the drawn tables (tests use it to check invariance).
+    [batch, vocab, table_dim] overrides the drawn tables (tests use it to check invariance).
     ``prefill`` / ``step`` keep the row's table in the state, so generation stays consistent.
     """
 
@@ -95,6 +95,10 @@ class LexinvariantLM(nnx.Module):
         if tables is None:
             tables = self.tables(tokens.shape[0])
             self._advance()
+        expected = (tokens.shape[0], self.config.vocab_size, self.table_dim)
+        if tables.shape != expected:
+            raise ValueError(f"LexinvariantLM: tables must have shape [batch, vocab, table_dim]"
+                             f" = {expected}, got {tuple(tables.shape)}")
         h = self._inputs(tokens, tables)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)

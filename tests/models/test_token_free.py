@@ -51,6 +51,8 @@ def test_lexinvariant_logits_follow_any_relabelling_of_the_vocabulary(table_dim)
     logits = forward(m, tokens, tables=tables)
     relabelled = forward(m, pi[tokens], tables=relabelled_tables)
     np.testing.assert_allclose(relabelled[..., pi], logits, atol=1e-5)
+    with pytest.raises(ValueError, match=r"tables must have shape \[batch, vocab, table_dim\]"):
+        m(tokens, tables=tables[:, :10])
 
 
 def test_lexinvariant_tables_are_fresh_in_training_and_fixed_in_evaluation():
@@ -140,6 +142,8 @@ def test_generate_text_returns_the_prompt_and_valid_text(kind):
                         key=jax.random.key(0))
     assert isinstance(out, str) and out.startswith("Hello wor") and len(out) > len("Hello wor")
     out.encode("utf-8")  # replacement characters, never an error
+    with pytest.raises(ValueError, match="max_new_bytes must be >= 1"):
+        generate_text(model(kind), "Hi", max_new_bytes=0)
 
 
 class Uniform(nnx.Module):
