@@ -11,8 +11,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.layers.registry import register_mixer
-from jaxlm.ops import attention, attention_mask, masked_attention, segment_positions
+from jaxlm.ops import attention_mask, masked_attention, segment_positions
 from jaxlm.ops.rope import apply_rope
+from jaxlm.parallel.dispatch import ATTENTION_SCHEMES, causal_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +26,13 @@ class AttentionConfig:
     rope: bool = True
     rope_theta: float = 10_000.0
     impl: str = "auto"
+    # under a mesh that splits the length: "ring", "zigzag" (balanced ring) or "ulysses"
+    sequence_parallel: str = "ring"
 
     def __post_init__(self):
+        if self.sequence_parallel not in ATTENTION_SCHEMES:
+            raise ValueError(f"attention sequence_parallel={self.sequence_parallel!r}; expected "
+                             f"one of {ATTENTION_SCHEMES}")
         for name in ("n_heads", "n_kv_heads", "head_dim", "window"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -52,8 +58,10 @@ class Attention(nnx.Module):
 
     def __init__(self, d_model: int, *, n_heads: int = 4, n_kv_heads: int | None = None,
                  head_dim: int | None = None, window: int | None = None, rope: bool = True,
-                 rope_theta: float = 10_000.0, impl: str = "auto", rngs: nnx.Rngs):
-        config = AttentionConfig(n_heads, n_kv_heads, head_dim, window, rope, rope_theta, impl)
+                 rope_theta: float = 10_000.0, impl: str = "auto",
+                 sequence_parallel: str = "ring", rngs: nnx.Rngs):
+        config = AttentionConfig(n_heads, n_kv_heads, head_dim, window, rope, rope_theta, impl,
+                                 sequence_parallel)
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = head_dim or d_model // n_heads
@@ -64,6 +72,7 @@ class Attention(nnx.Module):
         self.rope = rope
         self.rope_theta = rope_theta
         self.impl = impl
+        self.sequence_parallel = sequence_parallel
         kv_width = self.n_kv_heads * self.head_dim
         self.q_proj = nnx.Linear(d_model, n_heads * self.head_dim, use_bias=False, rngs=rngs)
         self.k_proj = nnx.Linear(d_model, kv_width, use_bias=False, rngs=rngs)
@@ -99,8 +108,8 @@ class Attention(nnx.Module):
         deletion); the op then takes its reference form."""
         batch, length, _ = x.shape
         q, k, v = self._qkv(x, self._positions(batch, length, segment_ids))
-        out = attention(q, k, v, causal=True, window=self.window, segment_ids=segment_ids,
-                        bias=bias, impl=self.impl)
+        out = causal_attention(q, k, v, window=self.window, segment_ids=segment_ids, bias=bias,
+                               impl=self.impl, scheme=self.sequence_parallel)
         return self.o_proj(out.reshape(batch, length, -1))
 
     def init_state(self, batch_size: int, dtype: Any = jnp.float32, *,
@@ -132,7 +141,7 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(batch, -1)), new_state
 
 
-register_mixer("attention", AttentionConfig, Attention)
+register_mixer("attention", AttentionConfig, Attention, sequence_parallel=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +150,7 @@ class WindowAttentionConfig(AttentionConfig):
     window: int | None = 32
 
 
-@register_mixer("attention_window", WindowAttentionConfig)
+@register_mixer("attention_window", WindowAttentionConfig, sequence_parallel=True)
 def _build_window_attention(d_model: int, config: WindowAttentionConfig, *,
                             rngs: nnx.Rngs) -> Attention:
     if config.window is None:

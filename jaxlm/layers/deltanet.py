@@ -12,7 +12,8 @@ from flax import nnx
 from jaxlm.layers.conv import ShortConv
 from jaxlm.layers.mamba import head_decay_init
 from jaxlm.layers.registry import register_mixer
-from jaxlm.ops import gated_delta_rule, gated_delta_rule_step
+from jaxlm.ops import gated_delta_rule_step
+from jaxlm.parallel.dispatch import gated_delta_rule
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -107,5 +108,6 @@ class DeltaNet(nnx.Module):
         return self._output(x_t, out), {"conv": window, "memory": memory}
 
 
-register_mixer("deltanet", DeltaNetConfig, DeltaNet)
-register_mixer("gated_deltanet", GatedDeltaNetConfig, DeltaNet, gated=True)
+register_mixer("deltanet", DeltaNetConfig, DeltaNet, sequence_parallel=True)
+register_mixer("gated_deltanet", GatedDeltaNetConfig, DeltaNet, sequence_parallel=True,
+               gated=True)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.layers.registry import register_mixer
-from jaxlm.ops import gated_linear_attention, gated_linear_attention_step, linear_attention
+from jaxlm.ops import gated_linear_attention_step
+from jaxlm.parallel.dispatch import gated_linear_attention, linear_attention
 
 FEATURE_MAPS = ("elu", "relu", "identity", "taylor")
 
@@ -153,5 +154,5 @@ class GLA(nnx.Module):
         return self._output(x_t, out), state
 
 
-register_mixer("linear_attention", LinearAttentionConfig, LinearAttention)
-register_mixer("gla", GLAConfig, GLA)
+register_mixer("linear_attention", LinearAttentionConfig, LinearAttention, sequence_parallel=True)
+register_mixer("gla", GLAConfig, GLA, sequence_parallel=True)

@@ -13,7 +13,8 @@ from flax import nnx
 from jaxlm.layers.conv import ShortConv
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops import gated_linear_attention_step
-from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
+from jaxlm.ops.selective import selective_scan_step
+from jaxlm.parallel.dispatch import selective_scan, ssd
 
 
 def _dt_bias(key, shape, dt_min: float, dt_max: float) -> jax.Array:
@@ -195,5 +196,5 @@ class Mamba2(nnx.Module):
         return self._output(y.astype(x_t.dtype), z), {"conv": window, "ssm": ssm}
 
 
-register_mixer("mamba", MambaConfig, Mamba)
-register_mixer("mamba2", Mamba2Config, Mamba2)
+register_mixer("mamba", MambaConfig, Mamba, sequence_parallel=True)
+register_mixer("mamba2", Mamba2Config, Mamba2, sequence_parallel=True)

@@ -39,13 +39,17 @@ class MixerSpec:
     name: str
     config_type: type
     build: Callable[..., nnx.Module]  # build(d_model, config, *, rngs) -> Mixer
+    sequence_parallel: bool = False  # its parallel form follows a sequence-split mesh
 
 
 MIXERS: dict[str, MixerSpec] = {}
 
 
-def register_mixer(name: str, config_type: type, layer: type | None = None, **fixed: Any):
+def register_mixer(name: str, config_type: type, layer: type | None = None, *,
+                   sequence_parallel: bool = False, **fixed: Any):
     """Registers a mixer under ``name`` with its options dataclass ``config_type``.
+    ``sequence_parallel=True`` declares that the mixer's ops come from
+    :mod:`jaxlm.parallel.dispatch`, so it trains under a mesh that splits the length.
 
     With ``layer``, the constructor is ``layer(d_model, **asdict(config), **fixed, rngs=rngs)``
     (the options are the layer's keyword arguments). Without it, this returns a decorator for a
@@ -55,7 +59,7 @@ def register_mixer(name: str, config_type: type, layer: type | None = None, **fi
     def wrap(build):
         if name in MIXERS:
             raise ValueError(f"register_mixer: a mixer named {name!r} is already registered")
-        MIXERS[name] = MixerSpec(name, config_type, build)
+        MIXERS[name] = MixerSpec(name, config_type, build, sequence_parallel)
         return build
 
     if layer is None:

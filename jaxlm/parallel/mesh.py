@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -65,6 +65,18 @@ def make_mesh(config: MeshConfig = MeshConfig(data=-1),
     sizes = config.sizes(len(devices))
     return jax.make_mesh(tuple(sizes[name] for name in AXES), AXES,
                          axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def under_mesh(fn: Callable, mesh: Mesh | None) -> Callable:
+    """``fn`` called under ``jax.set_mesh(mesh)`` (``fn`` itself when ``mesh`` is None), so the
+    ops of :mod:`jaxlm.parallel.dispatch` it traces see the mesh."""
+    if mesh is None:
+        return fn
+
+    def run(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+    return run
 
 
 def axis_size(mesh: Mesh, axis: str) -> int:

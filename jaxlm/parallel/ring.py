@@ -1,19 +1,28 @@
 """Ring attention: causal softmax attention with the length split over a mesh axis ("Sequence
 Parallelism: Long Sequence Training from System Perspective"; "Ring Attention with Blockwise
-Transformers for Near-Infinite Context").
+Transformers for Near-Infinite Context"; zig-zag balancing as in "TokenRing").
 
 Each of P devices keeps its query chunk; key/value chunks travel round the ring with
 ``ppermute``, one hop per step, and each device folds every chunk it receives into an online
 softmax (running max, normaliser and weighted sum), so no device ever holds more than two
-key/value chunks. Bytes moved per device: (P - 1) chunks of k and v, growing with the length.
-Chunks are contiguous, so under a causal mask the last device works P times as long as the
-first (zig-zag assignment would balance it; not done here).
+key/value chunks. Bytes moved per device: (P - 1) chunks of k and v, growing with the length;
+with a sliding window of w tokens only ceil((w - 1) / chunk) hops are needed, however long the
+sequence.
+
+A device's chunk is two halves, and a (query half, key half) block whose every pair is masked
+is skipped (``lax.cond``), so the work follows the mask. With ``layout="contiguous"`` device i
+holds positions [i·c, (i+1)·c) and, under a causal mask, the last device works P times as long
+as the first. With ``layout="zigzag"`` the length is cut in 2P pieces and device i holds pieces
+i and 2P-1-i: every device then computes the same number of blocks.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxlm.parallel.mesh import axis_size, batch_axes
@@ -21,12 +30,16 @@ from jaxlm.ops.checks import check_qkv, check_shape
 from jaxlm.ops.segments import pad_segments
 from jaxlm.parallel.sequence import pad_rows
 
+LAYOUTS = ("contiguous", "zigzag")
 
-def _fold(carry, q, k, v, q_pos, k_pos, q_seg, k_seg, scale):
-    """One key/value chunk into the online softmax. q [b, m, kvh, g, d]; k, v [b, n, kvh, d]."""
+
+def _fold(carry, q, k, v, q_pos, k_pos, q_seg, k_seg, scale, window):
+    """One key/value block into the online softmax. q [b, m, kvh, g, d]; k, v [b, n, kvh, d]."""
     m_prev, l_prev, acc = carry
     scores = jnp.einsum("bmhgd,bnhd->bhgmn", q, k) * scale
     mask = k_pos[None, :] <= q_pos[:, None]  # [m, n]
+    if window is not None:
+        mask &= q_pos[:, None] - k_pos[None, :] < window
     mask = mask[None] & (q_seg[:, :, None] == k_seg[:, None, :])  # [b, m, n]
     scores = jnp.where(mask[:, None, None], scores, -jnp.inf)
     m_new = jnp.maximum(m_prev, jnp.max(scores, axis=-1))
@@ -38,53 +51,127 @@ def _fold(carry, q, k, v, q_pos, k_pos, q_seg, k_seg, scale):
     return m_new, l_new, acc
 
 
+def half_starts(device, n: int, half: int, layout: str):
+    """First positions of the two halves that ``device`` (of ``n``) holds, each ``half`` long.
+    Works on Python ints and on traced indices alike."""
+    if layout == "contiguous":
+        return device * 2 * half, device * 2 * half + half
+    return device * half, (2 * n - 1 - device) * half
+
+
+def block_visible(q_start, k_start, half: int, window: int | None):
+    """Whether any query of the half starting at ``q_start`` may read any key of the half at
+    ``k_start`` (causal, and within ``window`` when given)."""
+    visible = k_start <= q_start + half - 1
+    if window is not None:
+        visible = visible & (q_start - (k_start + half - 1) < window)
+    return visible
+
+
+def ring_hops(n: int, chunk: int, window: int | None, layout: str) -> int:
+    """Hops a key/value chunk makes: n - 1, or fewer when a window makes far chunks unread."""
+    if window is None or layout != "contiguous":
+        return n - 1
+    return min(n - 1, -(-(window - 1) // chunk))
+
+
+def blocks_per_device(n: int, half: int, window: int | None = None,
+                      layout: str = "contiguous") -> list[int]:
+    """How many (query half, key half) blocks each device computes: the work balance."""
+    counts = []
+    for device in range(n):
+        count = 0
+        for s in range(ring_hops(n, 2 * half, window, layout) + 1):
+            source = (device - s) % n
+            count += sum(bool(block_visible(qs, ks, half, window))
+                         for qs in half_starts(device, n, half, layout)
+                         for ks in half_starts(source, n, half, layout))
+        counts.append(count)
+    return counts
+
+
+def _zigzag_order(n: int) -> np.ndarray:
+    """Piece order that puts pieces i and 2n-1-i on device i."""
+    return np.stack([np.arange(n), 2 * n - 1 - np.arange(n)], 1).reshape(-1)
+
+
+def _reorder(x: jax.Array, order: np.ndarray) -> jax.Array:
+    """Permutes the len(order) equal pieces of axis 1 of ``x``."""
+    pieces = x.reshape(x.shape[0], len(order), -1, *x.shape[2:])
+    return pieces[:, order].reshape(x.shape)
+
+
 def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
                    axis: str = "sequence", segment_ids: jax.Array | None = None,
-                   scale: float | None = None) -> jax.Array:
-    """Causal attention equal to :func:`jaxlm.ops.attention` (``causal=True``), computed with
-    the length split over ``mesh`` axis ``axis`` and the batch over (data, fsdp).
+                   scale: float | None = None, window: int | None = None,
+                   layout: str = "contiguous") -> jax.Array:
+    """Causal attention equal to :func:`jaxlm.ops.attention` (``causal=True``, same ``window``),
+    computed with the length split over ``mesh`` axis ``axis`` and the batch over (data, fsdp).
 
     q: [batch, length, heads, d]; k, v: [batch, length, kv_heads, d(v)]; segment_ids:
-    [batch, length] or None. Lengths the axis size does not divide are padded at the end (a
-    causal mask never lets a real query read a padded key). Returns [batch, length, heads, dv].
+    [batch, length] or None; layout: "contiguous" or "zigzag" (see the module docstring).
+    Lengths that 2 x the axis size does not divide are padded at the end (a causal mask never
+    lets a real query read a padded key). Returns [batch, length, heads, dv].
     """
     check_qkv("ring_attention", q, k, v)
     if segment_ids is not None:
         check_shape("ring_attention", "segment_ids", segment_ids, q.shape[:2], "[batch, length]")
+    if layout not in LAYOUTS:
+        raise ValueError(f"ring_attention: layout={layout!r}; expected one of {LAYOUTS}")
+    if window is not None and window < 1:
+        raise ValueError(f"ring_attention: window={window}; expected a positive int or None")
     n = axis_size(mesh, axis)
     batch, length, heads, d = q.shape
     kv_heads = k.shape[2]
     scale = d ** -0.5 if scale is None else float(scale)
-    padded = -(-length // n) * n
+    padded = -(-length // (2 * n)) * 2 * n
     q, k, v = (pad_rows(x, padded) for x in (q, k, v))
     seg = (jnp.zeros((batch, padded), jnp.int32) if segment_ids is None
            else pad_segments(segment_ids, padded))
+    if layout == "zigzag":
+        order = _zigzag_order(n)
+        q, k, v, seg = (_reorder(x, order) for x in (q, k, v, seg))
     chunk = padded // n
+    half = chunk // 2
+    hops = ring_hops(n, chunk, window, layout)
     spec = P(batch_axes(mesh), axis)
 
     def body(q, k, v, seg):
         index = jax.lax.axis_index(axis)
         acc_dtype = jnp.promote_types(q.dtype, jnp.float32)
         b = q.shape[0]
-        qg = q.reshape(b, chunk, kv_heads, heads // kv_heads, d).astype(acc_dtype)
-        q_pos = index * chunk + jnp.arange(chunk)
-        shape = (b, kv_heads, heads // kv_heads, chunk)
-        carry = (jnp.full(shape, -jnp.inf, acc_dtype), jnp.zeros(shape, acc_dtype),
-                 jnp.zeros(shape + (v.shape[-1],), acc_dtype))
+        qg = q.reshape(b, 2, half, kv_heads, heads // kv_heads, d).astype(acc_dtype)
+        q_starts = half_starts(index, n, half, layout)
+        shape = (b, kv_heads, heads // kv_heads, half)
+        carries = [(jnp.full(shape, -jnp.inf, acc_dtype), jnp.zeros(shape, acc_dtype),
+                    jnp.zeros(shape + (v.shape[-1],), acc_dtype)) for _ in range(2)]
         ring = [(i, (i + 1) % n) for i in range(n)]
         k_c, v_c, seg_c = k, v, seg
-        for s in range(n):  # unrolled: n - 1 hops, each visible in the compiled program
-            source = (index - s) % n  # whose chunk this device holds at step s
-            k_pos = source * chunk + jnp.arange(chunk)
-            carry = _fold(carry, qg, k_c.astype(acc_dtype), v_c.astype(acc_dtype), q_pos, k_pos,
-                          seg, seg_c, scale)
-            if s < n - 1:
+        for s in range(hops + 1):  # unrolled: each hop visible in the compiled program
+            k_starts = half_starts((index - s) % n, n, half, layout)
+            kh = k_c.reshape(b, 2, half, *k_c.shape[2:]).astype(acc_dtype)
+            vh = v_c.reshape(b, 2, half, *v_c.shape[2:]).astype(acc_dtype)
+            sh = seg_c.reshape(b, 2, half)
+            for a in range(2):
+                for c in range(2):
+                    fold = functools.partial(
+                        _fold, q=qg[:, a], k=kh[:, c], v=vh[:, c],
+                        q_pos=q_starts[a] + jnp.arange(half), k_pos=k_starts[c] + jnp.arange(half),
+                        q_seg=seg.reshape(b, 2, half)[:, a], k_seg=sh[:, c], scale=scale,
+                        window=window)
+                    carries[a] = jax.lax.cond(
+                        block_visible(q_starts[a], k_starts[c], half, window),
+                        lambda carry: fold(carry), lambda carry: carry, carries[a])
+            if s < hops:
                 k_c, v_c, seg_c = (jax.lax.ppermute(x, axis, ring) for x in (k_c, v_c, seg_c))
-        _, l, acc = carry
-        out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # [b, kvh, g, m, dv]
-        out = jnp.moveaxis(out, 3, 1).reshape(b, chunk, heads, v.shape[-1])
-        return out.astype(q.dtype)
+        outs = []
+        for _, l, acc in carries:
+            out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # [b, kvh, g, half, dv]
+            outs.append(jnp.moveaxis(out, 3, 1).reshape(b, half, heads, v.shape[-1]))
+        return jnp.concatenate(outs, 1).astype(q.dtype)
 
     out = jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec,
                         check_vma=False)(q, k, v, seg)
+    if layout == "zigzag":
+        out = _reorder(out, np.argsort(order))
     return out[:, :length]

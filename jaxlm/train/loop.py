@@ -18,7 +18,9 @@ from tqdm.auto import tqdm
 from jaxlm.config import Config, save_config
 from jaxlm.data import TaskSource, make_source
 from jaxlm.models import SequenceRegressor, build_lm, count_params
-from jaxlm.parallel import make_mesh, place_batch, place_state
+from jaxlm.layers import MIXERS
+from jaxlm.models import ModelConfig
+from jaxlm.parallel import make_mesh, place_batch, place_state, under_mesh
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.metrics import MetricWriter
 from jaxlm.train.optim import make_optimizer, make_schedule
@@ -80,7 +82,28 @@ def make_training_mesh(config: Config) -> Mesh | None:
     if mesh.shape["tensor"] > 1:
         raise ValueError(f"mesh.tensor={mesh.shape['tensor']}: tensor parallelism is not built "
                          f"yet; set mesh.tensor=1")
+    if mesh.shape["sequence"] > 1:
+        check_sequence_parallel(config.model, mesh.shape["sequence"])
     return mesh
+
+
+SEQUENCE_PARALLEL_KINDS = ("decoder", "lexinvariant")  # models whose backbone sees every token
+
+
+def check_sequence_parallel(model: ModelConfig, ways: int) -> None:
+    """Raises, naming what to change, unless every layer of ``model`` has a sequence-parallel
+    path (see :mod:`jaxlm.parallel.dispatch`) for a mesh that splits the length ``ways`` ways."""
+    where = f"mesh.sequence={ways}"
+    if model.kind not in SEQUENCE_PARALLEL_KINDS:
+        raise ValueError(f"{where}: model.kind={model.kind!r} has no sequence-parallel path "
+                         f"(kinds that have one: {list(SEQUENCE_PARALLEL_KINDS)}); set "
+                         f"mesh.sequence=1 and split the batch instead (mesh.data=-1)")
+    missing = sorted({name for name in model.layer_mixers() if not MIXERS[name].sequence_parallel})
+    if missing:
+        have = sorted(name for name, spec in MIXERS.items() if spec.sequence_parallel)
+        raise ValueError(f"{where}: the mixers {missing} of model.pattern={model.pattern!r} have "
+                         f"no sequence-parallel path (mixers that have one: {have}); set "
+                         f"mesh.sequence=1 or use those mixers")
 
 
 def environment() -> dict[str, Any]:
@@ -101,6 +124,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
     overwrites another by accident. ``stop_after`` ends this call after that many total steps
     (a planned interruption), checkpointing first.
     """
+    mesh = make_training_mesh(config)
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tc = config.train
@@ -115,7 +139,6 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
             raise FileExistsError(f"{run_dir} already holds checkpoints; pass resume=True "
                                   f"(--resume) to continue that run, or choose another run_dir")
         state = checkpointer.restore(state)
-    mesh = make_training_mesh(config)
     if mesh is not None:
         state = place_state(state, mesh)
     if jax.process_index() == 0:
@@ -123,8 +146,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
         (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
 
     source = make_source(config.data)
-    train_step = make_train_step(graphdef, tx)
-    eval_step = make_eval_step(graphdef)
+    train_step = under_mesh(make_train_step(graphdef, tx), mesh)
+    eval_step = under_mesh(make_eval_step(graphdef), mesh)
     writer = MetricWriter(run_dir, tensorboard=tc.tensorboard)
     start = int(state.step)
     end = tc.steps if stop_after is None else min(stop_after, tc.steps)

@@ -1,6 +1,8 @@
 """Training under a mesh gives the single-device loss curve and parameters (float32; XLA may
 sum a sharded batch or sequence in another order, so within 1e-5 relative, not bit for bit),
-for an attention, a Mamba and a DeltaNet model; bad meshes fail before compiling."""
+for an attention, a Mamba and a DeltaNet model; with a sequence axis their mixers run ring
+attention and LASP-2 (tests/parallel/test_dispatch.py shows the switch). Bad meshes, and
+sequence axes on models without a sequence-parallel path, fail before compiling."""
 
 import jax
 import numpy as np
@@ -47,6 +49,10 @@ def test_fsdp_shards_parameters_and_matches(tmp_path):
     (["mesh.data=8", "train.batch_size=4"], "batch_size=4 must be a multiple"),
     (["mesh.data=1", "mesh.sequence=-1", "data.mqar.seq_len=12"], "seq_len=12"),
     (["mesh.data=4", "mesh.tensor=2"], "tensor parallelism is not built"),
+    (["mesh.data=2", "mesh.sequence=4", "model.pattern=attention,s4", "model.n_layers=2"],
+     r"mixers \['s4'\] of model.pattern='attention,s4' have no sequence-parallel path"),
+    (["mesh.data=2", "mesh.sequence=4", "model.kind=hierarchical"],
+     "model.kind='hierarchical' has no sequence-parallel path"),
 ])
 def test_bad_mesh_fails_before_compiling(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
