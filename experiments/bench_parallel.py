@@ -12,6 +12,14 @@ spans every device, reads the bytes each collective produces per device from the
   P · batch · heads · d_k · (d_v + d_k) floats, whatever the length.
 * Ring attention: P - 1 hops of this device's key and value chunk (and its segment ids),
   (P - 1) · (length / P) · (kv_heads · 2 · head_dim + 1) · 4 bytes, growing with the length.
+  Zig-zag chunks move the same in the ring, plus one chunk of q, k, v, segment ids and
+  output each into and out of the zig-zag layout, (length / P) · (4 · heads · head_dim + 1) · 4. With a sliding window of W tokens,
+  ceil((W - 1) / (length / P)) hops instead of P - 1.
+* Ulysses: all-to-alls of q, k, v and the output, each this device's whole share
+  (length / P) · heads · head_dim · 4 bytes: growing with the length, shrinking with P.
+
+"work max/mean" is the causal attention work (query-half x key-half blocks computed) of the
+busiest device over the mean: what zig-zag chunks balance.
 
 Inputs are placed split over the sequence axis, as a sharded training step holds them, so the
 backward pass returns gradients split the same way without gathering them.
@@ -36,13 +44,19 @@ def main(argv: list[str] | None = None) -> None:
     import jax.numpy as jnp
 
     from jaxlm.parallel import (MeshConfig, batch_sharding, make_mesh, ring_attention,
-                                sequence_parallel_delta_rule, sequence_parallel_gla)
+                                sequence_parallel_delta_rule, sequence_parallel_gla,
+                                ulysses_attention)
+    from jaxlm.parallel.ring import blocks_per_device, ring_hops
     from jaxlm.parallel.comm import collective_bytes
     from jaxlm.runner.report import markdown_table
 
     n = jax.device_count()
     mesh = make_mesh(MeshConfig(sequence=-1))
-    batch, heads, dk = 1, 4, 64
+    batch, heads, dk = 1, 8, 64  # Ulysses splits the heads over the 8 devices
+    window = 256
+
+    def ring_bytes(length, hops):
+        return hops * (length // n) * (heads * 2 * dk + 1) * 4
     mib = 2.0 ** -20
 
     def inputs(length):
@@ -58,8 +72,25 @@ def main(argv: list[str] | None = None) -> None:
                                                                  mesh=mesh),
                        lambda length: n * batch * heads * dk * (dk + dk) * 4),
         "ring attention": (lambda q, k, v, b: ring_attention(q, k, v, mesh=mesh),
-                           lambda length: (n - 1) * (length // n) * (heads * 2 * dk + 1) * 4),
+                           lambda length: ring_bytes(length, n - 1)),
+        "ring attention, zig-zag": (
+            lambda q, k, v, b: ring_attention(q, k, v, mesh=mesh, layout="zigzag"),
+            lambda length: ring_bytes(length, n - 1) + (length // n) * (4 * heads * dk + 1) * 4),
+        f"ring attention, window {window}": (
+            lambda q, k, v, b: ring_attention(q, k, v, mesh=mesh, window=window),
+            lambda length: ring_bytes(length, ring_hops(n, length // n, window, "contiguous"))),
+        "Ulysses attention": (lambda q, k, v, b: ulysses_attention(q, k, v, mesh=mesh),
+                              lambda length: 4 * (length // n) * heads * dk * 4),
     }
+    balance = {"ring attention": "contiguous", f"ring attention, window {window}": "contiguous",
+               "ring attention, zig-zag": "zigzag"}
+
+    def work(name, length):
+        if name not in balance:
+            return ""
+        counts = blocks_per_device(n, length // n // 2, window if "window" in name else None,
+                                   balance[name])
+        return max(counts) / (sum(counts) / n)
     rows = []
     for name, (fn, theory) in schemes.items():
         for length in args.lengths:
@@ -71,12 +102,13 @@ def main(argv: list[str] | None = None) -> None:
             fwd = sum(collective_bytes(forward.as_text()).values())
             bwd = sum(collective_bytes(both.as_text()).values())
             rows.append({"scheme": name, "length": length, "devices": n,
-                         "forward MiB": fwd * mib, "theory MiB": theory(length) * mib,
-                         "fwd+bwd MiB": bwd * mib})
+                         "forward MiB": fwd * mib,
+                         "theory MiB": None if theory is None else theory(length) * mib,
+                         "fwd+bwd MiB": bwd * mib, "work max/mean": work(name, length)})
     print(f"backend: {jax.default_backend()}, {n} devices on the sequence axis; "
           f"batch {batch}, {heads} heads, head dim {dk}, float32; bytes per device")
     print(markdown_table(rows, ["scheme", "length", "devices", "forward MiB", "theory MiB",
-                                "fwd+bwd MiB"]))
+                                "fwd+bwd MiB", "work max/mean"]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 from jaxlm.data import DataConfig
 from jaxlm.models import ModelConfig
+from jaxlm.parallel.hosts import DistributedConfig
 from jaxlm.parallel.mesh import MeshConfig
 
 
@@ -90,6 +91,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     mesh: MeshConfig = MeshConfig()  # all ones: one device
+    distributed: DistributedConfig = DistributedConfig()  # several processes (hosts)
 
     def __post_init__(self):
         if self.model.vocab_size < self.data.vocab_size:

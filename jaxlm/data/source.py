@@ -116,8 +116,13 @@ class TaskSource:
             indices %= self.config.train_examples
         return indices
 
-    def batch(self, index: int, batch_size: int, split: str = "train") -> dict[str, jax.Array]:
+    def batch(self, index: int, batch_size: int, split: str = "train",
+              rows: np.ndarray | None = None) -> dict[str, jax.Array]:
+        """Batch ``index`` of ``split``: every row, or only ``rows`` of it (the rows one
+        process's devices hold)."""
         indices = self.indices(index, batch_size, split)
+        if rows is not None:
+            indices = indices[rows]
         task = TASKS[self.config.task]
         if task.host_batch is not None:
             batch = task.host_batch(self.config.seed, SPLITS.index(split), indices,

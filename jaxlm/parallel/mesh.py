@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "sequence", "tensor")
@@ -99,13 +100,6 @@ def batch_sharding(mesh: Mesh, rank: int, *, sequence: bool = False) -> NamedSha
     return NamedSharding(mesh, PartitionSpec(*spec[:rank]))
 
 
-def place_batch(batch: dict[str, jax.Array], mesh: Mesh) -> dict[str, jax.Array]:
-    """Puts each [batch, length] array of ``batch`` on ``mesh``: batch over (data, fsdp),
-    length over ``sequence``."""
-    return {name: jax.device_put(x, batch_sharding(mesh, x.ndim, sequence=x.ndim > 1))
-            for name, x in batch.items()}
-
-
 def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
     """Parameter sharding under FSDP: the largest axis that ``fsdp`` divides is split over the
     ``fsdp`` axis (ties: the first); arrays with no such axis are replicated."""
@@ -118,7 +112,14 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> PartitionSpec:
 
 def place_state(state, mesh: Mesh):
     """Puts a train-state pytree on ``mesh``: parameters and optimizer moments FSDP-sharded
-    (:func:`fsdp_spec`), scalars replicated."""
+    (:func:`fsdp_spec`), scalars replicated. With several processes every process must pass
+    the same values (the same seed or the same checkpoint)."""
     fsdp = mesh.shape["fsdp"]
-    return jax.tree.map(
-        lambda x: jax.device_put(x, NamedSharding(mesh, fsdp_spec(x.shape, fsdp))), state)
+
+    def place(x):
+        sharding = NamedSharding(mesh, fsdp_spec(x.shape, fsdp))
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(place, state)

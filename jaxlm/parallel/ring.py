@@ -13,7 +13,8 @@ A device's chunk is two halves, and a (query half, key half) block whose every p
 is skipped (``lax.cond``), so the work follows the mask. With ``layout="contiguous"`` device i
 holds positions [i·c, (i+1)·c) and, under a causal mask, the last device works P times as long
 as the first. With ``layout="zigzag"`` the length is cut in 2P pieces and device i holds pieces
-i and 2P-1-i: every device then computes the same number of blocks.
+i and 2P-1-i: every device then computes the same number of blocks, for the price of moving
+each device's q, k, v and output once more (two half-chunk ``ppermute``s each, in and out).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxlm.parallel.mesh import axis_size, batch_axes
@@ -90,15 +90,36 @@ def blocks_per_device(n: int, half: int, window: int | None = None,
     return counts
 
 
-def _zigzag_order(n: int) -> np.ndarray:
-    """Piece order that puts pieces i and 2n-1-i on device i."""
-    return np.stack([np.arange(n), 2 * n - 1 - np.arange(n)], 1).reshape(-1)
+def _zigzag_moves(n: int) -> tuple[list, list]:
+    """(source, destination) device pairs that send each device's first half (piece 2i) and
+    its second half (piece 2i+1) to the device that holds that piece in the zig-zag layout."""
+    holder = lambda piece: piece if piece < n else 2 * n - 1 - piece
+    return ([(i, holder(2 * i)) for i in range(n)], [(i, holder(2 * i + 1)) for i in range(n)])
 
 
-def _reorder(x: jax.Array, order: np.ndarray) -> jax.Array:
-    """Permutes the len(order) equal pieces of axis 1 of ``x``."""
-    pieces = x.reshape(x.shape[0], len(order), -1, *x.shape[2:])
-    return pieces[:, order].reshape(x.shape)
+def _to_zigzag(x: jax.Array, axis: str, n: int, index) -> jax.Array:
+    """Inside shard_map: this device's contiguous chunk [b, chunk, ...] -> its zig-zag chunk.
+    Two ppermutes of half a chunk each; of the two pieces a device receives (i and 2n-1-i)
+    exactly one is even."""
+    half = x.shape[1] // 2
+    firsts, seconds = _zigzag_moves(n)
+    even = jax.lax.ppermute(x[:, :half], axis, firsts)
+    odd = jax.lax.ppermute(x[:, half:], axis, seconds)
+    even_first = index % 2 == 0  # piece i, this device's first, is even
+    return jnp.concatenate([jnp.where(even_first, even, odd), jnp.where(even_first, odd, even)],
+                           1)
+
+
+def _from_zigzag(x: jax.Array, axis: str, n: int, index) -> jax.Array:
+    """The inverse of :func:`_to_zigzag`."""
+    half = x.shape[1] // 2
+    firsts, seconds = _zigzag_moves(n)
+    even_first = index % 2 == 0
+    even = jnp.where(even_first, x[:, :half], x[:, half:])
+    odd = jnp.where(even_first, x[:, half:], x[:, :half])
+    back = lambda moves: [(dst, src) for src, dst in moves]
+    return jnp.concatenate([jax.lax.ppermute(even, axis, back(firsts)),
+                            jax.lax.ppermute(odd, axis, back(seconds))], 1)
 
 
 def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
@@ -128,9 +149,6 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
     q, k, v = (pad_rows(x, padded) for x in (q, k, v))
     seg = (jnp.zeros((batch, padded), jnp.int32) if segment_ids is None
            else pad_segments(segment_ids, padded))
-    if layout == "zigzag":
-        order = _zigzag_order(n)
-        q, k, v, seg = (_reorder(x, order) for x in (q, k, v, seg))
     chunk = padded // n
     half = chunk // 2
     hops = ring_hops(n, chunk, window, layout)
@@ -138,6 +156,8 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
 
     def body(q, k, v, seg):
         index = jax.lax.axis_index(axis)
+        if layout == "zigzag":
+            q, k, v, seg = (_to_zigzag(x, axis, n, index) for x in (q, k, v, seg))
         acc_dtype = jnp.promote_types(q.dtype, jnp.float32)
         b = q.shape[0]
         qg = q.reshape(b, 2, half, kv_heads, heads // kv_heads, d).astype(acc_dtype)
@@ -168,10 +188,9 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
         for _, l, acc in carries:
             out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # [b, kvh, g, half, dv]
             outs.append(jnp.moveaxis(out, 3, 1).reshape(b, half, heads, v.shape[-1]))
-        return jnp.concatenate(outs, 1).astype(q.dtype)
+        out = jnp.concatenate(outs, 1).astype(q.dtype)
+        return _from_zigzag(out, axis, n, index) if layout == "zigzag" else out
 
     out = jax.shard_map(body, mesh=mesh, in_specs=(spec, spec, spec, spec), out_specs=spec,
                         check_vma=False)(q, k, v, seg)
-    if layout == "zigzag":
-        out = _reorder(out, np.argsort(order))
     return out[:, :length]

@@ -20,7 +20,8 @@ from jaxlm.data import TaskSource, make_source
 from jaxlm.models import SequenceRegressor, build_lm, count_params
 from jaxlm.layers import MIXERS
 from jaxlm.models import ModelConfig
-from jaxlm.parallel import make_mesh, place_batch, place_state, under_mesh
+from jaxlm.parallel import (initialize_distributed, local_rows, make_mesh, place_batch,
+                            place_state, under_mesh)
 from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.metrics import MetricWriter
 from jaxlm.train.optim import make_optimizer, make_schedule
@@ -53,9 +54,10 @@ def evaluate_params(eval_step, model_states: tuple[nnx.State, ...], source: Task
     (placed on ``mesh`` when given)."""
     totals: dict[str, float] = {}
     tokens = 0.0
+    rows = None if mesh is None else local_rows(mesh, batch_size)
     for index in range(num_batches):
-        batch = source.batch(index, batch_size, split)
-        batch = batch if mesh is None else place_batch(batch, mesh)
+        batch = source.batch(index, batch_size, split, rows)
+        batch = batch if mesh is None else place_batch(batch, mesh, batch_size, rows)
         metrics = jax.device_get(eval_step(model_states, batch))
         n = float(metrics["tokens"])
         tokens += n
@@ -69,6 +71,10 @@ def make_training_mesh(config: Config) -> Mesh | None:
     """The mesh of ``config.mesh`` (None for one device), after checking that the batch and the
     sequence split evenly over it: a bad mesh fails here, before anything compiles."""
     if config.mesh.single_device:
+        if jax.process_count() > 1:
+            raise ValueError(f"{jax.process_count()} processes share this run but the mesh is "
+                             f"one device; set a mesh over all {jax.device_count()} devices, "
+                             f"e.g. mesh.data=-1")
         return None
     mesh = make_mesh(config.mesh)
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -124,7 +130,9 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
     overwrites another by accident. ``stop_after`` ends this call after that many total steps
     (a planned interruption), checkpointing first.
     """
+    initialize_distributed(config.distributed)
     mesh = make_training_mesh(config)
+    rows = None if mesh is None else local_rows(mesh, config.train.batch_size)
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tc = config.train
@@ -165,8 +173,8 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
     bar = tqdm(range(start, end), desc=config.name, disable=not progress or jax.process_index())
     try:
         for step in bar:
-            batch = source.batch(step, tc.batch_size, "train")
-            batch = batch if mesh is None else place_batch(batch, mesh)
+            batch = source.batch(step, tc.batch_size, "train", rows)
+            batch = batch if mesh is None else place_batch(batch, mesh, tc.batch_size, rows)
             state, metrics = train_step(state, batch)
             done = step + 1
             if done % tc.log_every == 0 or done == end:
