@@ -13,8 +13,9 @@ spans every device, reads the bytes each collective produces per device from the
 * Ring attention: P - 1 hops of this device's key and value chunk (and its segment ids),
   (P - 1) · (length / P) · (kv_heads · 2 · head_dim + 1) · 4 bytes, growing with the length.
   Zig-zag chunks move the same in the ring, plus one chunk of q, k, v, segment ids and
-  output each into and out of the zig-zag layout, (length / P) · (4 · heads · head_dim + 1) · 4. With a sliding window of W tokens,
-  ceil((W - 1) / (length / P)) hops instead of P - 1.
+  output each into and out of the zig-zag layout, (length / P) · (4 · heads · head_dim + 1) · 4.
+  With a sliding window of W tokens, one hop of the last W - 1 keys when they fit in a chunk
+  (constant in the length), else ceil((W - 1) / (length / P)) hops of whole chunks.
 * Ulysses: all-to-alls of q, k, v and the output, each this device's whole share
   (length / P) · heads · head_dim · 4 bytes: growing with the length, shrinking with P.
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from jaxlm.parallel import (MeshConfig, batch_sharding, make_mesh, ring_attention,
                                 sequence_parallel_delta_rule, sequence_parallel_gla,
                                 ulysses_attention)
-    from jaxlm.parallel.ring import blocks_per_device, ring_hops
+    from jaxlm.parallel.ring import blocks_per_device, ring_hops, window_tail
     from jaxlm.parallel.comm import collective_bytes
     from jaxlm.runner.report import markdown_table
 
@@ -55,8 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     batch, heads, dk = 1, 8, 64  # Ulysses splits the heads over the 8 devices
     window = 256
 
-    def ring_bytes(length, hops):
-        return hops * (length // n) * (heads * 2 * dk + 1) * 4
+    def ring_bytes(length, hops, keys=None):
+        return hops * (length // n if keys is None else keys) * (heads * 2 * dk + 1) * 4
+
+    def windowed_bytes(length):
+        tail = window_tail(n, length // n, window, "contiguous")
+        return ring_bytes(length, ring_hops(n, length // n, window, "contiguous"), tail)
     mib = 2.0 ** -20
 
     def inputs(length):
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             lambda length: ring_bytes(length, n - 1) + (length // n) * (4 * heads * dk + 1) * 4),
         f"ring attention, window {window}": (
             lambda q, k, v, b: ring_attention(q, k, v, mesh=mesh, window=window),
-            lambda length: ring_bytes(length, ring_hops(n, length // n, window, "contiguous"))),
+            lambda length: windowed_bytes(length)),
         "Ulysses attention": (lambda q, k, v, b: ulysses_attention(q, k, v, mesh=mesh),
                               lambda length: 4 * (length // n) * heads * dk * 4),
     }

@@ -5,9 +5,10 @@ Transformers for Near-Infinite Context"; zig-zag balancing as in "TokenRing").
 Each of P devices keeps its query chunk; key/value chunks travel round the ring with
 ``ppermute``, one hop per step, and each device folds every chunk it receives into an online
 softmax (running max, normaliser and weighted sum), so no device ever holds more than two
-key/value chunks. Bytes moved per device: (P - 1) chunks of k and v, growing with the length;
-with a sliding window of w tokens only ceil((w - 1) / chunk) hops are needed, however long the
-sequence.
+key/value chunks. Bytes moved per device: (P - 1) chunks of k and v, growing with the length.
+With a sliding window of w tokens only ceil((w - 1) / chunk) hops are needed, and when w - 1
+keys fit in one chunk the single hop carries just the last w - 1 keys: a constant number of
+bytes, however long the sequence.
 
 A device's chunk is two halves, and a (query half, key half) block whose every pair is masked
 is skipped (``lax.cond``), so the work follows the mask. With ``layout="contiguous"`` device i
@@ -59,12 +60,13 @@ def half_starts(device, n: int, half: int, layout: str):
     return device * half, (2 * n - 1 - device) * half
 
 
-def block_visible(q_start, k_start, half: int, window: int | None):
-    """Whether any query of the half starting at ``q_start`` may read any key of the half at
-    ``k_start`` (causal, and within ``window`` when given)."""
+def block_visible(q_start, k_start, half: int, window: int | None, k_len: int | None = None):
+    """Whether any query of the half starting at ``q_start`` may read any of the ``k_len``
+    (default ``half``) keys from ``k_start`` (causal, and within ``window`` when given)."""
+    k_len = half if k_len is None else k_len
     visible = k_start <= q_start + half - 1
     if window is not None:
-        visible = visible & (q_start - (k_start + half - 1) < window)
+        visible = visible & (q_start - (k_start + k_len - 1) < window)
     return visible
 
 
@@ -75,17 +77,36 @@ def ring_hops(n: int, chunk: int, window: int | None, layout: str) -> int:
     return min(n - 1, -(-(window - 1) // chunk))
 
 
+def window_tail(n: int, chunk: int, window: int | None, layout: str) -> int | None:
+    """When a window reaches back into the previous device's chunk only, the number of its last
+    keys that are ever read (window - 1): the one hop sends just those, whatever the length.
+    None otherwise (whole chunks travel)."""
+    if layout == "contiguous" and window is not None and n > 1 and 1 < window <= chunk + 1:
+        return window - 1
+    return None
+
+
+def key_blocks(source, hop: int, n: int, half: int, layout: str, tail: int | None):
+    """The key blocks folded at ``hop`` from ``source``'s chunk: (first position, length,
+    slice of what arrived)."""
+    if tail is not None and hop > 0:
+        return [((source + 1) * 2 * half - tail, tail, slice(None))]
+    starts = half_starts(source, n, half, layout)
+    return [(starts[0], half, slice(0, half)), (starts[1], half, slice(half, 2 * half))]
+
+
 def blocks_per_device(n: int, half: int, window: int | None = None,
                       layout: str = "contiguous") -> list[int]:
-    """How many (query half, key half) blocks each device computes: the work balance."""
+    """How many (query half, key block) pairs each device computes: the work balance."""
+    tail = window_tail(n, 2 * half, window, layout)
     counts = []
     for device in range(n):
         count = 0
         for s in range(ring_hops(n, 2 * half, window, layout) + 1):
-            source = (device - s) % n
-            count += sum(bool(block_visible(qs, ks, half, window))
+            count += sum(bool(block_visible(qs, ks, half, window, k_len))
                          for qs in half_starts(device, n, half, layout)
-                         for ks in half_starts(source, n, half, layout))
+                         for ks, k_len, _ in key_blocks((device - s) % n, s, n, half, layout,
+                                                        tail))
         counts.append(count)
     return counts
 
@@ -152,6 +173,7 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
     chunk = padded // n
     half = chunk // 2
     hops = ring_hops(n, chunk, window, layout)
+    tail = window_tail(n, chunk, window, layout)
     spec = P(batch_axes(mesh), axis)
 
     def body(q, k, v, seg):
@@ -166,24 +188,23 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
         carries = [(jnp.full(shape, -jnp.inf, acc_dtype), jnp.zeros(shape, acc_dtype),
                     jnp.zeros(shape + (v.shape[-1],), acc_dtype)) for _ in range(2)]
         ring = [(i, (i + 1) % n) for i in range(n)]
+        q_seg = seg.reshape(b, 2, half)
         k_c, v_c, seg_c = k, v, seg
         for s in range(hops + 1):  # unrolled: each hop visible in the compiled program
-            k_starts = half_starts((index - s) % n, n, half, layout)
-            kh = k_c.reshape(b, 2, half, *k_c.shape[2:]).astype(acc_dtype)
-            vh = v_c.reshape(b, 2, half, *v_c.shape[2:]).astype(acc_dtype)
-            sh = seg_c.reshape(b, 2, half)
-            for a in range(2):
-                for c in range(2):
+            for k_start, k_len, part in key_blocks((index - s) % n, s, n, half, layout, tail):
+                for a in range(2):
                     fold = functools.partial(
-                        _fold, q=qg[:, a], k=kh[:, c], v=vh[:, c],
-                        q_pos=q_starts[a] + jnp.arange(half), k_pos=k_starts[c] + jnp.arange(half),
-                        q_seg=seg.reshape(b, 2, half)[:, a], k_seg=sh[:, c], scale=scale,
-                        window=window)
+                        _fold, q=qg[:, a], k=k_c[:, part].astype(acc_dtype),
+                        v=v_c[:, part].astype(acc_dtype), q_pos=q_starts[a] + jnp.arange(half),
+                        k_pos=k_start + jnp.arange(k_len), q_seg=q_seg[:, a],
+                        k_seg=seg_c[:, part], scale=scale, window=window)
                     carries[a] = jax.lax.cond(
-                        block_visible(q_starts[a], k_starts[c], half, window),
+                        block_visible(q_starts[a], k_start, half, window, k_len),
                         lambda carry: fold(carry), lambda carry: carry, carries[a])
             if s < hops:
-                k_c, v_c, seg_c = (jax.lax.ppermute(x, axis, ring) for x in (k_c, v_c, seg_c))
+                send = (k_c, v_c, seg_c) if tail is None else (k[:, -tail:], v[:, -tail:],
+                                                                  seg[:, -tail:])
+                k_c, v_c, seg_c = (jax.lax.ppermute(x, axis, ring) for x in send)
         outs = []
         for _, l, acc in carries:
             out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # [b, kvh, g, half, dv]

@@ -22,7 +22,8 @@ CASES = [  # mesh, length, packed, scheme, window
     ("1x8", 13, True, "contiguous", None),
     ("2x4", 13, True, "zigzag", None),
     ("1x8", 16, False, "zigzag", 5),
-    ("1x8", 37, True, "contiguous", 5),  # the window needs one hop of the ring, not seven
+    ("1x8", 37, True, "contiguous", 5),  # one hop carrying the last 4 keys, not seven hops
+    ("2x4", 29, True, "contiguous", 11),  # the window reaches two chunks back: two hops
     ("2x4", 13, True, "ulysses", None),  # 2 kv heads on 4 devices: repeated to 4
     ("2x4", 16, False, "ulysses", 5),
 ]
