@@ -12,8 +12,8 @@ bytes, however long the sequence.
 
 A device's chunk is two halves, and a (query half, key half) block whose every pair is masked
 is skipped (``lax.cond``), so the work follows the mask. With ``layout="contiguous"`` device i
-holds positions [i·c, (i+1)·c) and, under a causal mask, the last device works P times as long
-as the first. With ``layout="zigzag"`` the length is cut in 2P pieces and device i holds pieces
+holds positions [i·c, (i+1)·c) and, under a causal mask, device i computes 4i + 3 blocks: the
+last one (4P - 1) / 3 times as many as the first. With ``layout="zigzag"`` the length is cut in 2P pieces and device i holds pieces
 i and 2P-1-i: every device then computes the same number of blocks, for the price of moving
 each device's q, k, v and output once more (two half-chunk ``ppermute``s each, in and out).
 """

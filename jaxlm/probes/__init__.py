@@ -39,8 +39,8 @@ PROBE_COLUMNS = {
     "set_disjointness": ("accuracy_a_first", "accuracy_b_first", "baseline"),
     "regular_language": ("accuracy", "ngram_1", "ngram_2", "ngram_3"),
     "linear_regression": (),  # error@n and baseline@n columns, named by the prompt length
-    "text": ("bits_per_byte", "bits_per_byte_cipher", "unigram", "bytes_per_second",
-             "reduction"),
+    "text": ("bits_per_byte", "bits_per_byte_cipher", "unigram", "in_context_unigram",
+             "bytes_per_second", "reduction"),
 }
 
 

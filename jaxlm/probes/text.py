@@ -8,8 +8,12 @@ The same rows are also scored under a per-row substitution cipher of the letters
 (``bits_per_byte_cipher``, the probe of "Lexinvariant Language Models"): a standard LM trained
 on English loses its letter statistics there, a lexinvariant one is unaffected by construction.
 
-Baseline: the unigram model of the training split's tokens (add-one smoothed; under the cipher,
-the letters share their mean frequency), scored on the same targets.
+Baselines, scored on the same targets: the unigram model of the training split's tokens
+(add-one smoothed; under the cipher, the letters share their mean frequency), and the
+in-context unigram model, which knows nothing of the corpus and predicts each token from the
+counts of the tokens before it in its document (the Krichevsky-Trofimov estimator, add 1/2).
+The second is the same with and without the cipher: the first thing a lexinvariant model can
+learn, and the bar it must clear before it has learned anything about language.
 """
 
 from __future__ import annotations
@@ -65,6 +69,31 @@ def unigram_bits(data: DataConfig, batches: list[dict[str, np.ndarray]]) -> floa
     return bits / max(nbytes, 1)
 
 
+def in_context_unigram_bits(batches: list[dict[str, np.ndarray]]) -> float:
+    """Bits per byte of the in-context unigram model (see the module docstring) on ``batches``:
+    target t of a row is predicted from the counts of its document's inputs up to t."""
+    bits = nbytes = 0.0
+    for batch in batches:
+        inputs, targets, segments = (np.asarray(batch[k]) for k in
+                                     ("inputs", "targets", "segment_ids"))
+        batch_size, length = inputs.shape
+        counts = np.cumsum(np.eye(BYTE_VOCAB, dtype=np.int32)[inputs], axis=1)  # [b, l, v]
+        position = np.arange(length)
+        new_document = np.concatenate([np.ones((batch_size, 1), bool),
+                                       segments[:, 1:] != segments[:, :-1]], 1)
+        start = np.maximum.accumulate(np.where(new_document, position, 0), axis=1)
+        before = np.where((start > 0)[..., None],
+                          np.take_along_axis(counts, np.maximum(start - 1, 0)[..., None], 1), 0)
+        counts = counts - before  # counts of this document's inputs up to t
+        seen = position - start + 1
+        counted = targets != IGNORE
+        hits = np.take_along_axis(counts, np.where(counted, targets, 0)[..., None], 2)[..., 0]
+        p = (hits + 0.5) / (seen + 0.5 * BYTE_VOCAB)
+        bits -= np.log2(p)[counted].sum()
+        nbytes += (counted & (targets < 256)).sum()
+    return bits / max(nbytes, 1)
+
+
 def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_size: int,
                seed: int) -> dict[str, float]:
     """bits_per_byte, unigram, bytes_per_second (the jitted forward, after compiling) and
@@ -84,6 +113,7 @@ def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_
     seconds = time.perf_counter() - start
     return {"bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1.0),
             "unigram": unigram_bits(data, batches),
+            "in_context_unigram": in_context_unigram_bits(batches),
             "bytes_per_second": sum(b["inputs"].size for b in batches) / seconds,
             "reduction": totals["reduction"] / len(batches)}
 

@@ -83,3 +83,25 @@ def test_validity_counts_allowed_predictions():
     valid[0, 2] = valid[1, 3] = valid[2, 4] = True
     ok, n = validity(np.array([2, 4, -1]), valid, np.array([True, True, True]))
     assert (ok, n) == (1, 3)
+
+
+def test_in_context_unigram_counts_only_the_document_so_far():
+    from jaxlm.data import IGNORE
+    from jaxlm.data.text import BYTE_VOCAB
+    from jaxlm.probes.text import in_context_unigram_bits
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(97, 101, (3, 20))  # 4 letters, so counts repeat
+    segments = np.sort(rng.integers(0, 3, (3, 20)), axis=1)
+    targets = np.concatenate([inputs[:, 1:], np.full((3, 1), IGNORE)], 1)
+    targets[:, :-1][segments[:, 1:] != segments[:, :-1]] = IGNORE  # no target across documents
+    bits = nbytes = 0.0
+    for row in range(3):  # the obvious loop: count this document's inputs up to t
+        for t in range(20):
+            if targets[row, t] == IGNORE:
+                continue
+            same = [s for s in range(t + 1) if segments[row, s] == segments[row, t]]
+            hits = sum(inputs[row, s] == targets[row, t] for s in same)
+            bits -= np.log2((hits + 0.5) / (len(same) + 0.5 * BYTE_VOCAB))
+            nbytes += 1
+    batch = {"inputs": inputs, "targets": targets, "segment_ids": segments}
+    assert np.isclose(in_context_unigram_bits([batch]), bits / nbytes, rtol=1e-12)
