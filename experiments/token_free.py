@@ -7,8 +7,10 @@ Trains every model on the built-in corpus (the Python documentation topics of th
 library; ``--set data.text.path=DIR`` for your own text) and reports bits per byte on held-out
 documents, on the same rows under a letter substitution cipher, the unigram baseline, the
 forward throughput and the measured sequence-length reduction (bytes per word for the
-word-level models, bytes per kept token for MrT5). A last run trains the byte LM on ciphered
-text, the fair comparison for the lexinvariant model on the cipher.
+word-level models, bytes per kept token for MrT5). A run trains the byte LM on ciphered
+text, the fair comparison for the lexinvariant model on the cipher; the last is the subword
+baseline: the same decoder over a byte-pair encoding of 1024 ids learned on the training
+split, with rows of 80 tokens (about the 256 bytes the byte-level models see).
 """
 
 from jaxlm.config import Config, ProbeConfig, TrainConfig
@@ -42,4 +44,6 @@ def sweep() -> list[dict]:
             point["train.steps"] = 1500  # no embeddings to learn from: it learns slowly
     # The cipher probe's fair comparison: a byte LM trained on ciphered text. (A lexinvariant
     # model trained on it would see the same distribution as on plain text.)
-    return models + [{"model.kind": "decoder", "data.text.cipher": True}]
+    return models + [{"model.kind": "decoder", "data.text.cipher": True},
+                     {"model.kind": "decoder", "data.text.subword_vocab": 1024,
+                      "model.vocab_size": 1024, "data.text.seq_len": 80}]

@@ -22,6 +22,10 @@ function of (seed, split, i), so runs resume from the step.
 ``cipher=True`` applies, per row, a random permutation of the 26 letters (the same one to
 upper and lower case): English under a substitution cipher, the probe of "Lexinvariant
 Language Models".
+
+``subword_vocab=N`` tokenizes the same documents with a byte-pair encoding of N ids learned on
+the training split (:mod:`jaxlm.data.subword`; ids below 260 keep their byte meaning): the
+subword baseline, scored in bits per byte like the byte-level models.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import zlib
 import numpy as np
 
 from jaxlm.data.mqar import IGNORE
+from jaxlm.data.subword import FIRST_MERGE, Subwords, train_subwords
 from jaxlm.ops.checks import check_positive_fields
 
 PAD, BOS, EOS, EOW = 256, 257, 258, 259
@@ -63,16 +68,24 @@ class TextConfig:
     seq_len: int = 256
     cipher: bool = False  # substitution-cipher each row's letters (a fresh permutation per row)
     max_bytes: int = 0  # > 0: keep at most this many bytes of each document
+    subword_vocab: int = 0  # > 260: byte-pair-encoded tokens of this many ids; 0: bytes
 
     def __post_init__(self):
         check_positive_fields("text", self, ("seq_len",))
         if self.max_bytes < 0:
             raise ValueError(f"text.max_bytes must be >= 0 (0: whole documents), "
                              f"got {self.max_bytes}")
+        if self.subword_vocab and self.subword_vocab <= FIRST_MERGE:
+            raise ValueError(f"text.subword_vocab={self.subword_vocab}: expected 0 (bytes) or "
+                             f"more than {FIRST_MERGE} (the bytes, the special tokens and at "
+                             f"least one merge)")
+        if self.subword_vocab and self.cipher:
+            raise ValueError("text.cipher=True permutes letters, which needs byte tokens; set "
+                             "text.subword_vocab=0")
 
     @property
     def vocab_size(self) -> int:
-        return BYTE_VOCAB
+        return self.subword_vocab or BYTE_VOCAB
 
 
 def default_documents() -> list[tuple[str, bytes]]:
@@ -137,11 +150,11 @@ class PackedSplit:
         return max((len(self.tokens) - 1) // seq_len, 0)
 
 
-def pack(documents: list[bytes]) -> PackedSplit:
-    """``BOS doc EOS`` for every document, concatenated."""
+def pack(documents: list[bytes], tokenize=encode) -> PackedSplit:
+    """``BOS tokenize(doc) EOS`` for every document, concatenated."""
     pieces, owners = [], []
     for index, data in enumerate(documents):
-        tokens = np.concatenate([[BOS], encode(data), [EOS]]).astype(np.int32)
+        tokens = np.concatenate([[BOS], tokenize(data), [EOS]]).astype(np.int32)
         pieces.append(tokens)
         owners.append(np.full(len(tokens), index, np.int32))
     if not pieces:
@@ -150,8 +163,9 @@ def pack(documents: list[bytes]) -> PackedSplit:
 
 
 @functools.lru_cache(maxsize=8)
-def packed_splits(path: str, max_bytes: int = 0) -> tuple[PackedSplit, PackedSplit, PackedSplit]:
-    """The train, validation and test streams of a corpus (read once per process)."""
+def split_documents(path: str, max_bytes: int = 0
+                    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The train, validation and test documents of a corpus (read once per process)."""
     if path in ("", DEFAULT_CORPUS):
         named = default_documents()
     elif path.startswith("tfds:"):
@@ -163,13 +177,36 @@ def packed_splits(path: str, max_bytes: int = 0) -> tuple[PackedSplit, PackedSpl
     by_split: list[list[bytes]] = [[], [], []]
     for name, data in named:
         by_split[split_of(name)].append(data)
-    return tuple(pack(docs) for docs in by_split)
+    return tuple(by_split)
+
+
+@functools.lru_cache(maxsize=8)
+def subwords(path: str, max_bytes: int, vocab_size: int) -> Subwords:
+    """The byte-pair encoding of ``vocab_size`` ids learned on a corpus's training split."""
+    return train_subwords(split_documents(path, max_bytes)[0], vocab_size)
+
+
+@functools.lru_cache(maxsize=8)
+def packed_splits(path: str, max_bytes: int = 0, subword_vocab: int = 0
+                  ) -> tuple[PackedSplit, PackedSplit, PackedSplit]:
+    """The train, validation and test token streams of a corpus: bytes, or subwords when
+    ``subword_vocab`` is set."""
+    tokenize = subwords(path, max_bytes, subword_vocab).encode if subword_vocab else encode
+    return tuple(pack(docs, tokenize) for docs in split_documents(path, max_bytes))
+
+
+def piece_bytes(config: TextConfig) -> np.ndarray:
+    """[vocab] the bytes each token id stands for (0 for the special tokens)."""
+    if config.subword_vocab:
+        return subwords(config.path, config.max_bytes, config.subword_vocab).piece_bytes
+    return (np.arange(BYTE_VOCAB) < 256).astype(np.int32)
 
 
 def corpus_split(config: TextConfig, split: int) -> PackedSplit:
-    packed = packed_splits(config.path, config.max_bytes)[split]
+    splits = packed_splits(config.path, config.max_bytes, config.subword_vocab)
+    packed = splits[split]
     if packed.num_rows(config.seq_len) == 0:
-        sizes = [p.num_documents for p in packed_splits(config.path, config.max_bytes)]
+        sizes = [p.num_documents for p in splits]
         raise ValueError(f"text.path={config.path!r}: split {split} (0 train, 1 validation, "
                          f"2 test) has too little text for one row of text.seq_len="
                          f"{config.seq_len} tokens (documents per split: {sizes}); give a "

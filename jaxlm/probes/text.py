@@ -3,7 +3,8 @@
 bits per byte = (sum of the model's negative log-likelihoods over everything it predicts, in
 bits) / (number of UTF-8 bytes among its targets). A byte LM predicts each next byte and each
 ``EOS``; a word-level model each word's bytes and its ``EOW``. Both sums are code lengths of the
-same text, so the numbers compare across models and with any subword model scored the same way.
+same text, so the numbers compare across models, and with the subword baseline
+(``data.text.subword_vocab``), whose targets count the bytes of their pieces.
 The same rows are also scored under a per-row substitution cipher of the letters
 (``bits_per_byte_cipher``, the probe of "Lexinvariant Language Models"): a standard LM trained
 on English loses its letter statistics there, a lexinvariant one is unaffected by construction.
@@ -30,54 +31,68 @@ import optax
 from flax import nnx
 
 from jaxlm.data import IGNORE, DataConfig, make_source
-from jaxlm.data.text import BYTE_VOCAB, corpus_split
+from jaxlm.data.text import BYTE_VOCAB, corpus_split, piece_bytes
 from jaxlm.train.losses import logits_and_targets
 
 
-def code_length(outputs, batch) -> dict[str, jax.Array]:
-    """Sum of negative log-likelihoods (nats) over the counted targets, and how many of those
-    targets are bytes."""
+BYTE_PIECES = (np.arange(BYTE_VOCAB) < 256).astype(np.int32)
+
+
+def code_length(outputs, batch, pieces: jax.Array = BYTE_PIECES) -> dict[str, jax.Array]:
+    """Sum of negative log-likelihoods (nats) over the counted targets, and how many bytes
+    those targets stand for (``pieces`` [vocab]: bytes per id; default the byte tokenizer's)."""
     logits, targets = logits_and_targets(outputs, batch)
     counted = targets != IGNORE
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(counted, targets, 0))
+    safe = jnp.where(counted, targets, 0)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     return {"nats": jnp.where(counted, nll, 0.0).sum(),
-            "bytes": (counted & (targets < 256)).sum(),
+            "bytes": jnp.where(counted, jnp.asarray(pieces)[safe], 0).sum(),
             "reduction": (outputs.get("metrics", {}).get("reduction", 1.0)
                           if isinstance(outputs, dict) else 1.0)}
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _model_code_length(graphdef: nnx.GraphDef, state: nnx.State, batch) -> dict[str, jax.Array]:
+def _model_code_length(graphdef: nnx.GraphDef, state: nnx.State, batch,
+                       pieces: jax.Array) -> dict[str, jax.Array]:
     """``code_length`` of the model ``nnx.merge(graphdef, state)`` on a batch (compiled once per
     model structure and batch shape, so the plain and the ciphered scoring share it)."""
     model = nnx.merge(graphdef, state)
-    return code_length(model(batch["inputs"], segment_ids=batch["segment_ids"]), batch)
+    return code_length(model(batch["inputs"], segment_ids=batch["segment_ids"]), batch, pieces)
+
+
+def _bytes(targets: np.ndarray, pieces: np.ndarray) -> float:
+    counted = targets != IGNORE
+    return float(pieces[np.where(counted, targets, 0)][counted].sum())
 
 
 def unigram_bits(data: DataConfig, batches: list[dict[str, np.ndarray]]) -> float:
     """Bits per byte of the add-one unigram model of the training split on ``batches``."""
-    counts = np.bincount(corpus_split(data.text, 0).tokens, minlength=BYTE_VOCAB) + 1.0
+    counts = np.bincount(corpus_split(data.text, 0).tokens,
+                         minlength=data.text.vocab_size) + 1.0
     if data.text.cipher:
         for first in (ord("a"), ord("A")):
             counts[first:first + 26] = counts[first:first + 26].mean()
     log_p = np.log2(counts / counts.sum())
+    pieces = piece_bytes(data.text)
     bits = nbytes = 0.0
     for batch in batches:
-        targets = batch["targets"][batch["targets"] != IGNORE]
-        bits -= log_p[targets].sum()
-        nbytes += (targets < 256).sum()
+        bits -= log_p[batch["targets"][batch["targets"] != IGNORE]].sum()
+        nbytes += _bytes(batch["targets"], pieces)
     return bits / max(nbytes, 1)
 
 
-def in_context_unigram_bits(batches: list[dict[str, np.ndarray]]) -> float:
+def in_context_unigram_bits(batches: list[dict[str, np.ndarray]],
+                            pieces: np.ndarray = BYTE_PIECES) -> float:
     """Bits per byte of the in-context unigram model (see the module docstring) on ``batches``:
-    target t of a row is predicted from the counts of its document's inputs up to t."""
+    target t of a row is predicted from the counts of its document's inputs up to t, over a
+    vocabulary of ``len(pieces)`` ids (``pieces``: bytes per id)."""
+    vocab = len(pieces)
     bits = nbytes = 0.0
     for batch in batches:
         inputs, targets, segments = (np.asarray(batch[k]) for k in
                                      ("inputs", "targets", "segment_ids"))
         batch_size, length = inputs.shape
-        counts = np.cumsum(np.eye(BYTE_VOCAB, dtype=np.int32)[inputs], axis=1)  # [b, l, v]
+        counts = np.cumsum(np.eye(vocab, dtype=np.int32)[inputs], axis=1)  # [b, l, v]
         position = np.arange(length)
         new_document = np.concatenate([np.ones((batch_size, 1), bool),
                                        segments[:, 1:] != segments[:, :-1]], 1)
@@ -88,9 +103,9 @@ def in_context_unigram_bits(batches: list[dict[str, np.ndarray]]) -> float:
         seen = position - start + 1
         counted = targets != IGNORE
         hits = np.take_along_axis(counts, np.where(counted, targets, 0)[..., None], 2)[..., 0]
-        p = (hits + 0.5) / (seen + 0.5 * BYTE_VOCAB)
+        p = (hits + 0.5) / (seen + 0.5 * vocab)
         bits -= np.log2(p)[counted].sum()
-        nbytes += (counted & (targets < 256)).sum()
+        nbytes += _bytes(targets, pieces)
     return bits / max(nbytes, 1)
 
 
@@ -104,23 +119,28 @@ def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_
     batches = [jax.device_get(source.batch(i, batch_size, "test"))
                for i in range(-(-rows // batch_size))]
     graphdef, state = nnx.split(model)
-    jax.block_until_ready(_model_code_length(graphdef, state, batches[0]))  # compile untimed
+    pieces = piece_bytes(data.text)
+    jax.block_until_ready(_model_code_length(graphdef, state, batches[0], pieces))  # compile
     totals = {"nats": 0.0, "bytes": 0.0, "reduction": 0.0}
     start = time.perf_counter()
     for batch in batches:
-        for name, value in jax.device_get(_model_code_length(graphdef, state, batch)).items():
+        for name, value in jax.device_get(
+                _model_code_length(graphdef, state, batch, pieces)).items():
             totals[name] += float(value)
     seconds = time.perf_counter() - start
     return {"bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1.0),
             "unigram": unigram_bits(data, batches),
-            "in_context_unigram": in_context_unigram_bits(batches),
+            "in_context_unigram": in_context_unigram_bits(batches, pieces),
             "bytes_per_second": sum(b["inputs"].size for b in batches) / seconds,
             "reduction": totals["reduction"] / len(batches)}
 
 
 def evaluate_text(model: nnx.Module, data: DataConfig, **kwargs) -> dict[str, float]:
-    """``score_text`` on the plain rows and, as ``*_cipher``, on the letter-ciphered rows."""
+    """``score_text`` on the plain rows and, as ``*_cipher``, on the letter-ciphered rows (byte
+    tokens only: the cipher permutes bytes)."""
     plain = dataclasses.replace(data, text=dataclasses.replace(data.text, cipher=False))
+    if data.text.subword_vocab:
+        return score_text(model, plain, **kwargs)
     ciphered = dataclasses.replace(data, text=dataclasses.replace(data.text, cipher=True))
     metrics = score_text(model, plain, **kwargs)
     cipher = score_text(model, ciphered, **kwargs)

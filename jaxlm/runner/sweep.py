@@ -29,7 +29,8 @@ def describe(config: Config) -> dict[str, Any]:
     if config.model.kind != "decoder":
         model = f"{config.model.kind} ({model})"
     elif config.data.task == "text":
-        model = f"byte LM ({model})"
+        vocab = config.data.text.subword_vocab
+        model = f"{f'subword LM, {vocab} ids' if vocab else 'byte LM'} ({model})"
     row = {"task": config.data.task, "model": model,
            "d_model": config.model.d_model, "layers": config.model.n_layers,
            "seq_len": config.data.seq_len, "steps": config.train.steps}

@@ -120,3 +120,32 @@ def test_tfds_without_the_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
         packed_splits("tfds:missing")
+
+
+def test_subwords_extend_the_byte_ids_and_decode_back_exactly():
+    from jaxlm.data.subword import FIRST_MERGE
+    from jaxlm.data.text import split_documents, subwords
+    words = subwords("pydoc", 0, 512)
+    assert words.vocab_size == 512 and words == subwords("pydoc", 0, 512)
+    assert all(len(p) == 1 for p in words.pieces[:256]) and words.pieces[256:FIRST_MERGE] == (
+        b"",) * 4 and all(len(p) >= 2 for p in words.pieces[FIRST_MERGE:])
+    rng = np.random.default_rng(0)
+    samples = [rng.bytes(200), "héllo  wörld\n\n\tx".encode(), b"\xff\xfe invalid \xc3"]
+    for data in samples + split_documents("pydoc")[2][:20]:
+        ids = words.encode(data)
+        assert words.decode(ids) == data and ids.max() < 512
+    text = split_documents("pydoc")[2][0]
+    assert len(words.encode(text)) < len(text) / 2  # merges shorten English text
+
+
+def test_subword_rows_pack_like_bytes_and_bad_settings_are_named():
+    data = DataConfig(task="text", text=TextConfig(seq_len=32, subword_vocab=512))
+    assert data.vocab_size == 512
+    b = make_source(data).batch(0, 4, "test")
+    inputs, targets, segments = (np.asarray(b[k]) for k in ("inputs", "targets", "segment_ids"))
+    assert ((inputs == EOS) == (targets == IGNORE)).all() and inputs.max() < 512
+    assert (inputs >= 260).any()
+    with pytest.raises(ValueError, match="text.subword_vocab=260: expected 0"):
+        TextConfig(subword_vocab=260)
+    with pytest.raises(ValueError, match="text.cipher=True permutes letters"):
+        TextConfig(subword_vocab=512, cipher=True)

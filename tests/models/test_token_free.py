@@ -16,6 +16,7 @@ from jaxlm.layers import AttentionConfig
 from jaxlm.models import (LexinvariantConfig, ModelConfig, WordConfig, build_lm,
                           generate_text)
 from jaxlm.probes import score_text
+from jaxlm.probes.text import evaluate_text
 from jaxlm.train.losses import batch_loss
 
 SMALL = ModelConfig(vocab_size=BYTE_VOCAB, d_model=16, n_layers=1, d_ff=32,
@@ -202,3 +203,22 @@ def test_mrt5_gate_learns_through_soft_deletion_and_the_controller_sets_alpha():
     with pytest.raises(ValueError, match="model.attention.window=None"):
         dataclasses.replace(SMALL, kind="mrt5", n_layers=2,
                             attention=AttentionConfig(n_heads=2, window=8))
+
+
+class UniformSubwords(nnx.Module):
+    def __call__(self, tokens, *, segment_ids=None):
+        return jnp.zeros(tokens.shape + (512,))
+
+
+def test_subword_bits_per_byte_count_the_bytes_of_each_piece():
+    from jaxlm.data.text import piece_bytes
+    data = DataConfig(task="text", text=TextConfig(seq_len=64, subword_vocab=512))
+    metrics = evaluate_text(UniformSubwords(), data, num_examples=8, batch_size=4, seed=0)
+    targets = jax.device_get(make_source(data).batch(0, 8, "test"))["targets"]
+    counted = targets != IGNORE
+    nbytes = piece_bytes(data.text)[targets[counted]].sum()
+    assert nbytes > 2 * counted.sum()  # pieces average more than two bytes
+    assert metrics["bits_per_byte"] == pytest.approx(math.log2(512) * counted.sum() / nbytes,
+                                                     rel=1e-6)
+    assert "bits_per_byte_cipher" not in metrics  # the cipher is for byte tokens
+    assert metrics["in_context_unigram"] > 0 and metrics["unigram"] < metrics["bits_per_byte"]
