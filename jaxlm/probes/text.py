@@ -47,6 +47,7 @@ def code_length(outputs, batch, pieces: jax.Array = BYTE_PIECES) -> dict[str, ja
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     return {"nats": jnp.where(counted, nll, 0.0).sum(),
             "bytes": jnp.where(counted, jnp.asarray(pieces)[safe], 0).sum(),
+            "targets": counted.sum(),
             "reduction": (outputs.get("metrics", {}).get("reduction", 1.0)
                           if isinstance(outputs, dict) else 1.0)}
 
@@ -121,7 +122,7 @@ def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_
     graphdef, state = nnx.split(model)
     pieces = piece_bytes(data.text)
     jax.block_until_ready(_model_code_length(graphdef, state, batches[0], pieces))  # compile
-    totals = {"nats": 0.0, "bytes": 0.0, "reduction": 0.0}
+    totals = {"nats": 0.0, "bytes": 0.0, "targets": 0.0, "reduction": 0.0}
     start = time.perf_counter()
     for batch in batches:
         for name, value in jax.device_get(
@@ -132,7 +133,9 @@ def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_
             "unigram": unigram_bits(data, batches),
             "in_context_unigram": in_context_unigram_bits(batches, pieces),
             "bytes_per_second": sum(b["inputs"].size for b in batches) / seconds,
-            "reduction": totals["reduction"] / len(batches)}
+            # bytes per backbone position: the model's own measure, or bytes per subword token
+            "reduction": (totals["bytes"] / max(totals["targets"], 1.0) if data.text.subword_vocab
+                          else totals["reduction"] / len(batches))}
 
 
 def evaluate_text(model: nnx.Module, data: DataConfig, **kwargs) -> dict[str, float]:

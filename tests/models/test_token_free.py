@@ -221,4 +221,5 @@ def test_subword_bits_per_byte_count_the_bytes_of_each_piece():
     assert metrics["bits_per_byte"] == pytest.approx(math.log2(512) * counted.sum() / nbytes,
                                                      rel=1e-6)
     assert "bits_per_byte_cipher" not in metrics  # the cipher is for byte tokens
+    assert metrics["reduction"] == pytest.approx(nbytes / counted.sum(), rel=1e-6)
     assert metrics["in_context_unigram"] > 0 and metrics["unigram"] < metrics["bits_per_byte"]
