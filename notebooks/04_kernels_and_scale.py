@@ -101,8 +101,11 @@ for name, op in ops.items():
 # %% [markdown]
 # ## A sharded training run
 #
-# The mesh splits the batch over `data` and the row length over `sequence`; XLA partitions
-# the model. The loss curve equals the single-device one up to float rounding.
+# The mesh splits the batch over `data` and the row length over `sequence`. Under the mesh the
+# DeltaNet layer runs LASP-2 (each device its chunk, one all-gather of states) and the attention
+# layer ring attention with zig-zag chunks (`model.attention.sequence_parallel`: `ring`,
+# `zigzag` or `ulysses`); XLA partitions the rest. The loss curve equals the single-device one
+# up to float rounding.
 
 # %%
 import pathlib
@@ -117,7 +120,8 @@ devices = jax.device_count()
 data_ways = 2 if devices >= 2 else 1
 mesh = {"mesh.data": data_ways, "mesh.sequence": devices // data_ways}
 config = apply_overrides(Config(name="mesh"), {
-    "model.pattern": "attention", "model.d_model": 32, "model.vocab_size": 64,
+    "model.pattern": "deltanet,attention", "model.n_layers": 2,
+    "model.attention.sequence_parallel": "zigzag", "model.d_model": 32, "model.vocab_size": 64,
     "data.mqar.vocab_size": 64, "data.mqar.seq_len": 32, "train.batch_size": 8,
     "train.steps": 10 if SMOKE else 300, "train.log_every": 2 if SMOKE else 10,
     "train.warmup_steps": 5, "train.tensorboard": False})
