@@ -17,9 +17,8 @@ from tqdm.auto import tqdm
 
 from jaxlm.config import Config, save_config
 from jaxlm.data import TaskSource, make_source
-from jaxlm.models import SequenceRegressor, build_lm, count_params
 from jaxlm.layers import MIXERS
-from jaxlm.models import ModelConfig
+from jaxlm.models import ModelConfig, SequenceRegressor, build_lm, count_params
 from jaxlm.parallel import (initialize_distributed, local_rows, make_mesh, place_batch,
                             place_state, under_mesh)
 from jaxlm.train.checkpoint import Checkpointer
