@@ -1,6 +1,6 @@
 """MQAR accuracy against model width per architecture, as Zoology's Figure 2.
 
-Run:  jaxlm sweep experiments/mqar_width.py     (CPU, about 45 minutes on a quiet machine)
+Run:  jaxlm sweep experiments/mqar_width.py     (CPU: 73 minutes measured with another job running)
 The quickstart's MQAR task (vocab 256, so that length 128 fits) at lengths 64 and 128 (4 and 8 key-value pairs) and
 widths 32, 64, 128 for attention, H3 (gated convolution), GLA and DeltaNet. The finding: attention
 solves MQAR at every width, H3 falls short at small width and longer sequences, the

@@ -1,6 +1,6 @@
 """Selective copying (Mamba Table 1): recall the few data tokens scattered among noise, in order.
 
-Run:  jaxlm sweep experiments/selective_copying.py     (CPU, about 12 minutes)
+Run:  jaxlm sweep experiments/selective_copying.py     (CPU: 28 minutes measured with another job running)
 Rows of 128 positions: 8 data tokens (vocab 16) at random places among 120 noise tokens, then 8
 markers where the model must write the data tokens in order. 2-layer models of width 64, 1500
 steps of fresh data. The finding: a time-invariant SSM (S4D) cannot do it (it cannot tell data
