@@ -44,6 +44,7 @@ from jaxlm.ops.checks import check_positive_fields
 
 PAD, BOS, EOS, EOW = 256, 257, 258, 259
 BYTE_VOCAB = 260
+BYTE_PIECES = (np.arange(BYTE_VOCAB) < 256).astype(np.int32)  # bytes per id: 1, specials 0
 SPLIT_MODULUS = 10  # crc32(name) % 10: 0 -> validation, 1 -> test, else train
 DEFAULT_CORPUS = "pydoc"
 
@@ -199,7 +200,7 @@ def piece_bytes(config: TextConfig) -> np.ndarray:
     """[vocab] the bytes each token id stands for (0 for the special tokens)."""
     if config.subword_vocab:
         return subwords(config.path, config.max_bytes, config.subword_vocab).piece_bytes
-    return (np.arange(BYTE_VOCAB) < 256).astype(np.int32)
+    return BYTE_PIECES
 
 
 def corpus_split(config: TextConfig, split: int) -> PackedSplit:

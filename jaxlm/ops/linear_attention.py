@@ -15,6 +15,8 @@ positive argument, whatever the log-gates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -44,16 +46,24 @@ def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, normalize: boo
     Returns:
       o [batch, length, heads, d_v], and the final state when ``return_final_state``.
     """
+    return linear_attention_through(gated_linear_attention, q, k, v, normalize=normalize,
+                                    scale=scale, chunk_size=chunk_size,
+                                    initial_state=initial_state,
+                                    return_final_state=return_final_state,
+                                    segment_ids=segment_ids, impl=impl)
+
+
+def linear_attention_through(gla: Callable, q: jax.Array, k: jax.Array, v: jax.Array, *,
+                             normalize: bool, return_final_state: bool = False, **kwargs):
+    """:func:`linear_attention` computed by ``gla``, any function with the arguments and
+    results of :func:`gated_linear_attention` (e.g. its sequence-parallel form). Normalised,
+    it is gated linear attention over [v, 1], whose last output column is the normaliser.
+    ``kwargs`` go to ``gla``."""
     if not normalize:
-        return gated_linear_attention(q, k, v, None, scale=scale, chunk_size=chunk_size,
-                                      initial_state=initial_state,
-                                      return_final_state=return_final_state,
-                                      segment_ids=segment_ids, impl=impl)
+        return gla(q, k, v, None, return_final_state=return_final_state, **kwargs)
     ones = jnp.ones(v.shape[:-1] + (1,), v.dtype)
-    out, state = gated_linear_attention(q, k, jnp.concatenate([v, ones], -1), None, scale=scale,
-                                        chunk_size=chunk_size, initial_state=initial_state,
-                                        return_final_state=True, segment_ids=segment_ids,
-                                        impl=impl)
+    out, state = gla(q, k, jnp.concatenate([v, ones], -1), None, return_final_state=True,
+                     **kwargs)
     out = out[..., :-1] / out[..., -1:]
     return (out, state) if return_final_state else out
 

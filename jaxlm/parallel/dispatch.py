@@ -13,10 +13,10 @@ import functools
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import AbstractMesh
 
 from jaxlm import ops
+from jaxlm.ops.linear_attention import linear_attention_through
 from jaxlm.parallel.ring import ring_attention
 from jaxlm.parallel.sequence import (sequence_parallel_delta_rule, sequence_parallel_gla,
                                      sequence_parallel_selective_scan, sequence_parallel_ssd)
@@ -51,15 +51,9 @@ ssd = _follow_mesh(ops.ssd, sequence_parallel_ssd)
 
 def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, normalize: bool = False,
                      **kwargs):
-    """:func:`jaxlm.ops.linear_attention`; normalised, it is gated linear attention over
-    [v, 1], whose last output column is the normaliser."""
-    if sequence_mesh() is None:
-        return ops.linear_attention(q, k, v, normalize=normalize, **kwargs)
-    if not normalize:
-        return gated_linear_attention(q, k, v, None, **kwargs)
-    ones = jnp.ones(v.shape[:-1] + (1,), v.dtype)
-    out = gated_linear_attention(q, k, jnp.concatenate([v, ones], -1), None, **kwargs)
-    return out[..., :-1] / out[..., -1:]
+    """:func:`jaxlm.ops.linear_attention` through the :func:`gated_linear_attention` here."""
+    return linear_attention_through(gated_linear_attention, q, k, v, normalize=normalize,
+                                    **kwargs)
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None = None,

@@ -31,11 +31,8 @@ import optax
 from flax import nnx
 
 from jaxlm.data import IGNORE, DataConfig, make_source
-from jaxlm.data.text import BYTE_VOCAB, corpus_split, piece_bytes
+from jaxlm.data.text import BYTE_PIECES, corpus_split, piece_bytes
 from jaxlm.train.losses import logits_and_targets
-
-
-BYTE_PIECES = (np.arange(BYTE_VOCAB) < 256).astype(np.int32)
 
 
 def code_length(outputs, batch, pieces: jax.Array = BYTE_PIECES) -> dict[str, jax.Array]:
