@@ -12,6 +12,7 @@ from jaxlm.ops.checks import check_positive_fields
 
 
 MODEL_KINDS = ("decoder", "lexinvariant", "hierarchical", "word_pooled", "mrt5")
+LEXINVARIANT_HEADS = ("tied", "pointer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,11 +21,15 @@ class LexinvariantConfig:
     random_prob: float = 1.0  # 1: fully lexinvariant; < 1: semi-lexinvariant (learned table)
     table_seed: int = 0
     table_dim: int = 0  # width of the random table (0: d_model); otherwise learned maps to it
+    head: str = "tied"  # "tied": logits h E^T (the paper's); "pointer": a pointer-sentinel mixture
 
     def __post_init__(self):
         if self.table_dim < 0:
             raise ValueError(f"model.lexinvariant.table_dim must be >= 0 (0: d_model), "
                              f"got {self.table_dim}")
+        if self.head not in LEXINVARIANT_HEADS:
+            raise ValueError(f"model.lexinvariant.head must be one of {LEXINVARIANT_HEADS}, "
+                             f"got {self.head!r}")
         if not 0.0 <= self.random_prob <= 1.0:
             raise ValueError(f"model.lexinvariant.random_prob must be in [0, 1], "
                              f"got {self.random_prob!r}")

@@ -17,6 +17,13 @@ of them apart, so a wide table lets a small model tell many in-context tokens ap
 The random tables come from ``table_seed`` and a draw counter (an ``nnx.Variable``, not a
 parameter) that each training-mode call advances, so training sees fresh tables every step and
 evaluation is deterministic.
+
+``head="pointer"`` adds a pointer-sentinel head ("Pointer Sentinel Mixture Models",
+``jaxlm.layers.PointerSentinel``): the next token is a mixture of copies of earlier tokens of
+the document and the tied output layer. Copying depends on token ids only through equality, so
+the model stays lexinvariant; it states in-context counts as probabilities, which the tied head
+over random vectors can state only linearly in its logits (with uniform pointer weights it is
+the in-context unigram model).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.layers.pointer import PointerSentinel
 from jaxlm.models.config import ModelConfig
 from jaxlm.models.lm import Block, add_positions, prefill_blocks, step_blocks
 
@@ -66,6 +74,8 @@ class LexinvariantLM(nnx.Module):
         self.blocks = nnx.List([Block(config, name, rngs=rngs)
                                 for name in config.layer_mixers()])
         self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
+        self.pointer = (PointerSentinel(config.d_model, rngs=rngs)
+                        if self.options.head == "pointer" else None)
         self.draws = TableDraws(jnp.zeros((), jnp.uint32))
         self.deterministic = True  # False after model.train(): fresh tables on every call
 
@@ -102,7 +112,10 @@ class LexinvariantLM(nnx.Module):
         h = self._inputs(tokens, tables)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
-        return self._logits(h, tables)
+        h, logits = self._logits(h, tables)
+        if self.pointer is None:
+            return logits
+        return self.pointer(h, logits, tokens, segment_ids=segment_ids)
 
     def _inputs(self, tokens: jax.Array, tables: jax.Array) -> jax.Array:
         """tokens [batch, length] -> embeddings plus learned positions (when configured)."""
@@ -115,17 +128,22 @@ class LexinvariantLM(nnx.Module):
         x = x.reshape(tokens.shape + (tables.shape[-1],))
         return x if self.read_in is None else self.read_in(x)
 
-    def _logits(self, h: jax.Array, tables: jax.Array) -> jax.Array:
+    def _logits(self, h: jax.Array, tables: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """h [batch, ..., d_model] -> (normalised h, the tied head's logits [batch, ..., vocab])."""
         h = self.final_norm(h)
-        h = h if self.read_out is None else self.read_out(h)
-        return jnp.einsum("b...d,bvd->b...v", h, tables.astype(h.dtype)).astype(jnp.float32)
+        out = h if self.read_out is None else self.read_out(h)
+        return h, jnp.einsum("b...d,bvd->b...v", out, tables.astype(out.dtype)).astype(jnp.float32)
 
     def init_state(self, batch_size: int, *, max_length: int,
                    dtype: Any = jnp.float32) -> dict[str, Any]:
         layers = [block.mixer.init_state(batch_size, dtype, max_length=max_length)
                   for block in self.blocks]
-        return {"pos": jnp.zeros((), jnp.int32), "layers": layers,
-                "tables": self.tables(batch_size)}
+        state = {"pos": jnp.zeros((), jnp.int32), "layers": layers,
+                 "tables": self.tables(batch_size)}
+        if self.pointer is not None:
+            state["pointer"] = self.pointer.init_state(batch_size, max_length=max_length,
+                                                       dtype=dtype)
+        return state
 
     def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
         tables = self.tables(tokens.shape[0])
@@ -133,7 +151,11 @@ class LexinvariantLM(nnx.Module):
                                    max_length=max_length)
         state = {"pos": jnp.asarray(tokens.shape[1], jnp.int32), "layers": layers,
                  "tables": tables}
-        return self._logits(h, tables), state
+        h, logits = self._logits(h, tables)
+        if self.pointer is not None:
+            logits, state["pointer"] = self.pointer.prefill(h, logits, tokens,
+                                                            max_length=max_length)
+        return logits, state
 
     def step(self, tokens: jax.Array, state: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
         """tokens: [batch] -> (logits [batch, vocab], new state)."""
@@ -142,4 +164,9 @@ class LexinvariantLM(nnx.Module):
         if self.positions is not None:
             h = h + self.positions(state["pos"])
         h, layers = step_blocks(self.blocks, h, state["layers"])
-        return self._logits(h, tables), {**state, "pos": state["pos"] + 1, "layers": layers}
+        h, logits = self._logits(h, tables)
+        new_state = {**state, "pos": state["pos"] + 1, "layers": layers}
+        if self.pointer is not None:
+            logits, new_state["pointer"] = self.pointer.step(h, logits, tokens,
+                                                             state["pointer"], state["pos"])
+        return logits, new_state

@@ -38,12 +38,12 @@ def forward(m, tokens, segment_ids=None, tables=None):
     return m(tokens, segment_ids=segment_ids)
 
 
-@pytest.mark.parametrize("table_dim", [0, 48])
-def test_lexinvariant_logits_follow_any_relabelling_of_the_vocabulary(table_dim):
+@pytest.mark.parametrize("table_dim,head", [(0, "tied"), (48, "tied"), (0, "pointer")])
+def test_lexinvariant_logits_follow_any_relabelling_of_the_vocabulary(table_dim, head):
     """Relabelling tokens by a permutation pi (and the table with them) permutes the logits:
     logits(pi(x), T o pi^-1)[..., pi(v)] == logits(x, T)[..., v]."""
     m = model("lexinvariant", vocab_size=20,
-              lexinvariant=LexinvariantConfig(table_dim=table_dim))
+              lexinvariant=LexinvariantConfig(table_dim=table_dim, head=head))
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, 20, (2, 11)))
     tables = jax.random.normal(jax.random.key(1), (2, 20, table_dim or 16))
@@ -68,10 +68,32 @@ def test_lexinvariant_tables_are_fresh_in_training_and_fixed_in_evaluation():
     np.testing.assert_allclose(forward(semi, tokens), forward(semi, tokens, tables=learned))
     with pytest.raises(ValueError, match="random_prob"):
         LexinvariantConfig(random_prob=1.5)
+    with pytest.raises(ValueError, match=r"head must be one of \('tied', 'pointer'\), got 'copy'"):
+        LexinvariantConfig(head="copy")
 
 
-def test_lexinvariant_step_matches_the_parallel_form():
-    m = model("lexinvariant")
+def test_pointer_head_is_the_in_context_unigram_when_it_points_uniformly():
+    """With the pointer's query at zero, every earlier position of the document and the
+    sentinel get the same weight: p(v) = (count of v so far + p_vocab(v)) / (t + 2)."""
+    m = model("lexinvariant", lexinvariant=LexinvariantConfig(head="pointer"))
+    m.pointer.query.kernel[...] = jnp.zeros_like(m.pointer.query.kernel[...])
+    first = np.concatenate([[BOS], encode("xyz"), [EOS]])
+    second = np.concatenate([[BOS], encode("abca")])
+    row = np.concatenate([first, second])
+    segments = np.asarray([0] * len(first) + [1] * len(second))
+    log_p = forward(m, jnp.asarray(row)[None], jnp.asarray(segments)[None])[0]
+    m.pointer = None  # the tied head alone
+    p_vocab = jax.nn.softmax(forward(m, jnp.asarray(row)[None], jnp.asarray(segments)[None])[0])
+    t = len(first) + 4  # "BOS a b c a" of the second document: 'a' twice, 'b' and 'c' once
+    counts = np.zeros(BYTE_VOCAB)
+    np.add.at(counts, second, 1)
+    np.testing.assert_allclose(np.exp(log_p[t]), (counts + p_vocab[t]) / (len(second) + 1),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["tied", "pointer"])
+def test_lexinvariant_step_matches_the_parallel_form(head):
+    m = model("lexinvariant", lexinvariant=LexinvariantConfig(head=head))
     tokens = jnp.asarray(encode("the cat sat on the mat"))[None]
     full = forward(m, tokens)
     logits, state = m.prefill(tokens[:, :10], max_length=tokens.shape[1])
@@ -116,17 +138,19 @@ def test_word_targets_spell_each_word_then_eow_and_ignore_what_has_no_context():
     assert all(w == [] for w in words[7:])
 
 
-@pytest.mark.parametrize("kind", ["decoder", "word_pooled"])
+@pytest.mark.parametrize("kind", ["decoder", "word_pooled", "lexinvariant"])
 def test_packed_rows_never_see_another_document(kind):
-    """A document's predictions in a packed row equal those of the document alone."""
-    m = model(kind)
+    """A document's predictions in a packed row equal those of the document alone (the
+    lexinvariant model with the pointer head: it must not point into another document)."""
+    m = (model(kind, lexinvariant=LexinvariantConfig(head="pointer")) if kind == "lexinvariant"
+         else model(kind))
     first = np.concatenate([[BOS], encode("some old text here "), [EOS]])
     second = np.concatenate([[BOS], encode("the cat sat on the mat")])
     row = jnp.asarray(np.concatenate([first, second]))[None]
     segments = jnp.asarray([0] * len(first) + [1] * len(second))[None]
     packed = forward(m, row, segments)
     alone = forward(m, jnp.asarray(second)[None])
-    if kind == "decoder":
+    if kind != "word_pooled":
         np.testing.assert_allclose(packed[0, len(first):], alone[0], atol=1e-5)
     else:
         words = 6  # BOS, "some ", "old ", "text ", "here ", EOS
