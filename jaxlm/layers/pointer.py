@@ -4,6 +4,12 @@
 Position t points at the inputs 0..t of its own document (pointing at position j predicts the
 token x_j) with one attention head over the final hidden states; a learned sentinel vector
 takes the probability the pointer does not claim and hands it to the output layer.
+
+The key of position j reads the hidden state before it as well as its own,
+k_j = W_k h_j + W_p h_{j-1} (zero before a document's first token): a query then finds the
+places where the context that led to a token resembles its own and copies what came next (an
+induction head, "In-context Learning and Induction Heads"), with no need for the backbone to
+learn to move the previous token forward first.
 """
 
 from __future__ import annotations
@@ -16,17 +22,20 @@ from flax import nnx
 
 from jaxlm.ops.attention import attention_mask
 from jaxlm.ops.pointer import pointer_sentinel_log_probs
+from jaxlm.ops.segments import segment_starts
 
 
 class PointerSentinel(nnx.Module):
     """``__call__``: final hidden states h [batch, length, dim], the output layer's logits
     [batch, length, vocab] and the input tokens [batch, length] -> log-probabilities
     [batch, length, vocab]. ``init_state`` / ``prefill`` / ``step`` keep the keys and tokens
-    of the positions so far, so generation points at the whole prompt."""
+    of the positions so far and the last hidden state, so generation points at the whole
+    prompt."""
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
         self.query = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
         self.key = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
+        self.previous_key = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
         self.sentinel = nnx.Param(jnp.zeros((dim,)))
         self.scale = dim ** -0.5
 
@@ -35,29 +44,38 @@ class PointerSentinel(nnx.Module):
         scores = jnp.einsum("bqd,bkd->bqk", q, keys) * self.scale
         return scores, (q @ self.sentinel[...]) * self.scale
 
+    def _keys(self, h: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """h [batch, length, dim] -> keys [batch, length, dim]."""
+        batch, length, _ = h.shape
+        before = jnp.pad(h[:, :-1], [(0, 0), (1, 0), (0, 0)])
+        before = jnp.where(segment_starts(segment_ids, batch, length)[..., None], 0, before)
+        return self.key(h) + self.previous_key(before)
+
     def __call__(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array, *,
                  segment_ids: jax.Array | None = None) -> jax.Array:
         positions = jnp.arange(tokens.shape[1])
         mask = attention_mask(positions, positions, causal=True, window=None,
                               q_segment=segment_ids, k_segment=segment_ids)
-        scores, sentinel = self._scores(self.query(h), self.key(h))
+        scores, sentinel = self._scores(self.query(h), self._keys(h, segment_ids))
         return pointer_sentinel_log_probs(vocab_logits, scores, sentinel, tokens,
                                           jnp.broadcast_to(mask, scores.shape))
 
     def init_state(self, batch_size: int, *, max_length: int,
                    dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-        """Keys [batch, max_length, dim] and tokens [batch, max_length] of the context."""
+        """Keys [batch, max_length, dim], tokens [batch, max_length] of the context and the
+        last hidden state [batch, dim]."""
         dim = self.sentinel.shape[0]
         return {"keys": jnp.zeros((batch_size, max_length, dim), dtype),
-                "tokens": jnp.zeros((batch_size, max_length), jnp.int32)}
+                "tokens": jnp.zeros((batch_size, max_length), jnp.int32),
+                "last": jnp.zeros((batch_size, dim), dtype)}
 
     def prefill(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array, *,
                 max_length: int) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The parallel form over a prompt, and the state that continues it."""
         state = self.init_state(tokens.shape[0], max_length=max_length, dtype=h.dtype)
         length = tokens.shape[1]
-        state = {"keys": state["keys"].at[:, :length].set(self.key(h)),
-                 "tokens": state["tokens"].at[:, :length].set(tokens)}
+        state = {"keys": state["keys"].at[:, :length].set(self._keys(h, None)),
+                 "tokens": state["tokens"].at[:, :length].set(tokens), "last": h[:, -1]}
         return self(h, vocab_logits, tokens), state
 
     def step(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array,
@@ -65,8 +83,9 @@ class PointerSentinel(nnx.Module):
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """h [batch, dim], vocab_logits [batch, vocab], tokens [batch] at position ``pos`` ->
         (log-probabilities [batch, vocab], new state)."""
-        state = {"keys": state["keys"].at[:, pos].set(self.key(h).astype(state["keys"].dtype)),
-                 "tokens": state["tokens"].at[:, pos].set(tokens)}
+        key = self.key(h) + self.previous_key(state["last"])
+        state = {"keys": state["keys"].at[:, pos].set(key.astype(state["keys"].dtype)),
+                 "tokens": state["tokens"].at[:, pos].set(tokens), "last": h}
         scores, sentinel = self._scores(self.query(h)[:, None], state["keys"])
         mask = (jnp.arange(state["tokens"].shape[1]) <= pos)[None, None]
         log_p = pointer_sentinel_log_probs(vocab_logits[:, None], scores, sentinel,

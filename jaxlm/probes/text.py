@@ -14,7 +14,11 @@ Baselines, scored on the same targets: the unigram model of the training split's
 in-context unigram model, which knows nothing of the corpus and predicts each token from the
 counts of the tokens before it in its document (the Krichevsky-Trofimov estimator, add 1/2).
 The second is the same with and without the cipher: the first thing a lexinvariant model can
-learn, and the bar it must clear before it has learned anything about language.
+learn, and the bar it must clear before it has learned anything about language. The third, the
+in-context PPM model, predicts from the document so far too, but from the tokens that followed
+each of its last ``PPM_ORDER`` tokens before: a classical compressor that is also unchanged by
+any relabelling of the vocabulary, so it estimates what a lexinvariant model can reach at the
+probe's context length.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from flax import nnx
 from jaxlm.data import IGNORE, DataConfig, make_source
 from jaxlm.data.text import BYTE_PIECES, corpus_split, piece_bytes
 from jaxlm.train.losses import logits_and_targets
+
+PPM_ORDER = 3
 
 
 def code_length(outputs, batch, pieces: jax.Array = BYTE_PIECES) -> dict[str, jax.Array]:
@@ -107,6 +113,46 @@ def in_context_unigram_bits(batches: list[dict[str, np.ndarray]],
     return bits / max(nbytes, 1)
 
 
+def in_context_ppm_bits(batches: list[dict[str, np.ndarray]],
+                        pieces: np.ndarray = BYTE_PIECES, order: int = PPM_ORDER) -> float:
+    """Bits per byte of in-context PPM on ``batches`` ("Data Compression Using Adaptive Coding
+    and Partial String Matching", Cleary and Witten; escape method C, blended without
+    exclusion): target t is predicted from the tokens that followed each context of its
+    last k = order, ..., 0 inputs earlier in its document, each order passing on the share
+    distinct / (seen + distinct) to the next shorter one, and order -1 is uniform over
+    ``len(pieces)`` ids."""
+    bits = nbytes = 0.0
+    for batch in batches:
+        for inputs, targets, segments in zip(
+                *(np.asarray(batch[k]).tolist() for k in ("inputs", "targets", "segment_ids"))):
+            bits += _ppm_row_bits(inputs, targets, segments, len(pieces), order)
+        nbytes += _bytes(np.asarray(batch["targets"]), pieces)
+    return bits / max(nbytes, 1)
+
+
+def _ppm_row_bits(inputs: list[int], targets: list[int], segments: list[int], vocab: int,
+                  order: int) -> float:
+    bits = 0.0
+    for t, token in enumerate(inputs):
+        if t == 0 or segments[t] != segments[t - 1]:
+            history, followers = [], {}  # a new document: nothing seen
+        history.append(token)
+        for k in range(min(order, len(history) - 1) + 1):  # token followed these contexts
+            seen = followers.setdefault(tuple(history[len(history) - 1 - k:-1]), {})
+            seen[token] = seen.get(token, 0) + 1
+        if targets[t] == IGNORE:
+            continue
+        p, escape = 0.0, 1.0
+        for k in range(min(order, len(history)), -1, -1):
+            seen = followers.get(tuple(history[len(history) - k:]))
+            if seen:
+                total, distinct = sum(seen.values()), len(seen)
+                p += escape * seen.get(targets[t], 0) / (total + distinct)
+                escape *= distinct / (total + distinct)
+        bits -= math.log2(p + escape / vocab)
+    return bits
+
+
 def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_size: int,
                seed: int) -> dict[str, float]:
     """bits_per_byte, unigram, bytes_per_second (the jitted forward, after compiling) and
@@ -129,6 +175,7 @@ def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_
     return {"bits_per_byte": totals["nats"] / math.log(2) / max(totals["bytes"], 1.0),
             "unigram": unigram_bits(data, batches),
             "in_context_unigram": in_context_unigram_bits(batches, pieces),
+            "in_context_ppm": in_context_ppm_bits(batches, pieces),
             "bytes_per_second": sum(b["inputs"].size for b in batches) / seconds,
             # bytes per backbone position: the model's own measure, or bytes per subword token
             "reduction": (totals["bytes"] / max(totals["targets"], 1.0) if data.text.subword_vocab

@@ -105,3 +105,50 @@ def test_in_context_unigram_counts_only_the_document_so_far():
             nbytes += 1
     batch = {"inputs": inputs, "targets": targets, "segment_ids": segments}
     assert np.isclose(in_context_unigram_bits([batch]), bits / nbytes, rtol=1e-12)
+
+
+def _rows_of_documents(rng, vocab=4, rows=3, length=30):
+    """Rows of a few documents over ``vocab`` letters, targets IGNORE across documents."""
+    from jaxlm.data import IGNORE
+    inputs = rng.integers(97, 97 + vocab, (rows, length))
+    segments = np.sort(rng.integers(0, 3, (rows, length)), axis=1)
+    targets = np.concatenate([inputs[:, 1:], np.full((rows, 1), IGNORE)], 1)
+    targets[:, :-1][segments[:, 1:] != segments[:, :-1]] = IGNORE
+    return {"inputs": inputs, "targets": targets, "segment_ids": segments}
+
+
+def test_in_context_ppm_of_order_0_is_escape_method_c_over_the_document_so_far():
+    """Order 0: p(x) = c_x / (n + d) + d / (n + d) / vocab, with n tokens and d distinct ones
+    in the document up to t."""
+    from jaxlm.data import IGNORE
+    from jaxlm.data.text import BYTE_VOCAB
+    from jaxlm.probes.text import in_context_ppm_bits
+    batch = _rows_of_documents(np.random.default_rng(1))
+    bits = nbytes = 0.0
+    for inputs, targets, segments in zip(batch["inputs"], batch["targets"], batch["segment_ids"]):
+        for t, target in enumerate(targets):
+            if target == IGNORE:
+                continue
+            seen = [x for x, s in zip(inputs[:t + 1], segments[:t + 1]) if s == segments[t]]
+            n, d = len(seen), len(set(seen))
+            bits -= np.log2(seen.count(target) / (n + d) + d / (n + d) / BYTE_VOCAB)
+            nbytes += 1
+    assert np.isclose(in_context_ppm_bits([batch], order=0), bits / nbytes, rtol=1e-12)
+
+
+def test_in_context_ppm_is_unchanged_by_relabelling_and_learns_repeats():
+    from jaxlm.data import IGNORE
+    from jaxlm.data.text import BYTE_VOCAB
+    from jaxlm.probes.text import in_context_ppm_bits
+    batch = _rows_of_documents(np.random.default_rng(2))
+    pi = np.random.default_rng(3).permutation(BYTE_VOCAB)
+    relabelled = {"inputs": pi[batch["inputs"]], "segment_ids": batch["segment_ids"],
+                  "targets": np.where(batch["targets"] == IGNORE, IGNORE,
+                                      pi[np.maximum(batch["targets"], 0)])}
+    for order in (0, 2, 3):
+        assert np.isclose(in_context_ppm_bits([relabelled], order=order),
+                          in_context_ppm_bits([batch], order=order), rtol=1e-12)
+    periodic = np.tile(np.arange(97, 101), 16)[None]  # "abcdabcd...": one document
+    rows = {"inputs": periodic[:, :-1], "targets": periodic[:, 1:],
+            "segment_ids": np.zeros_like(periodic[:, 1:])}
+    assert in_context_ppm_bits([rows], order=3) < 1.0 < in_context_ppm_bits([rows], order=0)

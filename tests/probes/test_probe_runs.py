@@ -51,7 +51,7 @@ def test_probe_run(task, tmp_path):
         assert row["model"] == "hierarchical (attention)"
         assert 0 < row["bits_per_byte"] < 12 and 0 < row["bits_per_byte_cipher"] < 12
         assert 4 < row["unigram"] < 5.5 and 2 < row["reduction"] < 12
-        assert 4.5 < row["in_context_unigram"] < 7
+        assert 4.5 < row["in_context_unigram"] < 7 and 3 < row["in_context_ppm"] < 7
         assert row["bytes_per_second"] > 0
     else:
         assert "accuracy@48" in row and row["seq_len"] == 24
