@@ -99,6 +99,21 @@ class LexinvariantLM(nnx.Module):
 
     def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
                  tables: jax.Array | None = None) -> jax.Array:
+        tables = self._row_tables(tokens, tables)
+        h, logits = self._logits(self._blocks(tokens, tables, segment_ids), tables)
+        if self.pointer is None:
+            return logits
+        return self.pointer(h, logits, tokens, segment_ids=segment_ids)
+
+    def hidden(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
+               tables: jax.Array | None = None) -> jax.Array:
+        """tokens [batch, length] -> the normalised final hidden states [batch, length,
+        d_model] that the heads read (what the deciphering probe reads)."""
+        tables = self._row_tables(tokens, tables)
+        return self.final_norm(self._blocks(tokens, tables, segment_ids))
+
+    def _row_tables(self, tokens: jax.Array, tables: jax.Array | None) -> jax.Array:
+        """The given tables after checking shapes, or the next draw."""
         if tokens.ndim != 2:
             raise ValueError(f"LexinvariantLM: tokens must have shape [batch, length], "
                              f"got {tuple(tokens.shape)}")
@@ -109,13 +124,14 @@ class LexinvariantLM(nnx.Module):
         if tables.shape != expected:
             raise ValueError(f"LexinvariantLM: tables must have shape [batch, vocab, table_dim]"
                              f" = {expected}, got {tuple(tables.shape)}")
+        return tables
+
+    def _blocks(self, tokens: jax.Array, tables: jax.Array,
+                segment_ids: jax.Array | None) -> jax.Array:
         h = self._inputs(tokens, tables)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
-        h, logits = self._logits(h, tables)
-        if self.pointer is None:
-            return logits
-        return self.pointer(h, logits, tokens, segment_ids=segment_ids)
+        return h
 
     def _inputs(self, tokens: jax.Array, tables: jax.Array) -> jax.Array:
         """tokens [batch, length] -> embeddings plus learned positions (when configured)."""

@@ -93,7 +93,10 @@ class DecoderLM(nnx.Module):
                      nnx.Linear(config.d_model, config.vocab_size, use_bias=False, rngs=rngs))
 
     def _logits(self, h: jax.Array) -> jax.Array:
-        h = self.final_norm(h)
+        return self._head(self.final_norm(h))
+
+    def _head(self, h: jax.Array) -> jax.Array:
+        """Normalised hidden states [..., d_model] -> logits [..., vocab_size] (float32)."""
         logits = self.embed.attend(h) if self.head is None else self.head(h)
         return logits.astype(jnp.float32)
 
@@ -105,10 +108,15 @@ class DecoderLM(nnx.Module):
         return add_positions(self.embed(tokens), self.positions, "DecoderLM")
 
     def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        return self._head(self.hidden(tokens, segment_ids=segment_ids))
+
+    def hidden(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        """tokens [batch, length] -> the normalised final hidden states [batch, length,
+        d_model] that the output layer reads (what probes of the representation read)."""
         h = self._embed(tokens)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
-        return self._logits(h)
+        return self.final_norm(h)
 
     def init_state(self, batch_size: int, *, max_length: int,
                    dtype: Any = jnp.float32) -> dict[str, Any]:

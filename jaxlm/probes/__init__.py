@@ -40,7 +40,7 @@ PROBE_COLUMNS = {
     "regular_language": ("accuracy", "ngram_1", "ngram_2", "ngram_3"),
     "linear_regression": (),  # error@n and baseline@n columns, named by the prompt length
     "text": ("bits_per_byte", "bits_per_byte_cipher", "unigram", "in_context_unigram",
-             "in_context_ppm", "bytes_per_second", "reduction"),
+             "in_context_ppm", "decipher", "frequency", "bytes_per_second", "reduction"),
 }
 
 

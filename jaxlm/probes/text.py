@@ -36,6 +36,7 @@ from flax import nnx
 
 from jaxlm.data import IGNORE, DataConfig, make_source
 from jaxlm.data.text import BYTE_PIECES, corpus_split, piece_bytes
+from jaxlm.probes.decipher import decipher_probe
 from jaxlm.train.losses import logits_and_targets
 
 PPM_ORDER = 3
@@ -184,12 +185,16 @@ def score_text(model: nnx.Module, data: DataConfig, *, num_examples: int, batch_
 
 def evaluate_text(model: nnx.Module, data: DataConfig, **kwargs) -> dict[str, float]:
     """``score_text`` on the plain rows and, as ``*_cipher``, on the letter-ciphered rows (byte
-    tokens only: the cipher permutes bytes)."""
+    tokens only: the cipher permutes bytes), and for models with a hidden state per byte
+    (``hidden``: the byte and lexinvariant LMs) the deciphering probe (``decipher_probe``)."""
     plain = dataclasses.replace(data, text=dataclasses.replace(data.text, cipher=False))
     if data.text.subword_vocab:
         return score_text(model, plain, **kwargs)
     ciphered = dataclasses.replace(data, text=dataclasses.replace(data.text, cipher=True))
     metrics = score_text(model, plain, **kwargs)
     cipher = score_text(model, ciphered, **kwargs)
-    return {**metrics, "bits_per_byte_cipher": cipher["bits_per_byte"],
-            "unigram_cipher": cipher["unigram"]}
+    metrics = {**metrics, "bits_per_byte_cipher": cipher["bits_per_byte"],
+               "unigram_cipher": cipher["unigram"]}
+    if hasattr(model, "hidden"):  # a hidden state per byte: the deciphering probe applies
+        metrics.update(decipher_probe(model, plain, **kwargs))
+    return metrics

@@ -24,7 +24,7 @@ TASK_COLUMNS = {
 }
 # Per-length metrics shown in the table (ridge, nearest_3 and zero stay in result.json and the
 # plot: a table with every baseline at every length is too wide to read).
-_SWEPT = re.compile(r"^(accuracy|error|least_squares|averaging)@\d+$")
+_SWEPT = re.compile(r"^(accuracy|error|least_squares|averaging|decipher)@\d+$")
 
 
 def table_columns(rows: Sequence[dict]) -> list[str]:

@@ -26,7 +26,9 @@ RESULT = "result.json"
 def describe(config: Config) -> dict[str, Any]:
     """The table columns that come from the config."""
     model = config.model.pattern
-    if config.model.kind != "decoder":
+    if config.model.kind == "lexinvariant" and config.model.lexinvariant.head != "tied":
+        model = f"lexinvariant, {config.model.lexinvariant.head} head ({model})"
+    elif config.model.kind != "decoder":
         model = f"{config.model.kind} ({model})"
     elif config.data.task == "text":
         vocab = config.data.text.subword_vocab
