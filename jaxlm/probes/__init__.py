@@ -11,6 +11,7 @@ from flax import nnx
 
 from jaxlm.data import DataConfig
 from jaxlm.probes.common import target_hits, probe_batches, with_seq_len
+from jaxlm.probes.decipher import decipher_probe
 from jaxlm.probes.lsa import LSAConfig, train_lsa
 from jaxlm.probes.mqar import evaluate_mqar
 from jaxlm.probes.published import PUBLISHED, published, published_notes
@@ -63,7 +64,7 @@ def _floats(metrics: dict) -> dict:
 
 
 __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
-           "baseline_predictions", "evaluate", "evaluate_answers", "evaluate_mqar",
+           "baseline_predictions", "decipher_probe", "evaluate", "evaluate_answers", "evaluate_mqar",
            "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
            "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
            "probe_batches", "score_text",
