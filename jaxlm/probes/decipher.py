@@ -26,6 +26,7 @@ from flax import nnx
 from jaxlm.data import DataConfig, make_source
 from jaxlm.data.text import BYTE_VOCAB, corpus_split
 from jaxlm.models.lexinvariant import LexinvariantLM, random_tables
+from jaxlm.ops.segments import segment_positions
 
 POSITION_EDGES = (64, 256, 1024, 4096)  # buckets [0, 64), [64, 256), ... of document position
 _SPLIT_INDEX = {"validation": 1, "test": 2}
@@ -112,10 +113,7 @@ def _letters_of_split(model: nnx.Module, data: DataConfig, split: str, rows: int
         key = jax.random.fold_in(jax.random.key(data.seed), _SPLIT_INDEX[split] * 2**20 + index)
         features = np.asarray(hidden(state, cipher["inputs"], cipher["segment_ids"], key))
         segments = cipher["segment_ids"]
-        starts = np.concatenate([np.ones_like(segments[:, :1], bool),
-                                 segments[:, 1:] != segments[:, :-1]], 1)
-        column = np.arange(segments.shape[1])
-        position = column - np.maximum.accumulate(np.where(starts, column, 0), axis=1)
+        position = np.asarray(segment_positions(jnp.asarray(segments)))
         for row in range(len(segments)):
             letters = letter_index(cipher["inputs"][row])
             at = letters >= 0
