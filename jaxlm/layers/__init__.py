@@ -23,7 +23,7 @@ __all__ = [
     "AttentionConfig", "DeltaNet", "DeltaNetConfig", "DiagonalSSM", "GLAConfig",
     "GatedDeltaNetConfig", "GatedMLP", "H3Config", "JRTConfig", "LSSLConfig", "LinearAttention",
     "LinearAttentionConfig", "Mamba", "Mamba2", "Mamba2Config", "MambaConfig", "Mixer", "MoM",
-    "MoMConfig", "PointerSentinel", "S4Config", "S4DConfig", "SSMBlock", "ShortConv", "SparseAttention",
-    "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer", "feature_map", "prefill",
-    "register_mixer",
+    "MoMConfig", "PointerSentinel", "S4Config", "S4DConfig", "SSMBlock", "ShortConv",
+    "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
+    "feature_map", "prefill", "register_mixer",
 ]

@@ -53,12 +53,15 @@ class PointerSentinel(nnx.Module):
 
     def __call__(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array, *,
                  segment_ids: jax.Array | None = None) -> jax.Array:
+        return self._parallel(h, vocab_logits, tokens, self._keys(h, segment_ids), segment_ids)
+
+    def _parallel(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array,
+                  keys: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         positions = jnp.arange(tokens.shape[1])
         mask = attention_mask(positions, positions, causal=True, window=None,
                               q_segment=segment_ids, k_segment=segment_ids)
-        scores, sentinel = self._scores(self.query(h), self._keys(h, segment_ids))
-        return pointer_sentinel_log_probs(vocab_logits, scores, sentinel, tokens,
-                                          jnp.broadcast_to(mask, scores.shape))
+        scores, sentinel = self._scores(self.query(h), keys)
+        return pointer_sentinel_log_probs(vocab_logits, scores, sentinel, tokens, mask)
 
     def init_state(self, batch_size: int, *, max_length: int,
                    dtype: Any = jnp.float32) -> dict[str, jax.Array]:
@@ -74,9 +77,10 @@ class PointerSentinel(nnx.Module):
         """The parallel form over a prompt, and the state that continues it."""
         state = self.init_state(tokens.shape[0], max_length=max_length, dtype=h.dtype)
         length = tokens.shape[1]
-        state = {"keys": state["keys"].at[:, :length].set(self._keys(h, None)),
+        keys = self._keys(h, None)
+        state = {"keys": state["keys"].at[:, :length].set(keys),
                  "tokens": state["tokens"].at[:, :length].set(tokens), "last": h[:, -1]}
-        return self(h, vocab_logits, tokens), state
+        return self._parallel(h, vocab_logits, tokens, keys, None), state
 
     def step(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array,
              state: dict[str, jax.Array], pos: jax.Array
@@ -87,7 +91,7 @@ class PointerSentinel(nnx.Module):
         state = {"keys": state["keys"].at[:, pos].set(key.astype(state["keys"].dtype)),
                  "tokens": state["tokens"].at[:, pos].set(tokens), "last": h}
         scores, sentinel = self._scores(self.query(h)[:, None], state["keys"])
-        mask = (jnp.arange(state["tokens"].shape[1]) <= pos)[None, None]
+        mask = jnp.arange(state["tokens"].shape[1]) <= pos
         log_p = pointer_sentinel_log_probs(vocab_logits[:, None], scores, sentinel,
-                                           state["tokens"], jnp.broadcast_to(mask, scores.shape))
+                                           state["tokens"], mask)
         return log_p[:, 0], state

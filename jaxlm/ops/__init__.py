@@ -24,8 +24,8 @@ __all__ = [
     "delta_rule", "dense_ssm", "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step",
     "fft_causal_conv", "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
     "gated_linear_attention_step", "hippo_legs", "krylov_kernel", "lambda_attention",
-    "lambda_mask", "linear_attention", "masked_attention", "nplr_legs", "pointer_sentinel_log_probs", "routing_attention",
-    "s4_kernel", "s4_ssm",
+    "lambda_mask", "linear_attention", "masked_attention", "nplr_legs",
+    "pointer_sentinel_log_probs", "routing_attention", "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "selective_scan",
     "selective_scan_step", "ssd", "update_centroids", "zoh",
 ]

@@ -31,7 +31,7 @@ def pointer_sentinel_log_probs(vocab_logits: jax.Array, scores: jax.Array, senti
     scores: [batch, q_len, k_len] the pointer's score for each context position;
     sentinel: [batch, q_len] the sentinel's score;
     tokens: [batch, k_len] int, the token each context position would copy;
-    mask: bool [batch or 1, q_len, k_len], the positions each query may point at.
+    mask: bool, broadcastable to [batch, q_len, k_len]: the positions each query may point at.
     Returns log p: [batch, q_len, vocab] float32 (it sums to one over the vocabulary).
     """
     batch, q_len, vocab = vocab_logits.shape

@@ -64,7 +64,8 @@ def _floats(metrics: dict) -> dict:
 
 
 __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
-           "baseline_predictions", "decipher_probe", "evaluate", "evaluate_answers", "evaluate_mqar",
+           "baseline_predictions", "decipher_probe", "evaluate", "evaluate_answers",
+           "evaluate_mqar",
            "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
            "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
            "probe_batches", "score_text",

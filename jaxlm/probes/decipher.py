@@ -23,13 +23,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxlm.data import DataConfig, make_source
+from jaxlm.data import SPLITS, DataConfig, make_source
 from jaxlm.data.text import BYTE_VOCAB, corpus_split
 from jaxlm.models.lexinvariant import LexinvariantLM, random_tables
 from jaxlm.ops.segments import segment_positions
 
 POSITION_EDGES = (64, 256, 1024, 4096)  # buckets [0, 64), [64, 256), ... of document position
-_SPLIT_INDEX = {"validation": 1, "test": 2}
 _LETTER = np.full(BYTE_VOCAB, -1, np.int64)  # byte -> 0..25 for a..z and A..Z, else -1
 _LETTER[ord("a"):ord("z") + 1] = _LETTER[ord("A"):ord("Z") + 1] = np.arange(26)
 
@@ -84,17 +83,13 @@ def fit_linear_probe(features: jax.Array, labels: jax.Array, *, steps: int = 500
     return jax.lax.fori_loop(0, steps, update, (params, optimizer.init(params)))[0]
 
 
-def _letters_of_split(model: nnx.Module, data: DataConfig, split: str, rows: int,
-                      batch_size: int, english_order: np.ndarray) -> dict[str, np.ndarray]:
-    """At every ciphered letter of ``rows`` rows of ``split``: the model's hidden state, the
-    plaintext letter, the frequency-analysis guess and the position in the document."""
-    plain = make_source(dataclasses.replace(
-        data, text=dataclasses.replace(data.text, cipher=False)))
-    ciphered = make_source(dataclasses.replace(
-        data, text=dataclasses.replace(data.text, cipher=True)))
+def _hidden_states(model: nnx.Module):
+    """A compiled (tokens, segment_ids, key) -> hidden states [batch, length, d] of ``model``.
+
+    A lexinvariant model's evaluation tables are fixed per batch row, so fresh ones are drawn
+    from ``key`` here, or the probe could learn each row's (table, cipher) pair instead of
+    deciphering."""
     graphdef, state = nnx.split(model)
-    # A lexinvariant model's evaluation tables are fixed per batch row; fresh ones per row here,
-    # or the probe could learn each row's (table, cipher) pair instead of deciphering.
     fresh_tables = isinstance(model, LexinvariantLM) and model.learned is None
 
     @jax.jit
@@ -105,13 +100,25 @@ def _letters_of_split(model: nnx.Module, data: DataConfig, split: str, rows: int
         tables = random_tables(key, tokens.shape[0], model.config.vocab_size, model.table_dim)
         return model.hidden(tokens, segment_ids=segments, tables=tables)
 
+    return functools.partial(hidden, state)
+
+
+def _letters_of_split(hidden, data: DataConfig, split: str, rows: int, batch_size: int,
+                      english_order: np.ndarray) -> dict[str, np.ndarray]:
+    """At every ciphered letter of ``rows`` rows of ``split``: the hidden state (``hidden``,
+    from ``_hidden_states``), the plaintext letter, the frequency-analysis guess and the
+    position in the document."""
+    plain = make_source(dataclasses.replace(
+        data, text=dataclasses.replace(data.text, cipher=False)))
+    ciphered = make_source(dataclasses.replace(
+        data, text=dataclasses.replace(data.text, cipher=True)))
     found = {"features": [], "plain": [], "frequency": [], "position": []}
     for index in range(-(-rows // batch_size)):
         keep = np.arange(min(batch_size, rows - index * batch_size))  # no row twice
         text = jax.device_get(plain.batch(index, batch_size, split, rows=keep))
         cipher = jax.device_get(ciphered.batch(index, batch_size, split, rows=keep))
-        key = jax.random.fold_in(jax.random.key(data.seed), _SPLIT_INDEX[split] * 2**20 + index)
-        features = np.asarray(hidden(state, cipher["inputs"], cipher["segment_ids"], key))
+        key = jax.random.fold_in(jax.random.key(data.seed), SPLITS.index(split) * 2**20 + index)
+        features = np.asarray(hidden(cipher["inputs"], cipher["segment_ids"], key))
         segments = cipher["segment_ids"]
         position = np.asarray(segment_positions(jnp.asarray(segments)))
         for row in range(len(segments)):
@@ -149,10 +156,11 @@ def decipher_probe(model: nnx.Module, data: DataConfig, *, num_examples: int, ba
     counts = np.bincount(letter_index(corpus_split(text, 0).tokens) + 1, minlength=27)[1:]
     english_order = np.argsort(-counts, kind="stable")
     data = dataclasses.replace(data, seed=seed)
-    fit, test = (_letters_of_split(model, data, split,
-                                   min(num_examples, corpus_split(text, index).num_rows(
-                                       text.seq_len)), batch_size, english_order)
-                 for split, index in _SPLIT_INDEX.items())
+    hidden = _hidden_states(model)
+    fit, test = (_letters_of_split(hidden, data, split,
+                                   min(num_examples, corpus_split(text, SPLITS.index(split))
+                                       .num_rows(text.seq_len)), batch_size, english_order)
+                 for split in ("validation", "test"))
     mean = fit["features"].mean(0)
     std = fit["features"].std(0) + 1e-6
     weights, bias = fit_linear_probe(jnp.asarray((fit["features"] - mean) / std),
