@@ -10,6 +10,14 @@ k_j = W_k h_j + W_p h_{j-1} (zero before a document's first token): a query then
 places where the context that led to a token resembles its own and copies what came next (an
 induction head, "In-context Learning and Induction Heads"), with no need for the backbone to
 learn to move the previous token forward first.
+
+With ``ngram_orders = N > 0`` the scores also read hard-wired n-gram matches (the n-gram heads
+of "In-Context Language Learning: Architectures and Algorithms", ``jaxlm.ops.context_matches``):
+score(t, j) gains w_1(h_t) + ... + w_n(h_t) when the last n tokens before j equal the last n
+tokens up to t, for the longest such n <= N, with the weights w read from the query's state. A
+large weight makes the pointer copy what followed the longest earlier match of the context,
+as a classical in-context compressor (PPM) does. Matches depend on token ids only through
+equality, so the head stays lexinvariant.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.ops.attention import attention_mask
-from jaxlm.ops.pointer import pointer_sentinel_log_probs
+from jaxlm.ops.pointer import context_matches, pointer_sentinel_log_probs
 from jaxlm.ops.segments import segment_starts
 
 
@@ -32,16 +40,32 @@ class PointerSentinel(nnx.Module):
     of the positions so far and the last hidden state, so generation points at the whole
     prompt."""
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, ngram_orders: int = 0, rngs: nnx.Rngs):
+        if ngram_orders < 0:
+            raise ValueError(f"PointerSentinel: ngram_orders must be >= 0, got {ngram_orders}")
         self.query = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
         self.key = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
         self.previous_key = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
         self.sentinel = nnx.Param(jnp.zeros((dim,)))
         self.scale = dim ** -0.5
+        self.ngram_orders = ngram_orders
+        # Zero weights: at initialisation the matches change nothing.
+        self.match_weights = (nnx.Linear(dim, ngram_orders, kernel_init=nnx.initializers.zeros,
+                                         rngs=rngs) if ngram_orders else None)
 
-    def _scores(self, q: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """q [batch, q_len, dim], keys [batch, k_len, dim] -> (pointer scores, sentinel)."""
+    def _scores(self, h: jax.Array, keys: jax.Array, tokens: jax.Array,
+                query_positions: jax.Array | None, segment_ids: jax.Array | None
+                ) -> tuple[jax.Array, jax.Array]:
+        """h [batch, q_len, dim] at ``query_positions`` (None: every position), keys
+        [batch, k_len, dim] and tokens [batch, k_len] of the context -> (pointer scores
+        [batch, q_len, k_len], sentinel scores [batch, q_len])."""
+        q = self.query(h)
         scores = jnp.einsum("bqd,bkd->bqk", q, keys) * self.scale
+        if self.match_weights is not None:
+            matches = context_matches(tokens, self.ngram_orders, query_positions=query_positions,
+                                      segment_ids=segment_ids)
+            scores = scores + jnp.einsum("bqn,bnqk->bqk", self.match_weights(h),
+                                         matches.astype(scores.dtype))
         return scores, (q @ self.sentinel[...]) * self.scale
 
     def _keys(self, h: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
@@ -60,7 +84,7 @@ class PointerSentinel(nnx.Module):
         positions = jnp.arange(tokens.shape[1])
         mask = attention_mask(positions, positions, causal=True, window=None,
                               q_segment=segment_ids, k_segment=segment_ids)
-        scores, sentinel = self._scores(self.query(h), keys)
+        scores, sentinel = self._scores(h, keys, tokens, None, segment_ids)
         return pointer_sentinel_log_probs(vocab_logits, scores, sentinel, tokens, mask)
 
     def init_state(self, batch_size: int, *, max_length: int,
@@ -90,7 +114,8 @@ class PointerSentinel(nnx.Module):
         key = self.key(h) + self.previous_key(state["last"])
         state = {"keys": state["keys"].at[:, pos].set(key.astype(state["keys"].dtype)),
                  "tokens": state["tokens"].at[:, pos].set(tokens), "last": h}
-        scores, sentinel = self._scores(self.query(h)[:, None], state["keys"])
+        scores, sentinel = self._scores(h[:, None], state["keys"], state["tokens"],
+                                        jnp.reshape(pos, (1,)), None)
         mask = jnp.arange(state["tokens"].shape[1]) <= pos
         log_p = pointer_sentinel_log_probs(vocab_logits[:, None], scores, sentinel,
                                            state["tokens"], mask)

@@ -22,6 +22,7 @@ class LexinvariantConfig:
     table_seed: int = 0
     table_dim: int = 0  # width of the random table (0: d_model); otherwise learned maps to it
     head: str = "tied"  # "tied": logits h E^T (the paper's); "pointer": a pointer-sentinel mixture
+    ngram_orders: int = 0  # pointer head: hard-wired n-gram match features of orders 1..n
 
     def __post_init__(self):
         if self.table_dim < 0:
@@ -30,6 +31,9 @@ class LexinvariantConfig:
         if self.head not in LEXINVARIANT_HEADS:
             raise ValueError(f"model.lexinvariant.head must be one of {LEXINVARIANT_HEADS}, "
                              f"got {self.head!r}")
+        if self.ngram_orders < 0 or (self.ngram_orders and self.head != "pointer"):
+            raise ValueError(f"model.lexinvariant.ngram_orders must be >= 0 and needs "
+                             f"head='pointer', got {self.ngram_orders} with head={self.head!r}")
         if not 0.0 <= self.random_prob <= 1.0:
             raise ValueError(f"model.lexinvariant.random_prob must be in [0, 1], "
                              f"got {self.random_prob!r}")

@@ -23,7 +23,8 @@ evaluation is deterministic.
 the document and the tied output layer. Copying depends on token ids only through equality, so
 the model stays lexinvariant; it states in-context counts as probabilities, which the tied head
 over random vectors can state only linearly in its logits (with uniform pointer weights it is
-the in-context unigram model).
+the in-context unigram model). ``ngram_orders`` adds hard-wired n-gram match features to the
+pointer's scores ("In-Context Language Learning: Architectures and Algorithms").
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class LexinvariantLM(nnx.Module):
         self.blocks = nnx.List([Block(config, name, rngs=rngs)
                                 for name in config.layer_mixers()])
         self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
-        self.pointer = (PointerSentinel(config.d_model, rngs=rngs)
+        self.pointer = (PointerSentinel(config.d_model, ngram_orders=self.options.ngram_orders,
+                                        rngs=rngs)
                         if self.options.head == "pointer" else None)
         self.draws = TableDraws(jnp.zeros((), jnp.uint32))
         self.deterministic = True  # False after model.train(): fresh tables on every call

@@ -6,7 +6,7 @@ from jaxlm.ops.conv import causal_conv1d, causal_conv1d_step
 from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
 from jaxlm.ops.linear_attention import (gated_linear_attention, gated_linear_attention_step,
                                        linear_attention)
-from jaxlm.ops.pointer import pointer_sentinel_log_probs
+from jaxlm.ops.pointer import context_matches, pointer_sentinel_log_probs
 from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
@@ -21,10 +21,10 @@ from jaxlm.ops.ssm import bilinear, diagonal_ssm, diagonal_ssm_step, fft_causal_
 __all__ = [
     "Impl", "apply_rope", "attention", "attention_mask", "bilinear", "bilinear_lower",
     "bilinear_nplr", "block_sparse_attention", "causal_conv1d", "causal_conv1d_step",
-    "delta_rule", "dense_ssm", "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step",
-    "fft_causal_conv", "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
-    "gated_linear_attention_step", "hippo_legs", "krylov_kernel", "lambda_attention",
-    "lambda_mask", "linear_attention", "masked_attention", "nplr_legs",
+    "context_matches", "delta_rule", "dense_ssm", "dense_ssm_step", "diagonal_ssm",
+    "diagonal_ssm_step", "fft_causal_conv", "gated_delta_rule", "gated_delta_rule_step",
+    "gated_linear_attention", "gated_linear_attention_step", "hippo_legs", "krylov_kernel",
+    "lambda_attention", "lambda_mask", "linear_attention", "masked_attention", "nplr_legs",
     "pointer_sentinel_log_probs", "routing_attention", "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "selective_scan",
     "selective_scan_step", "ssd", "update_centroids", "zoh",

@@ -26,8 +26,11 @@ RESULT = "result.json"
 def describe(config: Config) -> dict[str, Any]:
     """The table columns that come from the config."""
     model = config.model.pattern
-    if config.model.kind == "lexinvariant" and config.model.lexinvariant.head != "tied":
-        model = f"lexinvariant, {config.model.lexinvariant.head} head ({model})"
+    lexinvariant = config.model.lexinvariant
+    if config.model.kind == "lexinvariant" and lexinvariant.head != "tied":
+        ngrams = (f", n-gram matches up to {lexinvariant.ngram_orders}"
+                  if lexinvariant.ngram_orders else "")
+        model = f"lexinvariant, {lexinvariant.head} head{ngrams} ({model})"
     elif config.model.kind != "decoder":
         model = f"{config.model.kind} ({model})"
     elif config.data.task == "text":

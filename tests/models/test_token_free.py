@@ -30,6 +30,17 @@ def model(kind, **changes):
     return build_lm(dataclasses.replace(SMALL, kind=kind, **changes), rngs=nnx.Rngs(params=0))
 
 
+def pointer_model(**changes):
+    """The lexinvariant model with the pointer head and n-gram match features of orders 1-3,
+    their weights drawn at random (they start at zero) so that the tests see them."""
+    m = model("lexinvariant", lexinvariant=LexinvariantConfig(head="pointer", ngram_orders=3),
+              **changes)
+    weights = m.pointer.match_weights
+    weights.kernel[...] = jax.random.normal(jax.random.key(3), weights.kernel.shape, jnp.float32)
+    weights.bias[...] = jnp.asarray([1.0, 2.0, 3.0], jnp.float32)
+    return m
+
+
 @jax.jit
 def forward(m, tokens, segment_ids=None, tables=None):
     """The model's parallel form, compiled (one compile instead of many eager ops)."""
@@ -41,11 +52,12 @@ def forward(m, tokens, segment_ids=None, tables=None):
 @pytest.mark.parametrize("table_dim,head", [(0, "tied"), (48, "tied"), (0, "pointer")])
 def test_lexinvariant_logits_follow_any_relabelling_of_the_vocabulary(table_dim, head):
     """Relabelling tokens by a permutation pi (and the table with them) permutes the logits:
-    logits(pi(x), T o pi^-1)[..., pi(v)] == logits(x, T)[..., v]."""
-    m = model("lexinvariant", vocab_size=20,
-              lexinvariant=LexinvariantConfig(table_dim=table_dim, head=head))
+    logits(pi(x), T o pi^-1)[..., pi(v)] == logits(x, T)[..., v]. The pointer head has its
+    n-gram match features on, and the tokens repeat, so matches of every order occur."""
+    m = (pointer_model(vocab_size=20) if head == "pointer" else
+         model("lexinvariant", vocab_size=20, lexinvariant=LexinvariantConfig(table_dim=table_dim)))
     rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(0, 20, (2, 11)))
+    tokens = jnp.asarray(rng.integers(0, 3, (2, 11)))
     tables = jax.random.normal(jax.random.key(1), (2, 20, table_dim or 16))
     pi = jnp.asarray(rng.permutation(20))
     relabelled_tables = jnp.zeros_like(tables).at[:, pi].set(tables)
@@ -70,6 +82,9 @@ def test_lexinvariant_tables_are_fresh_in_training_and_fixed_in_evaluation():
         LexinvariantConfig(random_prob=1.5)
     with pytest.raises(ValueError, match=r"head must be one of \('tied', 'pointer'\), got 'copy'"):
         LexinvariantConfig(head="copy")
+    with pytest.raises(ValueError, match=r"ngram_orders must be >= 0 and needs head='pointer', "
+                                         r"got 2 with head='tied'"):
+        LexinvariantConfig(ngram_orders=2)
 
 
 def test_pointer_head_is_the_in_context_unigram_when_it_points_uniformly():
@@ -93,7 +108,7 @@ def test_pointer_head_is_the_in_context_unigram_when_it_points_uniformly():
 
 @pytest.mark.parametrize("head", ["tied", "pointer"])
 def test_lexinvariant_step_matches_the_parallel_form(head):
-    m = model("lexinvariant", lexinvariant=LexinvariantConfig(head=head))
+    m = pointer_model() if head == "pointer" else model("lexinvariant")
     tokens = jnp.asarray(encode("the cat sat on the mat"))[None]
     full = forward(m, tokens)
     logits, state = m.prefill(tokens[:, :10], max_length=tokens.shape[1])
@@ -142,8 +157,7 @@ def test_word_targets_spell_each_word_then_eow_and_ignore_what_has_no_context():
 def test_packed_rows_never_see_another_document(kind):
     """A document's predictions in a packed row equal those of the document alone (the
     lexinvariant model with the pointer head: it must not point into another document)."""
-    m = (model(kind, lexinvariant=LexinvariantConfig(head="pointer")) if kind == "lexinvariant"
-         else model(kind))
+    m = pointer_model() if kind == "lexinvariant" else model(kind)
     first = np.concatenate([[BOS], encode("some old text here "), [EOS]])
     second = np.concatenate([[BOS], encode("the cat sat on the mat")])
     row = jnp.asarray(np.concatenate([first, second]))[None]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.ops import pointer_sentinel_log_probs
+from jaxlm.ops import context_matches, pointer_sentinel_log_probs
 from tests.helpers import rel_err
 
 
@@ -61,3 +61,39 @@ def test_pointer_sentinel_names_a_bad_shape():
     with pytest.raises(ValueError, match=r"tokens must have shape \[batch, k_len\]"):
         pointer_sentinel_log_probs(logits, jnp.zeros((2, 3, 6)), jnp.zeros((2, 3)),
                                    jnp.zeros((6,), jnp.int32), jnp.ones((2, 3, 6), bool))
+
+
+def loop_matches(tokens, segment_ids, orders):
+    """Entry (b, n - 1, q, j): for every k < n, position q - k and position j - 1 - k exist,
+    lie in the documents of q and of j, and hold the same token."""
+    batch, length = tokens.shape
+    out = np.zeros((batch, orders, length, length), bool)
+    for b, n, q, j in np.ndindex(batch, orders, length, length):
+        out[b, n, q, j] = all(
+            q - k >= 0 and j - 1 - k >= 0 and segment_ids[b, q - k] == segment_ids[b, q]
+            and segment_ids[b, j - 1 - k] == segment_ids[b, j]
+            and tokens[b, q - k] == tokens[b, j - 1 - k] for k in range(n + 1))
+    return out
+
+
+@pytest.mark.parametrize("vocab", [2, 3])
+def test_context_matches_equal_the_loop(vocab):
+    """Exact (booleans). Few distinct tokens, so matches of every order occur, in a packed row
+    (a match must not reach into the previous document) and an unpacked one."""
+    tokens = np.array(jax.random.randint(jax.random.key(vocab), (2, 17), 0, vocab))
+    segment_ids = np.array([[0] * 6 + [1] * 11, [0] * 17])
+    out = context_matches(jnp.asarray(tokens), 3, segment_ids=jnp.asarray(segment_ids))
+    expected = loop_matches(tokens, segment_ids, 3)
+    assert expected[:, 2].any()
+    np.testing.assert_array_equal(out, expected)
+    queries = jnp.asarray([4, 16])  # the form generation uses: chosen query positions
+    np.testing.assert_array_equal(
+        context_matches(jnp.asarray(tokens), 3, query_positions=queries,
+                        segment_ids=jnp.asarray(segment_ids)), expected[:, :, [4, 16]])
+
+
+def test_context_matches_names_a_bad_input():
+    with pytest.raises(ValueError, match=r"tokens must have shape \[batch, length\], got \(5,\)"):
+        context_matches(jnp.zeros((5,), jnp.int32), 2)
+    with pytest.raises(ValueError, match="orders must be >= 1, got 0"):
+        context_matches(jnp.zeros((1, 5), jnp.int32), 0)
