@@ -37,4 +37,6 @@ def config() -> Config:
 
 
 def sweep() -> list[dict]:
-    return grid({"model.pattern": ["attention", "gla", "mamba2", "h3"]})
+    # The paper's third finding: hard-wired n-gram heads (orders 1-3) help every model.
+    return (grid({"model.pattern": ["attention", "gla", "mamba2", "h3"]})
+            + grid({"model.pattern": ["attention", "gla", "mamba2"], "model.ngram_heads": [3]}))

@@ -55,3 +55,16 @@ def normal(seed: int, shape: tuple[int, ...], dtype=jnp.float64) -> jax.Array:
     """Standard normal test input from NumPy's generator: fresh per seed, and quick (eager
     ``jax.random`` compiles a sampler per shape, seconds per test on CPU)."""
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def loop_matches(tokens, segment_ids, orders):
+    """Entry (b, n - 1, q, j): for every k < n, position q - k and position j - 1 - k exist,
+    lie in the documents of q and of j, and hold the same token."""
+    batch, length = tokens.shape
+    out = np.zeros((batch, orders, length, length), bool)
+    for b, n, q, j in np.ndindex(batch, orders, length, length):
+        out[b, n, q, j] = all(
+            q - k >= 0 and j - 1 - k >= 0 and segment_ids[b, q - k] == segment_ids[b, q]
+            and segment_ids[b, j - 1 - k] == segment_ids[b, j]
+            and tokens[b, q - k] == tokens[b, j - 1 - k] for k in range(n + 1))
+    return out

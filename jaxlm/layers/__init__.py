@@ -12,6 +12,7 @@ from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, Line
 from jaxlm.layers.mamba import Mamba, Mamba2, Mamba2Config, MambaConfig
 from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
+from jaxlm.layers.ngram import NgramHeads
 from jaxlm.layers.pointer import PointerSentinel
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 from jaxlm.layers.s4 import LSSL, S4, LSSLConfig, LSSLSSM, NPLRSSM, S4Config
@@ -23,7 +24,7 @@ __all__ = [
     "AttentionConfig", "DeltaNet", "DeltaNetConfig", "DiagonalSSM", "GLAConfig",
     "GatedDeltaNetConfig", "GatedMLP", "H3Config", "JRTConfig", "LSSLConfig", "LinearAttention",
     "LinearAttentionConfig", "Mamba", "Mamba2", "Mamba2Config", "MambaConfig", "Mixer", "MoM",
-    "MoMConfig", "PointerSentinel", "S4Config", "S4DConfig", "SSMBlock", "ShortConv",
+    "MoMConfig", "NgramHeads", "PointerSentinel", "S4Config", "S4DConfig", "SSMBlock", "ShortConv",
     "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
     "feature_map", "prefill", "register_mixer",
 ]

@@ -103,7 +103,8 @@ class PointerSentinel(nnx.Module):
         length = tokens.shape[1]
         keys = self._keys(h, None)
         state = {"keys": state["keys"].at[:, :length].set(keys),
-                 "tokens": state["tokens"].at[:, :length].set(tokens), "last": h[:, -1]}
+                 "tokens": state["tokens"].at[:, :length].set(tokens.astype(jnp.int32)),
+                 "last": h[:, -1]}
         return self._parallel(h, vocab_logits, tokens, keys, None), state
 
     def step(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array,
@@ -113,7 +114,7 @@ class PointerSentinel(nnx.Module):
         (log-probabilities [batch, vocab], new state)."""
         key = self.key(h) + self.previous_key(state["last"])
         state = {"keys": state["keys"].at[:, pos].set(key.astype(state["keys"].dtype)),
-                 "tokens": state["tokens"].at[:, pos].set(tokens), "last": h}
+                 "tokens": state["tokens"].at[:, pos].set(tokens.astype(jnp.int32)), "last": h}
         scores, sentinel = self._scores(h[:, None], state["keys"], state["tokens"],
                                         jnp.reshape(pos, (1,)), None)
         mask = jnp.arange(state["tokens"].shape[1]) <= pos

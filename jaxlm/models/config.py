@@ -89,7 +89,8 @@ class ModelConfig:
     ``pattern`` is a comma-separated list of registered mixer names, e.g. ``"attention"`` or
     ``"mamba,mamba,attention"``; ``n_layers`` must be a multiple of its length. Each mixer's
     options live in the field of the same name (``attention``, ``attention_window``, ...).
-    ``d_ff=0`` leaves out the MLP (as in Zoology's MQAR models).
+    ``d_ff=0`` leaves out the MLP (as in Zoology's MQAR models). ``ngram_heads=N`` adds
+    hard-wired n-gram heads of orders 1..N after the embedding (``jaxlm.layers.NgramHeads``).
     """
     kind: str = "decoder"  # one of MODEL_KINDS
     vocab_size: int = 256
@@ -101,6 +102,7 @@ class ModelConfig:
     learned_positions: bool = False  # add a learned absolute position embedding
     max_length: int = 2048  # longest sequence the learned positions cover
     norm_eps: float = 1e-6
+    ngram_heads: int = 0  # hard-wired n-gram heads of orders 1..n after the embedding (decoder)
     attention: AttentionConfig = AttentionConfig()
     attention_window: WindowAttentionConfig = WindowAttentionConfig()
     sparse_attention: SparseAttentionConfig = SparseAttentionConfig()
@@ -129,6 +131,11 @@ class ModelConfig:
         if not isinstance(self.d_ff, int) or self.d_ff < 0:
             raise ValueError(f"model.d_ff must be a non-negative integer (0: no MLP), "
                              f"got {self.d_ff!r}")
+        if not isinstance(self.ngram_heads, int) or self.ngram_heads < 0 or (
+                self.ngram_heads and self.kind != "decoder"):
+            raise ValueError(f"model.ngram_heads must be a non-negative integer, and 0 unless "
+                             f"model.kind='decoder'; got {self.ngram_heads!r} with "
+                             f"model.kind={self.kind!r}")
         names = self.mixer_names()
         unknown = [n for n in names if n not in MIXERS]
         if unknown:

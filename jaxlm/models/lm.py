@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.layers import GatedMLP, build_mixer, prefill
+from jaxlm.layers import GatedMLP, NgramHeads, build_mixer, prefill
 from jaxlm.models.config import ModelConfig
 
 
@@ -88,6 +88,8 @@ class DecoderLM(nnx.Module):
                           if config.learned_positions else None)
         self.blocks = nnx.List([Block(config, name, rngs=rngs)
                                 for name in config.layer_mixers()])
+        self.ngram = (NgramHeads(config.d_model, config.ngram_heads, rngs=rngs)
+                      if config.ngram_heads else None)
         self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
         self.head = (None if config.tie_embeddings else
                      nnx.Linear(config.d_model, config.vocab_size, use_bias=False, rngs=rngs))
@@ -114,31 +116,44 @@ class DecoderLM(nnx.Module):
         """tokens [batch, length] -> the normalised final hidden states [batch, length,
         d_model] that the output layer reads (what probes of the representation read)."""
         h = self._embed(tokens)
+        if self.ngram is not None:
+            h = self.ngram(h, tokens, segment_ids=segment_ids)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
         return self.final_norm(h)
 
     def init_state(self, batch_size: int, *, max_length: int,
                    dtype: Any = jnp.float32) -> dict[str, Any]:
-        """Recurrent state for ``step``: one state per layer and the next position."""
+        """Recurrent state for ``step``: one state per layer and the next position (and the
+        n-gram heads' cache)."""
         layers = [block.mixer.init_state(batch_size, dtype, max_length=max_length)
                   for block in self.blocks]
-        return {"pos": jnp.zeros((), jnp.int32), "layers": layers}
+        state = {"pos": jnp.zeros((), jnp.int32), "layers": layers}
+        if self.ngram is not None:
+            state["ngram"] = self.ngram.init_state(batch_size, max_length=max_length, dtype=dtype)
+        return state
 
     def prefill(self, tokens: jax.Array, *, max_length: int) -> tuple[jax.Array, dict[str, Any]]:
         """Reads a prompt: tokens [batch, length] -> (logits [batch, length, vocab_size], the
         state after the prompt, ready for ``step``; room for ``max_length`` tokens in all)."""
-        h, layers = prefill_blocks(self.blocks, self._embed(tokens), max_length=max_length)
-        pos = jnp.asarray(tokens.shape[1], jnp.int32)
-        return self._logits(h), {"pos": pos, "layers": layers}
+        h, state = self._embed(tokens), {}
+        if self.ngram is not None:
+            h, state["ngram"] = self.ngram.prefill(h, tokens, max_length=max_length)
+        h, state["layers"] = prefill_blocks(self.blocks, h, max_length=max_length)
+        state["pos"] = jnp.asarray(tokens.shape[1], jnp.int32)
+        return self._logits(h), state
 
     def step(self, tokens: jax.Array, state: dict[str, Any]) -> tuple[jax.Array, dict[str, Any]]:
         """tokens: [batch] int -> (logits [batch, vocab_size], new state)."""
         h = self.embed(tokens)
         if self.positions is not None:
             h = h + self.positions(state["pos"])
-        h, layers = step_blocks(self.blocks, h, state["layers"])
-        return self._logits(h), {"pos": state["pos"] + 1, "layers": layers}
+        new_state = dict(state)
+        if self.ngram is not None:
+            h, new_state["ngram"] = self.ngram.step(h, tokens, state["ngram"], state["pos"])
+        h, new_state["layers"] = step_blocks(self.blocks, h, state["layers"])
+        new_state["pos"] = state["pos"] + 1
+        return self._logits(h), new_state
 
 
 def count_params(model: nnx.Module) -> int:

@@ -36,6 +36,8 @@ def describe(config: Config) -> dict[str, Any]:
     elif config.data.task == "text":
         vocab = config.data.text.subword_vocab
         model = f"{f'subword LM, {vocab} ids' if vocab else 'byte LM'} ({model})"
+    if config.model.ngram_heads:
+        model = f"{model} + n-gram heads (1-{config.model.ngram_heads})"
     row = {"task": config.data.task, "model": model,
            "d_model": config.model.d_model, "layers": config.model.n_layers,
            "seq_len": config.data.seq_len, "steps": config.train.steps}

@@ -103,6 +103,9 @@ def check_sequence_parallel(model: ModelConfig, ways: int) -> None:
         raise ValueError(f"{where}: model.kind={model.kind!r} has no sequence-parallel path "
                          f"(kinds that have one: {list(SEQUENCE_PARALLEL_KINDS)}); set "
                          f"mesh.sequence=1 and split the batch instead (mesh.data=-1)")
+    if model.ngram_heads:
+        raise ValueError(f"{where}: model.ngram_heads={model.ngram_heads} has no "
+                         f"sequence-parallel path; set mesh.sequence=1 or model.ngram_heads=0")
     missing = sorted({name for name in model.layer_mixers() if not MIXERS[name].sequence_parallel})
     if missing:
         have = sorted(name for name, spec in MIXERS.items() if spec.sequence_parallel)

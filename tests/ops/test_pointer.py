@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlm.ops import context_matches, pointer_sentinel_log_probs
-from tests.helpers import rel_err
+from tests.helpers import loop_matches, rel_err
 
 
 def loop_log_probs(vocab_logits, scores, sentinel, tokens, mask):
@@ -61,19 +61,6 @@ def test_pointer_sentinel_names_a_bad_shape():
     with pytest.raises(ValueError, match=r"tokens must have shape \[batch, k_len\]"):
         pointer_sentinel_log_probs(logits, jnp.zeros((2, 3, 6)), jnp.zeros((2, 3)),
                                    jnp.zeros((6,), jnp.int32), jnp.ones((2, 3, 6), bool))
-
-
-def loop_matches(tokens, segment_ids, orders):
-    """Entry (b, n - 1, q, j): for every k < n, position q - k and position j - 1 - k exist,
-    lie in the documents of q and of j, and hold the same token."""
-    batch, length = tokens.shape
-    out = np.zeros((batch, orders, length, length), bool)
-    for b, n, q, j in np.ndindex(batch, orders, length, length):
-        out[b, n, q, j] = all(
-            q - k >= 0 and j - 1 - k >= 0 and segment_ids[b, q - k] == segment_ids[b, q]
-            and segment_ids[b, j - 1 - k] == segment_ids[b, j]
-            and tokens[b, q - k] == tokens[b, j - 1 - k] for k in range(n + 1))
-    return out
 
 
 @pytest.mark.parametrize("vocab", [2, 3])

@@ -53,6 +53,8 @@ def test_fsdp_shards_parameters_and_matches(tmp_path):
      r"mixers \['s4'\] of model.pattern='attention,s4' have no sequence-parallel path"),
     (["mesh.data=2", "mesh.sequence=4", "model.kind=hierarchical"],
      "model.kind='hierarchical' has no sequence-parallel path"),
+    (["mesh.data=2", "mesh.sequence=4", "model.ngram_heads=2"],
+     "model.ngram_heads=2 has no sequence-parallel path"),
 ])
 def test_bad_mesh_fails_before_compiling(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
