@@ -11,9 +11,10 @@ word-level models, bytes per kept token for MrT5). A run trains the byte LM on c
 text, the fair comparison for the lexinvariant model on the cipher; the last is the subword
 baseline: the same decoder over a byte-pair encoding of 1024 ids learned on the training
 split, with rows of 80 tokens (about the 256 bytes the byte-level models see). The lexinvariant
-model runs three times: with the paper's tied head, and with the pointer-sentinel head at 256
-and at 1024 bytes of context (beside a cipher-trained byte LM at 1024); the byte and
-lexinvariant LMs also get the deciphering probe (a linear probe naming the plaintext letters).
+model runs five times: with the paper's tied head, and with the pointer-sentinel head at 256
+and at 1024 bytes of context, without and with the pointer's n-gram match features (beside a
+cipher-trained byte LM at 1024); the byte and lexinvariant LMs also get the deciphering probe
+(a linear probe naming the plaintext letters).
 """
 
 from jaxlm.config import Config, ProbeConfig, TrainConfig
@@ -43,16 +44,17 @@ def config() -> Config:
 # from the document so far, so it needs the longer context (in-context PPM: 4.77 bits per byte
 # at 256 bytes, 3.86 at 1024).
 LONG = {"data.text.seq_len": 1024, "train.batch_size": 4}
+# The pointer's hard-wired n-gram matches of orders 1-4 (PPM's order 3 context plus the token).
+NGRAM_ORDERS = 4
 
 
 def sweep() -> list[dict]:
     models = grid({"model.kind": ["decoder", "lexinvariant", "hierarchical", "word_pooled",
                                   "mrt5"]})
-    lexinvariant = [
-        {"model.kind": "lexinvariant", "model.lexinvariant.head": "pointer"},
-        {"model.kind": "lexinvariant", "model.lexinvariant.head": "pointer", **LONG,
-         "train.steps": 1500},
-    ]
+    pointer = {"model.kind": "lexinvariant", "model.lexinvariant.head": "pointer"}
+    ngrams = {**pointer, "model.lexinvariant.ngram_orders": NGRAM_ORDERS}
+    lexinvariant = [pointer, {**pointer, **LONG, "train.steps": 1500},
+                    ngrams, {**ngrams, **LONG, "train.steps": 1500}]
     # The cipher probe's fair comparison: a byte LM trained on ciphered text. (A lexinvariant
     # model trained on it would see the same distribution as on plain text.)
     return models + lexinvariant + [
