@@ -1,12 +1,14 @@
 """In-context language learning on random regular languages (Akyurek et al.): greedy validity
 on held-out DFAs, beside in-context 1-, 2- and 3-gram models.
 
-Run:  jaxlm sweep experiments/regular_languages.py     (CPU, about 35 minutes)
+Run:  jaxlm sweep experiments/regular_languages.py     (CPU, about 60 minutes)
 A fixed training set of 2500 prompts (as the paper's CPU-sized anchor), length 128, strings of
-up to 20 letters; 4-layer models of width 64 with an MLP. The finding: attention beats the
-recurrent models and approaches the in-context 3-gram model. At this CPU budget (1500 steps) it
-does not reproduce: every model sits near the in-context unigram model (see RESULTS.md); the
-paper trains for about 15k steps.
+up to 20 letters; 4-layer models of width 64 with an MLP. The findings: attention beats the
+recurrent models and approaches the in-context 3-gram model; hard-wired n-gram heads
+(``model.ngram_heads=3``) lift every model. At this CPU budget (1500 steps) the first does not
+reproduce: every model without heads sits near the in-context unigram model (see RESULTS.md;
+the paper trains for about 15k steps). With the heads, attention, GLA and Mamba-2 all reach
+0.86-0.87, above the in-context 3-gram model (0.83).
 """
 
 from jaxlm.config import Config, ProbeConfig, TrainConfig

@@ -2,7 +2,8 @@
 hierarchical byte -> word -> byte model, the word-pooled model and MrT5's token deletion, each
 with the same attention backbone.
 
-Run:  jaxlm sweep experiments/token_free.py     (CPU, 32 minutes measured)
+Run:  jaxlm sweep experiments/token_free.py     (CPU: 32 minutes measured without the two
+      n-gram rows, which add about 15)
 Trains every model on the built-in corpus (the Python documentation topics of the standard
 library; ``--set data.text.path=DIR`` for your own text) and reports bits per byte on held-out
 documents, on the same rows under a letter substitution cipher, the unigram baseline, the
