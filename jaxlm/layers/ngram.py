@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.ops.pointer import context_matches
+from jaxlm.ops.ngram import context_matches
 
 
 class NgramHeads(nnx.Module):

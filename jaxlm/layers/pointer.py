@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.ops.attention import attention_mask
-from jaxlm.ops.pointer import context_matches, pointer_sentinel_log_probs
+from jaxlm.ops.ngram import context_matches
+from jaxlm.ops.pointer import pointer_sentinel_log_probs
 from jaxlm.ops.segments import segment_starts
 
 

@@ -6,7 +6,8 @@ from jaxlm.ops.conv import causal_conv1d, causal_conv1d_step
 from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
 from jaxlm.ops.linear_attention import (gated_linear_attention, gated_linear_attention_step,
                                        linear_attention)
-from jaxlm.ops.pointer import context_matches, pointer_sentinel_log_probs
+from jaxlm.ops.ngram import context_matches
+from jaxlm.ops.pointer import pointer_sentinel_log_probs
 from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
