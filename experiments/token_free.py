@@ -3,7 +3,7 @@ hierarchical byte -> word -> byte model, the word-pooled model and MrT5's token 
 with the same attention backbone.
 
 Run:  jaxlm sweep experiments/token_free.py     (CPU: 32 minutes measured without the two
-      n-gram rows, which add about 15)
+      n-gram rows, which add about 8)
 Trains every model on the built-in corpus (the Python documentation topics of the standard
 library; ``--set data.text.path=DIR`` for your own text) and reports bits per byte on held-out
 documents, on the same rows under a letter substitution cipher, the unigram baseline, the
@@ -54,8 +54,8 @@ def sweep() -> list[dict]:
                                   "mrt5"]})
     pointer = {"model.kind": "lexinvariant", "model.lexinvariant.head": "pointer"}
     ngrams = {**pointer, "model.lexinvariant.ngram_orders": NGRAM_ORDERS}
-    lexinvariant = [pointer, {**pointer, **LONG, "train.steps": 1500},
-                    ngrams, {**ngrams, **LONG, "train.steps": 1500}]
+    # With the n-gram matches 600 steps at 1024 bytes suffice (3.65 bits per byte; 3.63 at 1500).
+    lexinvariant = [pointer, {**pointer, **LONG, "train.steps": 1500}, ngrams, {**ngrams, **LONG}]
     # The cipher probe's fair comparison: a byte LM trained on ciphered text. (A lexinvariant
     # model trained on it would see the same distribution as on plain text.)
     return models + lexinvariant + [
