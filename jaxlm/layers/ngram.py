@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.ops.attention import attention_mask
 from jaxlm.ops.ngram import context_matches
 
 
@@ -65,7 +66,7 @@ class NgramHeads(nnx.Module):
     def _parallel(self, h: jax.Array, values: jax.Array, tokens: jax.Array,
                   segment_ids: jax.Array | None) -> jax.Array:
         positions = jnp.arange(tokens.shape[1])
-        visible = positions[None, :] <= positions[:, None]
+        visible = attention_mask(positions, positions, causal=True, window=None)
         return self._read(h, values, tokens, None, segment_ids, visible)
 
     def init_state(self, batch_size: int, *, max_length: int,
