@@ -56,8 +56,9 @@ class NgramHeads(nnx.Module):
                                   segment_ids=segment_ids) & visible
         weights = matches.astype(values.dtype)
         # Orders as a batch axis of both operands (values [batch, orders, k_len, dim]) and the
-        # mean's division after the product: on CPU this contracts about twice as fast as
-        # dividing the [batch, orders, q_len, k_len] weights and contracting "bnqk,bknd".
+        # mean's division after the product: on CPU this contraction alone runs in about half
+        # the time of dividing the [batch, orders, q_len, k_len] weights first and contracting
+        # "bnqk,bknd" (the whole model gains less: see experiments/bench_heads.py).
         sums = jnp.einsum("bnqk,bnkd->bqnd", weights, jnp.swapaxes(values, 1, 2))
         counts = jnp.swapaxes(weights.sum(-1), 1, 2)[..., None]  # [batch, q_len, orders, 1]
         read = sums / jnp.maximum(counts, 1.0)
