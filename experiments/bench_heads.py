@@ -18,7 +18,7 @@ import pathlib
 import jax
 from flax import nnx
 
-from jaxlm.config import apply_overrides
+from jaxlm.config import Config, apply_overrides
 from jaxlm.data import make_source
 from jaxlm.runner import load_experiment, markdown_table
 from jaxlm.runner.bench import compile_fn, median_seconds
@@ -37,9 +37,9 @@ MODELS = {
 }
 
 
-def measure(overrides: dict, length: int, batch_size: int) -> dict[str, float]:
-    """Forward and forward+backward median seconds of one model on one batch of text rows."""
-    base = load_experiment(str(EXPERIMENT), []).base
+def measure(base: Config, overrides: dict, length: int, batch_size: int) -> dict[str, float]:
+    """Forward and forward+backward median seconds of one model (``base`` with ``overrides``)
+    on one batch of text rows."""
     config = apply_overrides(base, {**overrides, "data.text.seq_len": length})
     graphdef, params, rest = nnx.split(build_model(config), nnx.Param, ...)
     batch = make_source(config.data).batch(0, batch_size, "train")
@@ -60,10 +60,11 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--tokens", type=int, default=4096, help="bytes per batch")
     args = parser.parse_args()
+    base = load_experiment(str(EXPERIMENT), []).base
     rows = []
     for length in args.lengths:
         batch_size = max(1, args.tokens // length)
-        results = {name: measure(overrides, length, batch_size)
+        results = {name: measure(base, overrides, length, batch_size)
                    for name, overrides in MODELS.items()}
         ref = results["byte LM"]
         for name, r in results.items():

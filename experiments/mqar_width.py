@@ -1,6 +1,6 @@
 """MQAR accuracy against model width per architecture, as Zoology's Figure 2.
 
-Run:  jaxlm sweep experiments/mqar_width.py     (CPU: about 40 minutes measured)
+Run:  jaxlm sweep experiments/mqar_width.py     (CPU: about 40 minutes, the sum of its runs' times)
 The quickstart's MQAR task with vocab 256, length 64 (4 key-value pairs), widths 32, 64 and 128
 for attention, H3 (gated convolution), GLA, DeltaNet and Mamba-2, 3000 steps each (MQAR is
 learned in an abrupt transition: at 1500 steps attention is still at chance). The finding:

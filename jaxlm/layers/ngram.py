@@ -56,9 +56,8 @@ class NgramHeads(nnx.Module):
                                   segment_ids=segment_ids) & visible
         weights = matches.astype(values.dtype)
         # Orders as a batch axis of both operands (values [batch, orders, k_len, dim]) and the
-        # mean's division after the product: on CPU this contraction alone runs in about half
-        # the time of dividing the [batch, orders, q_len, k_len] weights first and contracting
-        # "bnqk,bknd" (the whole model gains less: see experiments/bench_heads.py).
+        # mean's division after the product, on the [batch, q_len, orders] counts rather than
+        # on the [batch, orders, q_len, k_len] weights.
         sums = jnp.einsum("bnqk,bnkd->bqnd", weights, jnp.swapaxes(values, 1, 2))
         counts = jnp.swapaxes(weights.sum(-1), 1, 2)[..., None]  # [batch, q_len, orders, 1]
         read = sums / jnp.maximum(counts, 1.0)
