@@ -91,6 +91,7 @@ class ModelConfig:
     options live in the field of the same name (``attention``, ``attention_window``, ...).
     ``d_ff=0`` leaves out the MLP (as in Zoology's MQAR models). ``ngram_heads=N`` adds
     hard-wired n-gram heads of orders 1..N after the embedding (``jaxlm.layers.NgramHeads``).
+    ``dropout`` is the rate of residual dropout on every mixer and MLP output, in training only.
     """
     kind: str = "decoder"  # one of MODEL_KINDS
     vocab_size: int = 256
@@ -103,6 +104,7 @@ class ModelConfig:
     max_length: int = 2048  # longest sequence the learned positions cover
     norm_eps: float = 1e-6
     ngram_heads: int = 0  # hard-wired n-gram heads of orders 1..n after the embedding (decoder)
+    dropout: float = 0.0  # residual dropout rate in training (0: none)
     attention: AttentionConfig = AttentionConfig()
     attention_window: WindowAttentionConfig = WindowAttentionConfig()
     sparse_attention: SparseAttentionConfig = SparseAttentionConfig()
@@ -136,6 +138,8 @@ class ModelConfig:
             raise ValueError(f"model.ngram_heads must be a non-negative integer, and 0 unless "
                              f"model.kind='decoder'; got {self.ngram_heads!r} with "
                              f"model.kind={self.kind!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         names = self.mixer_names()
         unknown = [n for n in names if n not in MIXERS]
         if unknown:

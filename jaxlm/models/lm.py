@@ -12,12 +12,27 @@ from jaxlm.layers import GatedMLP, NgramHeads, build_mixer, prefill
 from jaxlm.models.config import ModelConfig
 
 
+def residual_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
+    """Dropout on a sublayer's output before it joins the residual stream ("Attention Is All
+    You Need", section 5.4), or None for ``rate == 0``. It is off until ``model.train()`` and
+    draws its masks from the ``dropout`` stream of ``rngs`` (or ``default``)."""
+    if not rate:
+        return None
+    if "dropout" not in rngs and "default" not in rngs:
+        raise ValueError(f"model.dropout={rate} needs a 'dropout' (or 'default') stream in "
+                         f"rngs, e.g. nnx.Rngs(params=0, dropout=1); the rngs given have "
+                         f"neither")
+    return nnx.Dropout(rate, deterministic=True, rngs=rngs)
+
+
 class Block(nnx.Module):
-    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)) when d_ff > 0."""
+    """Pre-norm residual block: x + drop(mixer(norm(x))), then x + drop(mlp(norm(x))) when
+    d_ff > 0; ``drop`` is ``config.dropout`` in training mode and the identity otherwise."""
 
     def __init__(self, config: ModelConfig, mixer_name: str, *, rngs: nnx.Rngs):
         d = config.d_model
         self.mixer_name = mixer_name
+        self.dropout = residual_dropout(config.dropout, rngs)
         self.mixer_norm = nnx.RMSNorm(d, epsilon=config.norm_eps, rngs=rngs)
         self.mixer = build_mixer(mixer_name, d, config.mixer_config(mixer_name), rngs=rngs)
         if config.d_ff:
@@ -26,14 +41,17 @@ class Block(nnx.Module):
         else:
             self.mlp_norm = self.mlp = None
 
+    def _drop(self, y: jax.Array) -> jax.Array:
+        return y if self.dropout is None else self.dropout(y)
+
     def _mlp(self, x):
-        return x if self.mlp is None else x + self.mlp(self.mlp_norm(x))
+        return x if self.mlp is None else x + self._drop(self.mlp(self.mlp_norm(x)))
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None,
                  **mixer_options: Any) -> jax.Array:
         """``mixer_options`` go to the mixer (e.g. ``bias=`` for attention)."""
-        x = x + self.mixer(self.mixer_norm(x), segment_ids=segment_ids, **mixer_options)
-        return self._mlp(x)
+        y = self.mixer(self.mixer_norm(x), segment_ids=segment_ids, **mixer_options)
+        return self._mlp(x + self._drop(y))
 
     def step(self, x_t: jax.Array, state: Any) -> tuple[jax.Array, Any]:
         y, state = self.mixer.step(self.mixer_norm(x_t), state)

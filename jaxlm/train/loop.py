@@ -39,8 +39,10 @@ class TrainResult:
 
 def build_model(config: Config) -> nnx.Module:
     """The model of ``config``, initialised from ``config.train.seed``: the token model of
-    ``config.model.kind`` for token tasks, a ``SequenceRegressor`` for continuous ones."""
-    rngs = nnx.Rngs(params=config.train.seed)
+    ``config.model.kind`` for token tasks, a ``SequenceRegressor`` for continuous ones. Dropout
+    masks come from a stream of the same seed, apart from the parameters'."""
+    seed = config.train.seed
+    rngs = nnx.Rngs(params=seed, dropout=jax.random.fold_in(jax.random.key(seed), 1))
     if config.data.continuous:
         return SequenceRegressor(config.model, config.data.task_config.input_dim, rngs=rngs)
     return build_lm(config.model, rngs=rngs)

@@ -1,6 +1,8 @@
 """The decoder LM: recurrent decoding equals the parallel forward, and generation is greedy /
 seeded as documented."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -94,3 +96,25 @@ def test_bad_inputs_are_named(model):
         ModelConfig(n_layers=3, pattern="attention,attention_window")
     with pytest.raises(ValueError, match="unknown mixers"):
         ModelConfig(pattern="attention,mamba9")
+
+
+def test_dropout_only_in_training_mode():
+    """Evaluation (the default mode) equals the same parameters without dropout; training mode
+    draws a fresh mask on every call."""
+    config = dataclasses.replace(CONFIG, dropout=0.5)
+    with_dropout = DecoderLM(config, rngs=nnx.Rngs(params=0, dropout=1))
+    plain = DecoderLM(CONFIG, rngs=nnx.Rngs(params=0))
+    x = tokens(2, 11)
+    assert jnp.array_equal(with_dropout(x), plain(x))
+    with_dropout.train()
+    first, second = with_dropout(x), with_dropout(x)
+    assert not jnp.allclose(first, plain(x)) and not jnp.allclose(first, second)
+    with_dropout.eval()
+    assert jnp.array_equal(with_dropout(x), plain(x))
+
+
+def test_dropout_config_errors_are_named():
+    with pytest.raises(ValueError, match="model.dropout must be in"):
+        dataclasses.replace(CONFIG, dropout=1.0)
+    with pytest.raises(ValueError, match="'dropout'.*stream"):
+        DecoderLM(dataclasses.replace(CONFIG, dropout=0.1), rngs=nnx.Rngs(params=0))

@@ -1,6 +1,6 @@
 """Training under a mesh gives the single-device loss curve and parameters (float32; XLA may
 sum a sharded batch or sequence in another order, so within 1e-5 relative, not bit for bit),
-for an attention, a Mamba and a DeltaNet model; with a sequence axis their mixers run ring
+for an attention (also with dropout), a Mamba and a DeltaNet model; with a sequence axis their mixers run ring
 attention and LASP-2 (tests/parallel/test_dispatch.py shows the switch). Bad meshes, and
 sequence axes on models without a sequence-parallel path, fail before compiling."""
 
@@ -13,7 +13,9 @@ from jaxlm.train import read_metrics, train
 from tests.train.test_train import TINY
 
 MODELS = {"attention": [], "mamba": ["model.pattern=mamba"],
-          "deltanet": ["model.pattern=deltanet", "model.deltanet.n_heads=2"]}
+          "deltanet": ["model.pattern=deltanet", "model.deltanet.n_heads=2"],
+          # The same dropout masks however the activations are split (partitionable threefry).
+          "attention_dropout": ["model.dropout=0.2", "model.d_ff=16"]}
 
 
 def losses(run_dir):

@@ -24,16 +24,23 @@ ROUTING = apply_overrides(TINY, ["model.pattern=sparse_attention",
                                  "model.sparse_attention.n_clusters=2"])
 
 
+DROPOUT = apply_overrides(TINY, ["model.dropout=0.3", "model.d_ff=16"])
+
+
 def leaves(state):
-    return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state,
-                                                    state.variables))]
+    """Every array of a train state, random keys as their key data."""
+    as_array = lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key) else x)
+    return [as_array(x) for x in jax.tree.leaves((state.params, state.opt_state,
+                                                  state.variables))]
 
 
-@pytest.mark.parametrize("config", [TINY, ROUTING], ids=["attention", "routing"])
+@pytest.mark.parametrize("config", [TINY, ROUTING, DROPOUT], ids=["attention", "routing",
+                                                                  "dropout"])
 def test_resume_equals_uninterrupted(tmp_path, config):
     """Bit for bit on CPU; within float tolerance on accelerators, whose reductions may be
-    non-deterministic. Routing attention's centroids (train-state variables, not parameters)
-    are checkpointed and resumed too."""
+    non-deterministic. Routing attention's centroids and the dropout stream's key and count
+    (train-state variables, not parameters) are checkpointed and resumed too."""
     whole = train(config, tmp_path / "whole", progress=False)
     first = train(config, tmp_path / "split", stop_after=4, progress=False)
     assert int(first.state.step) == 4
@@ -79,6 +86,19 @@ def test_routing_centroids_are_variables_the_optimizer_never_sees(tmp_path):
                              for c in centroids)
     initial = jax.tree.leaves(nnx.state(build_model(ROUTING), nnx.Not(nnx.Param)))
     assert not any(np.allclose(a, b) for a, b in zip(centroids, initial))
+
+
+def test_dropout_masks_change_every_step_and_only_in_training(tmp_path):
+    """The dropout stream advances with each training step, and the parameters start where a
+    dropout-free model's do (the masks have a stream of their own)."""
+    result = train(DROPOUT, tmp_path, stop_after=3, progress=False)
+    counts = [int(x) for x in jax.tree.leaves(result.state.variables)
+              if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    assert counts == [3 * 2]  # one block: its mixer and its MLP output, each step
+    no_dropout = apply_overrides(DROPOUT, ["model.dropout=0"])
+    same = lambda a, b: jax.tree.all(jax.tree.map(np.array_equal, a, b))
+    assert same(nnx.state(build_model(DROPOUT), nnx.Param),
+                nnx.state(build_model(no_dropout), nnx.Param))
 
 
 def test_schedule_with_warmup_as_long_as_the_run():
