@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default runs/<name>)")
     p.add_argument("--preset", help="a named preset of the experiment file's PRESETS, e.g. "
                                     "full (the paper's sizes, for accelerators)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run every point with this many seeds (train.seed, train.seed+1, ...); "
+                        "the table then gives the mean and range over seeds (default 1)")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once, each in its own process (default 1); helps on machines "
                         "with many cores, not on 2")
@@ -77,9 +80,9 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(row, indent=2))
     elif args.command == "sweep":
         experiment = runner.load_experiment(args.config, args.overrides, args.preset)
+        experiment = runner.with_seeds(experiment, args.seeds)
         out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
-        runner.run_sweep(experiment, out, progress=not args.no_progress,
-                                workers=args.workers)
+        runner.run_sweep(experiment, out, progress=not args.no_progress, workers=args.workers)
         print()
         print((out / "results.md").read_text())
         print(f"\ntable and plot written to {out}/results.{{md,csv,png}}")

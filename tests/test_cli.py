@@ -67,6 +67,19 @@ def test_sweep_probe_report(experiment, tmp_path, capsys):
     assert (out / "results.md").exists()
 
 
+def test_sweep_with_seeds(experiment, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["sweep", str(experiment), "--out", str(out), "--no-progress"]
+    assert main(args + ["--seeds", "2", "--set", "train.seed=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "Mean over seeds:" in printed and "| seeds |" in printed
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "pattern=attention,seed=3", "pattern=attention,seed=4",
+        "pattern=attention_window,seed=3", "pattern=attention_window,seed=4"]
+    assert main(args + ["--seeds", "0"]) == 2
+    assert "seeds must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_sweep_with_worker_processes(experiment, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sweep", str(experiment), "--out", str(out), "--workers", "2"]) == 0

@@ -86,6 +86,24 @@ def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = (),
     return experiment
 
 
+def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
+    """Every point of ``experiment`` repeated with ``train.seed`` = base seed + 0..seeds-1 (a
+    seed axis, innermost; the report then shows the mean and range over seeds). ``seeds=1``
+    returns the experiment unchanged."""
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds must be a positive integer, got {seeds!r}")
+    if seeds == 1:
+        return experiment
+    swept = [point for point in experiment.points if "train.seed" in point]
+    if swept:
+        raise ConfigError(f"{experiment.path}: its sweep already sets train.seed (e.g. "
+                          f"{swept[0]}); leave out seeds={seeds} or the sweep's seed axis")
+    first = experiment.base.train.seed
+    points = [{**point, "train.seed": first + i} for point in experiment.points
+              for i in range(seeds)]
+    return dataclasses.replace(experiment, points=points)
+
+
 def run_name(point: Mapping[str, Any]) -> str:
     """A directory name for one sweep point, e.g. ``pattern=attention,seq_len=64``."""
     if not point:

@@ -7,6 +7,7 @@ import csv
 import json
 import pathlib
 import re
+import statistics
 from collections.abc import Sequence
 
 from jaxlm.probes import PROBE_COLUMNS, published, published_notes
@@ -25,6 +26,7 @@ TASK_COLUMNS = {
 # Per-length metrics shown in the table (ridge, nearest_3 and zero stay in result.json and the
 # plot: a table with every baseline at every length is too wide to read).
 _SWEPT = re.compile(r"^(accuracy|error|least_squares|averaging|decipher)@\d+$")
+_SEED_AXIS = re.compile(r"(^|,)seed=[^,]*")  # the ``train.seed`` part of a run name
 
 
 def table_columns(rows: Sequence[dict]) -> list[str]:
@@ -36,10 +38,48 @@ def table_columns(rows: Sequence[dict]) -> list[str]:
         PROBE_COLUMNS.get(task, ()))
     for row in rows:
         columns += [k for k in row if _SWEPT.match(k) and k not in columns]
+    if rows:
+        main = _main_metric(rows)
+        columns += [f"{main}_min", f"{main}_max", "seeds"]
+    if len({row.get("seed") for row in rows}) > 1:
+        columns.insert(len(BASE_COLUMNS), "seed")
     if any(row.get("paper") for row in rows):
         columns.append("paper")
     columns.append("train_s")
     return [c for c in columns if any(c in row for row in rows)]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def over_seeds(rows: Sequence[dict]) -> list[dict] | None:
+    """One row per setting of a sweep with a ``train.seed`` axis: the runs whose names differ
+    only in ``seed=`` merged into their mean for every numeric column, the min and max of the
+    main metric and the number of seeds; None when no setting has more than one seed. (The run
+    name lists every swept axis, so runs that differ in anything else stay apart.)"""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        run = row.get("run", "")
+        key = _SEED_AXIS.sub("", run).strip(",") if _SEED_AXIS.search(run) else run
+        groups.setdefault(key, []).append(row)
+    if all(len(group) == 1 for group in groups.values()):
+        return None
+    main = _main_metric(rows)
+    merged = []
+    for key, group in groups.items():
+        row = {k: v for k, v in group[0].items() if k != "seed"}
+        row["run"] = key or "run"
+        for name, value in group[0].items():
+            averaged = isinstance(value, float) or name == "train_s"  # not widths, counts
+            if averaged and all(_is_number(r.get(name)) for r in group):
+                row[name] = statistics.fmean(r[name] for r in group)
+        if main in row:
+            row[f"{main}_min"] = min(r[main] for r in group)
+            row[f"{main}_max"] = max(r[main] for r in group)
+        row["seeds"] = len(group)
+        merged.append(row)
+    return merged
 
 
 def _fmt(value) -> str:
@@ -82,6 +122,9 @@ def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *,
     rows = with_published(rows)
     columns = table_columns(rows)
     text = markdown_table(rows, columns)
+    merged = over_seeds(rows)
+    if merged is not None:
+        text = (f"Mean over seeds:\n\n{markdown_table(merged)}\n\nEvery run:\n\n{text}")
     notes = notes_markdown(rows)
     text = f"{text}\n\n{notes}" if notes else text
     (out_dir / "results.md").write_text(f"# {title}\n\n{text}\n")
@@ -89,7 +132,7 @@ def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *,
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    plot_results(rows, out_dir / "results.png", title=title)
+    plot_results(rows if merged is None else merged, out_dir / "results.png", title=title)
     return text
 
 
@@ -128,11 +171,11 @@ def plot_results(rows: Sequence[dict], path: str | pathlib.Path, *, title: str) 
             other = "seq_len" if axis == "d_model" else "d_model"
             for model in models:
                 for fixed in sorted({r[other] for r in rows if r["model"] == model}):
-                    points = sorted((r[axis], r[metric]) for r in rows
-                                    if r["model"] == model and r[other] == fixed)
+                    line = sorted((r for r in rows if r["model"] == model and r[other] == fixed),
+                                  key=lambda r: r[axis])
                     label = model if len(seq_lens) == 1 or axis == "seq_len" else \
                         f"{model}, {other} {fixed}"
-                    ax.plot(*zip(*points), marker="o", label=label)
+                    _plot_with_range(ax, [r[axis] for r in line], line, metric, label)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("model width (d_model)" if axis == "d_model" else "sequence length")
         else:
@@ -155,6 +198,17 @@ def plot_results(rows: Sequence[dict], path: str | pathlib.Path, *, title: str) 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_with_range(ax, xs: Sequence[float], rows: Sequence[dict], metric: str,
+                     label: str) -> None:
+    """``metric`` of ``rows`` against ``xs``, with the range over seeds as a band when the rows
+    are means over seeds (see :func:`over_seeds`)."""
+    lines = ax.plot(xs, [r[metric] for r in rows], marker="o", label=label)
+    if all(f"{metric}_min" in r for r in rows):
+        ax.fill_between(xs, [r[f"{metric}_min"] for r in rows],
+                        [r[f"{metric}_max"] for r in rows], color=lines[0].get_color(),
+                        alpha=0.2, lw=0)
 
 
 def _plot_curves(ax, rows: Sequence[dict]) -> None:

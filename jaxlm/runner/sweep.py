@@ -40,7 +40,8 @@ def describe(config: Config) -> dict[str, Any]:
         model = f"{model} + n-gram heads (1-{config.model.ngram_heads})"
     row = {"task": config.data.task, "model": model,
            "d_model": config.model.d_model, "layers": config.model.n_layers,
-           "seq_len": config.data.seq_len, "steps": config.train.steps}
+           "seq_len": config.data.seq_len, "steps": config.train.steps,
+           "seed": config.train.seed}
     for column, field in TASK_COLUMNS.get(config.data.task, {}).items():
         row[column] = getattr(config.data.task_config, field)
     return row

@@ -1,0 +1,63 @@
+"""Reports of sweeps with a seed axis: one row per setting with the mean and range over seeds,
+and runs that differ in anything but the seed kept apart."""
+
+import pytest
+
+from jaxlm.runner import over_seeds, write_report
+
+
+def mqar_row(pattern, width, seed, accuracy):
+    return {"run": f"pattern={pattern},d_model={width},seed={seed}", "task": "mqar",
+            "model": pattern, "d_model": width, "layers": 2, "params": 1000 * width,
+            "seq_len": 64, "steps": 100, "seed": seed, "kv_pairs": 4, "accuracy": accuracy,
+            "baseline": 0.25, "train_s": 10.0 + seed}
+
+
+ROWS = [mqar_row(p, w, s, acc) for (p, w), accs in {
+    ("attention", 32): [0.5, 0.9, 0.7], ("attention", 64): [1.0, 0.98, 0.99],
+    ("h3", 32): [0.2, 0.3, 0.25], ("h3", 64): [0.4, 0.35, 0.6]}.items()
+    for s, acc in enumerate(accs)]
+
+
+def test_seeds_merge_into_mean_and_range():
+    merged = over_seeds(ROWS)
+    assert [r["run"] for r in merged] == ["pattern=attention,d_model=32",
+                                          "pattern=attention,d_model=64",
+                                          "pattern=h3,d_model=32", "pattern=h3,d_model=64"]
+    first = merged[0]
+    assert first["accuracy"] == pytest.approx(0.7)
+    assert (first["accuracy_min"], first["accuracy_max"], first["seeds"]) == (0.5, 0.9, 3)
+    assert first["d_model"] == 32 and first["params"] == 32000 and "seed" not in first
+    assert first["train_s"] == pytest.approx(11.0)
+
+
+def test_runs_without_a_seed_axis_are_not_merged():
+    """Two runs of one setting that differ in an axis the table does not show (here a learning
+    rate) are not seeds of each other."""
+    rows = [{**ROWS[0], "run": "pattern=attention,learning_rate=0.001"},
+            {**ROWS[1], "run": "pattern=attention,learning_rate=0.01"}]
+    assert over_seeds(rows) is None
+    assert over_seeds(ROWS[:1]) is None
+
+
+def test_report_shows_the_mean_table_then_every_run(tmp_path):
+    text = write_report(ROWS, tmp_path, title="mqar seeds")
+    mean_table, runs_table = text.split("Every run:")
+    assert "Mean over seeds:" in mean_table and "| seeds |" not in runs_table
+    assert mean_table.count("| attention |") == 2 and runs_table.count("| attention |") == 6
+    assert "accuracy_min" in mean_table and "| seed |" in runs_table
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_seed_axis_is_added_once():
+    from jaxlm.config import Config, ConfigError
+    from jaxlm.runner import Experiment, with_seeds
+    experiment = Experiment("x.py", Config(), [{"model.d_model": 32}, {"model.d_model": 64}])
+    seeded = with_seeds(experiment, 2)
+    assert seeded.points == [{"model.d_model": 32, "train.seed": 0},
+                             {"model.d_model": 32, "train.seed": 1},
+                             {"model.d_model": 64, "train.seed": 0},
+                             {"model.d_model": 64, "train.seed": 1}]
+    assert with_seeds(experiment, 1) is experiment
+    with pytest.raises(ConfigError, match="already sets train.seed"):
+        with_seeds(seeded, 2)
