@@ -10,6 +10,10 @@ printed beside ours where they exist. Longer sequences, which need more width:
 
     jaxlm sweep experiments/mqar_width.py --out runs/mqar_width_128 \
         --set data.mqar.seq_len=128 data.mqar.num_kv_pairs=8
+
+MQAR is learned in an abrupt transition, so one seed per cell can pass or miss it by chance;
+``--seeds 3`` runs each cell three times and reports the mean and range (RESULTS.md has the
+GLA and Mamba-2 cells so: Mamba-2's miss at width 128 was one seed of three).
 """
 
 import dataclasses
