@@ -55,11 +55,11 @@ class Block(nnx.Module):
 
     def step(self, x_t: jax.Array, state: Any) -> tuple[jax.Array, Any]:
         y, state = self.mixer.step(self.mixer_norm(x_t), state)
-        return self._mlp(x_t + y), state
+        return self._mlp(x_t + self._drop(y)), state
 
     def prefill(self, x: jax.Array, *, max_length: int) -> tuple[jax.Array, Any]:
         y, state = prefill(self.mixer, self.mixer_norm(x), max_length=max_length)
-        return self._mlp(x + y), state
+        return self._mlp(x + self._drop(y)), state
 
 
 def prefill_blocks(blocks, h: jax.Array, *, max_length: int) -> tuple[jax.Array, list]:

@@ -60,9 +60,7 @@ def over_seeds(rows: Sequence[dict]) -> list[dict] | None:
     name lists every swept axis, so runs that differ in anything else stay apart.)"""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        run = row.get("run", "")
-        key = _SEED_AXIS.sub("", run).strip(",") if _SEED_AXIS.search(run) else run
-        groups.setdefault(key, []).append(row)
+        groups.setdefault(_SEED_AXIS.sub("", row.get("run", "")).strip(","), []).append(row)
     if all(len(group) == 1 for group in groups.values()):
         return None
     main = _main_metric(rows)

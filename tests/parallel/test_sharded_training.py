@@ -1,8 +1,8 @@
 """Training under a mesh gives the single-device loss curve and parameters (float32; XLA may
 sum a sharded batch or sequence in another order, so within 1e-5 relative, not bit for bit),
-for an attention (also with dropout), a Mamba and a DeltaNet model; with a sequence axis their mixers run ring
-attention and LASP-2 (tests/parallel/test_dispatch.py shows the switch). Bad meshes, and
-sequence axes on models without a sequence-parallel path, fail before compiling."""
+for an attention (also with dropout), a Mamba and a DeltaNet model; with a sequence axis their
+mixers run ring attention and LASP-2 (tests/parallel/test_dispatch.py shows the switch). Bad
+meshes, and sequence axes on models without a sequence-parallel path, fail before compiling."""
 
 import jax
 import numpy as np

@@ -88,7 +88,7 @@ def test_routing_centroids_are_variables_the_optimizer_never_sees(tmp_path):
     assert not any(np.allclose(a, b) for a, b in zip(centroids, initial))
 
 
-def test_dropout_masks_change_every_step_and_only_in_training(tmp_path):
+def test_dropout_stream_advances_each_step_apart_from_the_parameters(tmp_path):
     """The dropout stream advances with each training step, and the parameters start where a
     dropout-free model's do (the masks have a stream of their own)."""
     result = train(DROPOUT, tmp_path, stop_after=3, progress=False)
