@@ -111,7 +111,18 @@ def test_bad_overrides_fail_before_training(experiment, tmp_path, capsys, overri
     assert not (tmp_path / "o").exists()
 
 
-def test_quickstart_experiment_is_valid():
+EXPERIMENT_FILES = sorted(path for path in (ROOT / "experiments").glob("*.py")
+                          if "\ndef config(" in path.read_text())
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda path: path.stem)
+def test_every_experiment_file_and_preset_builds_its_configs(path):
+    """Every experiment file under experiments/ loads, with each of its presets, and every
+    point of its sweep is a valid config (nothing is trained)."""
+    import ast
     from jaxlm.runner import load_experiment
-    experiment = load_experiment(ROOT / "experiments" / "quickstart.py")
-    assert len(experiment.configs()) >= 2
+    presets = [ast.literal_eval(node.value) for node in ast.parse(path.read_text()).body
+               if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "PRESETS"]
+    assert len(load_experiment(path).configs()) >= 1
+    for preset in (presets[0] if presets else {}):
+        assert len(load_experiment(path, preset=preset).configs()) >= 1
