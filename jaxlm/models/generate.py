@@ -4,10 +4,15 @@ recurrent mixers, a KV cache for attention)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
 from jaxlm.models.lm import DecoderLM
+
+if TYPE_CHECKING:
+    from jaxlm.data.subword import Subwords
 
 
 def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
@@ -50,20 +55,36 @@ def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
 
 
 def generate_text(model, prompt: str, *, max_new_bytes: int, key: jax.Array | None = None,
-                  temperature: float = 0.0) -> str:
-    """Continues a text prompt with any byte-level model (vocab = ``jaxlm.data.BYTE_VOCAB``)
-    and returns the prompt and its continuation as text (invalid UTF-8 becomes U+FFFD).
+                  temperature: float = 0.0, subwords: Subwords | None = None) -> str:
+    """Continues a text prompt and returns the prompt and its continuation as text (invalid
+    UTF-8 becomes U+FFFD).
 
-    Token models (``DecoderLM``, ``LexinvariantLM``) generate byte by byte with ``generate``;
-    word-level models (``WordLM``) word by word with ``generate_words``, stopping after the
-    word that reaches ``max_new_bytes``. The prompt is read after a BOS, as in training."""
+    Byte-level models (vocab = ``jaxlm.data.BYTE_VOCAB``): token models (``DecoderLM``,
+    ``LexinvariantLM``) generate byte by byte with ``generate``; word-level models (``WordLM``)
+    word by word with ``generate_words``, stopping after the word that reaches
+    ``max_new_bytes``. Subword models (a ``DecoderLM`` trained with ``data.text.subword_vocab``)
+    take their tokenizer as ``subwords`` (a ``jaxlm.data.subword.Subwords``, e.g.
+    ``jaxlm.data.text.subwords(path, max_bytes, vocab)``, which relearns the training run's
+    merges deterministically); they generate up to ``max_new_bytes`` pieces and the continuation
+    is cut at ``max_new_bytes`` bytes. The prompt is read after a BOS, as in training."""
     from jaxlm.data.text import BOS, decode, encode
     from jaxlm.models.words import WordLM, generate_words
 
     if max_new_bytes < 1:
         raise ValueError(f"generate_text: max_new_bytes must be >= 1, got {max_new_bytes}")
-
-    tokens = jnp.concatenate([jnp.asarray([BOS], jnp.int32), jnp.asarray(encode(prompt))])
+    bos = jnp.asarray([BOS], jnp.int32)
+    if subwords is not None:
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        if isinstance(model, WordLM) or vocab != subwords.vocab_size:
+            raise ValueError(f"generate_text: subwords has {subwords.vocab_size} ids but the model "
+                             f"({type(model).__name__}) has vocab_size={vocab}; expected a "
+                             f"token model trained on this tokenizer")
+        tokens = jnp.concatenate([bos, jnp.asarray(subwords.encode(prompt.encode("utf-8")))])
+        out = generate(model, tokens[None], max_new_tokens=max_new_bytes, key=key,
+                       temperature=temperature)
+        continuation = subwords.decode(out[0, len(tokens):])[:max_new_bytes]
+        return prompt + continuation.decode("utf-8", errors="replace")
+    tokens = jnp.concatenate([bos, jnp.asarray(encode(prompt))])
     if isinstance(model, WordLM):
         out = generate_words(model, tokens, max_new_words=max_new_bytes,
                              max_new_bytes=max_new_bytes, key=key, temperature=temperature)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import platform
+import subprocess
 import time
 from typing import Any
 
@@ -116,10 +118,33 @@ def check_sequence_parallel(model: ModelConfig, ways: int) -> None:
                          f"mesh.sequence=1 or use those mixers")
 
 
+def source_version() -> str | None:
+    """``git describe --always --dirty`` of the jaxlm checkout, or None when jaxlm is not run
+    from its own git checkout (an installed copy inside some other repository is not one)."""
+    root = pathlib.Path(__file__).resolve().parents[2]  # the folder holding jaxlm/
+    if not (root / ".git").exists():
+        return None
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root,
+                                   capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if described.returncode != 0:
+        return None
+    return described.stdout.strip() or None
+
+
 def environment() -> dict[str, Any]:
-    """Versions and devices, logged beside every run."""
+    """Versions, devices and the CPU cores the process may use, logged beside every run.
+
+    The cores matter on CPU: XLA splits reductions across its threads, so a run restricted to
+    fewer cores (``taskset``, a container limit) rounds differently and, over thousands of
+    steps, can train to a different result."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"jax": jax.__version__, "flax": flax.__version__, "python": platform.python_version(),
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "jaxlm": source_version(), "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "cpu_cores": cores,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "process_index": jax.process_index(), "process_count": jax.process_count()}
 
 

@@ -185,6 +185,22 @@ def test_generate_text_returns_the_prompt_and_valid_text(kind):
         generate_text(model(kind), "Hi", max_new_bytes=0)
 
 
+def test_generate_text_with_subwords_decodes_the_pieces_the_model_picks():
+    """A subword model continues a prompt with whole pieces; the text is the prompt and the
+    pieces' bytes, cut at max_new_bytes."""
+    from jaxlm.data.text import subwords
+    from jaxlm.models import generate
+    pieces = subwords("pydoc", 0, 512)
+    m = model("decoder", vocab_size=512)
+    out = generate_text(m, "def f(x):", max_new_bytes=12, subwords=pieces)
+    prompt_ids = np.concatenate([[BOS], pieces.encode(b"def f(x):")])
+    picked = generate(m, jnp.asarray(prompt_ids)[None], max_new_tokens=12)[0, len(prompt_ids):]
+    expected = pieces.decode(np.asarray(picked))[:12].decode("utf-8", errors="replace")
+    assert out == "def f(x):" + expected and len(pieces.decode(np.asarray(picked))) > 12
+    with pytest.raises(ValueError, match="subwords has 512 ids but the model"):
+        generate_text(model("decoder"), "Hi", max_new_bytes=4, subwords=pieces)
+
+
 class Uniform(nnx.Module):
     """Logits 0 everywhere: every counted target costs log2(vocab) bits."""
 

@@ -1,6 +1,8 @@
 """Training: the loss falls, resuming equals not stopping (bit for bit on CPU), checkpoints are
 never overwritten by accident."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -74,6 +76,8 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
     assert result.eval_metrics["loss"] > 0
     for name in ("config.json", "environment.json", "metrics.jsonl"):
         assert (tmp_path / name).exists()
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert environment["backend"] == "cpu" and environment["cpu_cores"] >= 1
     assert any((tmp_path / "tensorboard").iterdir())
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [30, 40]
 
