@@ -23,6 +23,8 @@ class Experiment:
     path: pathlib.Path
     base: Config
     points: list[dict[str, Any]]  # overrides of each run of the sweep
+    # the file's PRESETS (name -> overrides), whichever one was applied to ``base``
+    presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def configs(self) -> list[Config]:
         """Every run's config, validated (all before any run starts)."""
@@ -74,14 +76,14 @@ def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = (),
     if not isinstance(base, Config):
         raise ConfigError(f"{path}: config() must return a jaxlm.config.Config, "
                           f"got {type(base).__name__}")
+    presets = getattr(module, "PRESETS", {})
     if preset is not None:
-        presets = getattr(module, "PRESETS", {})
         if preset not in presets:
             raise ConfigError(f"{path} has no preset {preset!r}; presets: {sorted(presets)}")
         base = apply_overrides(base, presets[preset])
     base = apply_overrides(base, overrides)
     points = list(module.sweep()) if hasattr(module, "sweep") else [{}]
-    experiment = Experiment(path, base, points)
+    experiment = Experiment(path, base, points, presets)
     experiment.configs()
     return experiment
 
