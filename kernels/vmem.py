@@ -1,0 +1,80 @@
+"""On-chip (VMEM) bytes of the Pallas kernels a function runs, counted from their BlockSpecs.
+
+On TPU every block a ``pallas_call`` maps is copied into VMEM whole and double-buffered (the
+copy of the next grid step's block overlaps the work on this one), and ``scratch_shapes`` sit
+in VMEM for the whole call. So a kernel's VMEM per program is
+
+    2 x Σ (block bytes of every input and output)  +  Σ (scratch bytes)
+
+which this module reads off the traced ``pallas_call``s of any function: the number to keep
+under the chip's scoped VMEM limit (16 MiB by default on several TPU generations) when tuning
+chunk or block sizes, and the number that must not grow with the sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+try:  # jax.core's alias is deprecated from JAX 0.10 on
+    from jax.extend.core import jaxprs_in_params
+except ImportError:  # pragma: no cover
+    from jax.core import jaxprs_in_params
+
+DEFAULT_SCOPED_LIMIT = 16 * 2 ** 20
+BUFFERS = 2  # Pallas' default pipelining: two buffers per mapped block
+
+
+def vmem_bytes(fn: Callable, *args, **kwargs) -> dict[str, int]:
+    """VMEM bytes per program of every Pallas kernel ``fn(*args, **kwargs)`` runs.
+
+    args may be arrays or ``jax.ShapeDtypeStruct``s (nothing is computed: ``fn`` is only
+    traced). Gradients count too: pass e.g. ``jax.grad(loss)`` to include backward kernels.
+    Returns {kernel name: bytes}; a name that occurs twice keeps the larger count.
+    """
+    jaxpr = jax.make_jaxpr(fn)(*args, **kwargs)
+    found: dict[str, int] = {}
+    for eqn in _pallas_calls(jaxpr.jaxpr):
+        name = _name(eqn)
+        found[name] = max(found.get(name, 0), _bytes(eqn.params["grid_mapping"]))
+    return found
+
+
+def _pallas_calls(jaxpr):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            yield eqn
+            continue
+        for sub in jaxprs_in_params(eqn.params):
+            yield from _pallas_calls(sub)
+
+
+def _name(eqn) -> str:
+    name = eqn.params.get("name")
+    if name:
+        return name
+    info = getattr(eqn.params.get("metadata"), "name", None) or eqn.params.get("debug")
+    return str(getattr(info, "func_name", info))
+
+
+def _block_bytes(mapping) -> int:
+    shape = [1 if b is None or not isinstance(_size(b), int) else _size(b)
+             for b in mapping.block_shape]
+    return math.prod(shape) * np.dtype(mapping.array_aval.dtype).itemsize
+
+
+def _size(dim):
+    """A block dimension's size: an int, or Pallas' Blocked / Squeezed markers."""
+    if isinstance(dim, int):
+        return dim
+    return getattr(dim, "block_size", 1)
+
+
+def _bytes(grid_mapping) -> int:
+    blocks = sum(_block_bytes(m) for m in grid_mapping.block_mappings)
+    scratch = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize
+                  for a in grid_mapping.scratch_avals)
+    return BUFFERS * blocks + scratch
