@@ -4,6 +4,8 @@ lowering, forward and backward kernels, at production-like shapes (head_dim 64, 
 bfloat16 inputs; the TPU kernels also at head dim 128 and 1K / 64K tokens). This catches primitives or block shapes a backend cannot take; the final
 device compile (libtpu, the Triton compiler) still needs the device."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -17,6 +19,17 @@ from jaxlm.kernels.selective_scan import selective_scan
 PLATFORMS = ["tpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not backend.triton_available(), reason="this JAX has no Triton lowering"))]
 B, H, L, D = 2, 4, 256, 64
+
+
+def gpu_target(platform):
+    """From JAX 0.12 the Triton lowering reads the GPU it compiles for from an abstract
+    device when the host has none; an H100 stands in for it (earlier JAX does not ask)."""
+    if platform == "tpu" or not hasattr(jax.sharding, "AbstractDevice"):
+        return contextlib.nullcontext()
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132,
+                                         platform="gpu")
+    mesh = jax.sharding.AbstractMesh((), (), abstract_device=device)
+    return jax.sharding.use_abstract_mesh(mesh)
 
 
 def spec(*shape, dtype=jnp.bfloat16):
@@ -68,8 +81,9 @@ def test_forward_and_backward_kernels_lower(name, platform):
     def loss(*a):
         return sum(jnp.sum(out.astype(jnp.float32)) for out in kernel(*a, platform=platform))
 
-    lowered = jax.jit(jax.grad(loss, argnums=diff)).trace(*args).lower(
-        lowering_platforms=(platform,))
+    with gpu_target(platform):
+        lowered = jax.jit(jax.grad(loss, argnums=diff)).trace(*args).lower(
+            lowering_platforms=(platform,))
     text = lowered.as_text()
     assert ("tpu_custom_call" if platform == "tpu" else "xla.gpu.triton") in text
 
