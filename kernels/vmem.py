@@ -78,3 +78,58 @@ def _bytes(grid_mapping) -> int:
     scratch = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize
                   for a in grid_mapping.scratch_avals)
     return BUFFERS * blocks + scratch
+
+
+def kernel_cases(length: int, *, head_dim: int = 128, dtype=None, batch: int = 1,
+                 heads: int = 2, d_inner: int = 256, d_state: int = 16) -> dict:
+    """jaxlm's recurrent kernels at one shape, for budgets and lowering checks.
+
+    Returns {name: (kernel(*args, platform=...) -> tuple of outputs, argument specs
+    (``jax.ShapeDtypeStruct``; sequence inputs in ``dtype``, default bfloat16, gates and states
+    in float32), indices of the differentiable arguments)}.
+    """
+    import jax.numpy as jnp
+
+    from jaxlm.kernels.delta_rule import gated_delta_rule
+    from jaxlm.kernels.linear_attention import gated_linear_attention
+    from jaxlm.kernels.selective_scan import selective_scan
+
+    dtype = dtype or jnp.bfloat16
+    spec = lambda *shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt)
+    f32 = jnp.float32
+    qkv = (spec(batch, heads, length, head_dim),) * 3
+    starts = spec(batch, length, dt=jnp.bool_)
+    state = spec(batch, heads, head_dim, head_dim, dt=f32)
+    gla = lambda chunk: lambda *a, platform: gated_linear_attention(*a, chunk=chunk,
+                                                                    platform=platform)
+    return {
+        "gla_per_head": (gla(64), (*qkv, spec(batch, heads, length, 1, dt=f32), starts, state),
+                         (0, 1, 2, 3, 5)),
+        "gla_per_channel": (gla(16), (*qkv, spec(batch, heads, length, head_dim, dt=f32),
+                                      starts, state), (0, 1, 2, 3, 5)),
+        "delta_rule": (lambda *a, platform: gated_delta_rule(*a, platform=platform),
+                       (*qkv, spec(batch, heads, length, dt=f32),
+                        spec(batch, heads, length, dt=f32), starts, state), (0, 1, 2, 3, 4, 6)),
+        "selective_scan": (lambda *a, platform: selective_scan(*a, platform=platform),
+                           (spec(batch, length, d_inner), spec(batch, length, d_inner, dt=f32),
+                            spec(d_inner, d_state, dt=f32), spec(batch, length, d_state),
+                            spec(batch, length, d_state), starts,
+                            spec(batch, d_inner, d_state, dt=f32)), (0, 1, 2, 3, 4, 6)),
+    }
+
+
+def budget_table(lengths=(1024, 16384, 65536), **shape) -> list[dict]:
+    """Rows {case, kernel, length, bytes (VMEM per program)} of every kernel of
+    :func:`kernel_cases`
+    for TPU, forward and backward (``shape``: keyword arguments of ``kernel_cases``)."""
+    import jax.numpy as jnp
+
+    rows = []
+    for length in lengths:
+        for name, (kernel, args, diff) in kernel_cases(length, **shape).items():
+            loss = lambda *a, k=kernel: sum(jnp.sum(o.astype(jnp.float32))
+                                            for o in k(*a, platform="tpu"))
+            for kernel_name, nbytes in vmem_bytes(jax.grad(loss, argnums=diff), *args).items():
+                rows.append({"case": name, "kernel": kernel_name, "length": length,
+                             "bytes": nbytes})
+    return rows

@@ -10,11 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlm.kernels import backend
-from jaxlm.kernels.delta_rule import gated_delta_rule
+from jaxlm.kernels import backend, vmem
 from jaxlm.kernels.flash_attention import flash_attention
-from jaxlm.kernels.linear_attention import gated_linear_attention
-from jaxlm.kernels.selective_scan import selective_scan
 
 PLATFORMS = ["tpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not backend.triton_available(), reason="this JAX has no Triton lowering"))]
@@ -38,34 +35,9 @@ def spec(*shape, dtype=jnp.bfloat16):
 
 
 
-def chunked_kernels(d, *, length=L, heads=H):
-    """name -> (kernel(*args, platform) -> tuple of outputs, argument specs, differentiable
-    args) for the chunked recurrences at head dim ``d``."""
-    state = spec(B, heads, d, d, dtype=jnp.float32)
-    starts = spec(B, length, dtype=jnp.bool_)
-    qkv = (spec(B, heads, length, d),) * 3
-    return {
-        "gla_per_head": (lambda *a, platform: gated_linear_attention(*a, platform=platform),
-                         (*qkv, spec(B, heads, length, 1, dtype=jnp.float32), starts, state),
-                         (0, 1, 2, 3, 5)),
-        "gla_per_channel": (lambda *a, platform: gated_linear_attention(
-                                *a, chunk=16, platform=platform),
-                            (*qkv, spec(B, heads, length, d, dtype=jnp.float32), starts, state),
-                            (0, 1, 2, 3, 5)),
-        "delta_rule": (lambda *a, platform: gated_delta_rule(*a, platform=platform),
-                       (*qkv, spec(B, heads, length), spec(B, heads, length), starts, state),
-                       (0, 1, 2, 3, 4, 6)),
-        "selective_scan": (lambda *a, platform: selective_scan(*a, platform=platform),
-                           (spec(B, length, 256), spec(B, length, 256),
-                            spec(256, 16, dtype=jnp.float32), spec(B, length, 16),
-                            spec(B, length, 16), starts,
-                            spec(B, 256, 16, dtype=jnp.float32)), (0, 1, 2, 3, 4, 6)),
-    }
-
-
 # name -> (kernel(*args, platform) -> tuple of outputs, argument specs, differentiable args)
 KERNELS = {
-    **chunked_kernels(D),
+    **vmem.kernel_cases(L, head_dim=D, batch=B, heads=H),
     "flash_attention": (lambda *a, platform: (flash_attention(
                             *a, window=100, block_mask=jnp.ones((1, H, 2, 2), bool),
                             platform=platform),),
@@ -89,11 +61,11 @@ def test_forward_and_backward_kernels_lower(name, platform):
 
 
 @pytest.mark.parametrize("length", [1024, 65536])
-@pytest.mark.parametrize("name", sorted(chunked_kernels(128)))
+@pytest.mark.parametrize("name", sorted(vmem.kernel_cases(8)))
 def test_tpu_kernels_lower_at_1k_and_64k(name, length):
     """Head dim 128, bfloat16: the chunk-pipelined kernels lower to Mosaic at any length (their
     blocks are one chunk, so the length only sets the grid)."""
-    kernel, args, diff = chunked_kernels(128, length=length, heads=2)[name]
+    kernel, args, diff = vmem.kernel_cases(length)[name]
     loss = lambda *a: sum(jnp.sum(o.astype(jnp.float32)) for o in kernel(*a, platform="tpu"))
     text = jax.jit(jax.grad(loss, argnums=diff)).trace(*args).lower(
         lowering_platforms=("tpu",)).as_text()
