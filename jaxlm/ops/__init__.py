@@ -12,6 +12,7 @@ from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
 from jaxlm.ops.hippo import hippo_legs, nplr_legs
+from jaxlm.ops.rnn import rnn, rnn_initial_state, rnn_step
 from jaxlm.ops.routing_attention import routing_attention, update_centroids
 from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_step, krylov_kernel,
                           s4_kernel, s4_ssm)
@@ -26,7 +27,8 @@ __all__ = [
     "diagonal_ssm_step", "fft_causal_conv", "gated_delta_rule", "gated_delta_rule_step",
     "gated_linear_attention", "gated_linear_attention_step", "hippo_legs", "krylov_kernel",
     "lambda_attention", "lambda_mask", "linear_attention", "masked_attention", "nplr_legs",
-    "pointer_sentinel_log_probs", "routing_attention", "s4_kernel", "s4_ssm",
+    "pointer_sentinel_log_probs", "rnn", "rnn_initial_state", "rnn_step", "routing_attention",
+    "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "selective_scan",
     "selective_scan_step", "ssd", "update_centroids", "zoh",
 ]
