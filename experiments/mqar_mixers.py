@@ -24,6 +24,6 @@ def config():
 def sweep() -> list[dict]:
     return grid({"model.pattern": [
         "attention", "sparse_attention", "linear_attention", "gla", "deltanet", "gated_deltanet",
-        "deltanet,attention_window", "h3", "s4d", "s4", "lssl", "mamba", "mamba2",
+        "deltanet,attention_window", "h3", "s4d", "s4", "lssl", "lmu", "mamba", "mamba2",
         "lstm", "gru", "slstm",
     ]}) + [quickstart.ROUTING]

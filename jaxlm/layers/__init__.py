@@ -9,6 +9,7 @@ from jaxlm.layers.deltanet import DeltaNet, DeltaNetConfig, GatedDeltaNetConfig
 from jaxlm.layers.jrt import JRT, JRTConfig
 from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
                                           feature_map)
+from jaxlm.layers.lmu import LMU, LMUConfig
 from jaxlm.layers.mamba import Mamba, Mamba2, Mamba2Config, MambaConfig
 from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
@@ -28,5 +29,5 @@ __all__ = [
     "MoMConfig", "NgramHeads", "PointerSentinel", "S4Config", "S4DConfig", "SSMBlock", "ShortConv",
     "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
     "feature_map", "prefill", "register_mixer",
-    "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig",
+    "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
 ]
