@@ -20,7 +20,8 @@ followed by a pointwise cell. The cells (σ the logistic sigmoid):
   is sigmoid, as in the paper's code):
   c_t = f_t c_{t-1} + i_t z_t,  n_t = f_t n_{t-1} + i_t,  h_t = o_t c_t / n_t,
   with z_t = tanh(z̃), o_t = σ(õ), i_t = exp(ĩ), f_t = σ(f̃). Stabilised:
-  m_t = max(log f_t + m_{t-1}, ĩ_t),  i'_t = exp(ĩ_t − m_t),  f'_t = exp(log f_t + m_{t-1} − m_t)
+  m_t = max(log f_t + m_{t-1}, ĩ_t),  i'_t = exp(ĩ_t − m_t),
+  f'_t = exp(log f_t + m_{t-1} − m_t)
   replace i_t, f_t; this scales c and n alike by exp(−m_t), so h is unchanged. At a fresh state
   (n = 0) m_t = ĩ_t.
 
