@@ -183,7 +183,9 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
         (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
 
     source = make_source(config.data)
-    train_step = under_mesh(make_train_step(graphdef, tx), mesh)
+    train_step = under_mesh(make_train_step(
+        graphdef, tx, input_mask_rate=tc.input_mask_rate, input_mask_token=tc.input_mask_token,
+        mask_key=jax.random.fold_in(jax.random.key(tc.seed), 2)), mesh)  # MEAP's masks
     eval_step = under_mesh(make_eval_step(graphdef), mesh)
     writer = MetricWriter(run_dir, tensorboard=tc.tensorboard)
     start = int(state.step)
