@@ -91,7 +91,8 @@ def attention_plan(backend: str, dtype, q_shape: tuple[int, int, int, int], *,
     if backend == "tpu" and not partitioned and _splash_fits(dtype, length, head_dim,
                                                              v_head_dim):
         return "splash"
-    if backend == "gpu" and _cudnn_fits(dtype, head_dim, v_head_dim, causal, window, packed):
+    if backend == "gpu" and batch * length > 0 and _cudnn_fits(dtype, head_dim, v_head_dim,
+                                                               causal, window, packed):
         return "cudnn"
     if flash_measured and backend != "cpu":
         return "pallas"

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlm.ops import attention
+from jaxlm.ops import attention, attention_backends
 from jaxlm.ops.attention_backends import (attention_plan, cudnn_attention, dense_segment_ids,
-                                          splash_attention, splash_block)
+                                          mesh_partitions, splash_attention, splash_block)
 from jaxlm.ops.segments import segment_starts
 from tests.helpers import rel_err
 
@@ -174,3 +174,65 @@ def test_splash_blocks_and_dense_segment_ids():
         128, 128, 256, 128, 512, 128, 512]
     ids = jnp.array([[7, 7, -3, 2**40, 2**40, 7]])
     assert dense_segment_ids(ids).tolist() == [[1, 1, 0, 4, 4, 1]]
+
+
+@pytest.mark.parametrize("causal,window,packed", [(True, None, True), (False, 256, False)])
+def test_splash_lowers_for_tpu_forward_and_backward(causal, window, packed):
+    """Mosaic lowering from a CPU host at a production-like shape (bfloat16, head_dim 128,
+    grouped-query, length 1000 padded to 1024); the device compile still needs a TPU."""
+    spec = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)
+
+    def loss(q, k, v, seg):
+        out = splash_attention(q, k, v, causal=causal, window=window,
+                               segment_ids=seg if packed else None)
+        return jnp.sum(out.astype(jnp.float32))
+
+    with jax.enable_x64(False):
+        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
+            spec(1, 1000, 4, 128), spec(1, 1000, 2, 128), spec(1, 1000, 2, 128),
+            spec(1, 1000, dtype=jnp.int32)).lower(lowering_platforms=("tpu",))
+    assert lowered.as_text().count("tpu_custom_call") == 3  # forward, dQ, dK/dV kernels
+
+
+def test_auto_on_a_tpu_runs_splash(monkeypatch):
+    """``attention(impl="auto")`` as a TPU host runs it: lowered for TPU, splash's kernels."""
+    monkeypatch.setattr(attention_backends, "current_backend", lambda: "tpu")
+    spec = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
+    with jax.enable_x64(False):
+        lowered = jax.jit(attention).trace(spec, spec, spec).lower(lowering_platforms=("tpu",))
+    assert lowered.as_text().count("tpu_custom_call") == 1
+
+
+def test_auto_on_a_gpu_calls_cudnn(monkeypatch):
+    """``attention(impl="auto")`` as a CUDA host calls jax.nn.dot_product_attention with
+    implementation="cudnn" (run here by its xla implementation)."""
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def record(*args, implementation, **kwargs):
+        calls.append(implementation)
+        return real(*args, implementation="xla", **kwargs)
+
+    monkeypatch.setattr(attention_backends, "current_backend", lambda: "gpu")
+    monkeypatch.setattr(jax.nn, "dot_product_attention", record)
+    q, k, v, _ = _inputs(4, 1, 24, 4, 2, 8, 8, dtype=jnp.bfloat16)
+    out = attention(q, k, v, window=5)
+    assert calls == ["cudnn"]
+    assert rel_err(out, _reference(q, k, v, True, 5, None)) < 1e-2  # bfloat16 output
+    # Packed rows: the XLA forms.
+    seg = jnp.repeat(jnp.arange(2), 12)[None]
+    attention(q, k, v, segment_ids=seg)
+    assert calls == ["cudnn"]
+
+
+def test_a_mesh_in_context_partitions_except_inside_shard_map():
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    assert not mesh_partitions()
+    with jax.set_mesh(mesh):
+        assert mesh_partitions()
+        inside = []
+        jax.shard_map(lambda x: inside.append(mesh_partitions()) or x, mesh=mesh,
+                      in_specs=jax.P("data"), out_specs=jax.P("data"))(
+                          jnp.zeros(len(jax.devices())))
+        assert inside == [False]
