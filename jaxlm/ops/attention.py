@@ -125,7 +125,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                              f"impl={impl!r}")
         chosen = Impl.REFERENCE
     if chosen is Impl.AUTO:
-        chosen = _auto_form(q, k, v, causal=causal, window=window, segment_ids=segment_ids)
+        chosen = _auto_form(q, v, causal=causal, window=window, segment_ids=segment_ids)
     if chosen in (Impl.SPLASH, Impl.CUDNN):
         from jaxlm.ops.attention_backends import library_attention
 
@@ -146,13 +146,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                                 scale=scale, block_size=block_size)
 
 
-def _auto_form(q, k, v, *, causal, window, segment_ids) -> Impl:
+def _auto_form(q, v, *, causal, window, segment_ids) -> Impl:
     from jaxlm.ops import attention_backends as backends
 
     return Impl(backends.attention_plan(
-        backends.current_backend(), q.dtype, q.shape, kv_heads=k.shape[2],
-        v_head_dim=v.shape[-1], causal=causal, window=window, packed=segment_ids is not None,
-        partitioned=backends.mesh_partitions()))
+        backends.current_backend(), q.dtype, q.shape, v_head_dim=v.shape[-1], causal=causal,
+        window=window, packed=segment_ids is not None, partitioned=backends.mesh_partitions()))
 
 
 # --------------------------------------------------------------------------------------------

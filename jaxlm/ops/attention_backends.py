@@ -41,7 +41,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # The XLA forms, as ``auto`` picked them before library kernels: on CPU the materialized
 # reference below this many positions; on accelerators wherever its [batch, heads, length,
@@ -55,21 +54,20 @@ _SPLASH_DTYPES = ("bfloat16", "float32")
 _CUDNN_DTYPES = ("bfloat16", "float16")
 _CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper with a recent cuDNN; 128 holds everywhere
 
-PLANS = ("splash", "cudnn", "pallas", "reference", "xla")
-
 
 def attention_plan(backend: str, dtype, q_shape: tuple[int, int, int, int], *,
-                   kv_heads: int | None = None, v_head_dim: int | None = None,
+                   v_head_dim: int | None = None,
                    causal: bool = True, window: int | None = None, packed: bool = False,
                    block_sparse: bool = False, bias: bool = False, partitioned: bool = False,
                    flash_measured: bool = False) -> str:
-    """Which form ``attention(impl="auto")`` runs.
+    """Which form ``attention(impl="auto")`` runs. Grouped-query attention does not change it
+    (splash and cuDNN both take any kv_heads dividing heads).
 
     Args:
       backend: "cpu", "tpu", "gpu" (CUDA) or "rocm".
       dtype: q's dtype.
       q_shape: (batch, length, heads, head_dim).
-      kv_heads, v_head_dim: default heads and head_dim.
+      v_head_dim: v's head dim; default head_dim.
       causal, window: the mask, as :func:`jaxlm.ops.attention` takes it.
       packed: segment_ids are given.
       block_sparse: a block mask (:func:`jaxlm.ops.block_sparse_attention`), which no library

@@ -26,12 +26,13 @@ LONG = (1, 4096, 8, 128)  # batch, length, heads, head_dim: 512 MiB of float32 s
 
 # (backend, dtype, q_shape, plan kwargs, expected)
 PLANS = [
-    # TPU: splash for every mask jaxlm's attention takes, GQA and packed rows included.
+    # TPU: splash for every mask jaxlm's attention takes, packed rows included (grouped-query
+    # attention never changes the plan: both library kernels take it).
     ("tpu", BF16, LONG, dict(causal=False), "splash"),
-    ("tpu", BF16, LONG, dict(causal=True, kv_heads=4), "splash"),
+    ("tpu", BF16, LONG, dict(causal=True), "splash"),
     ("tpu", F32, LONG, dict(causal=True, window=512), "splash"),
     ("tpu", BF16, LONG, dict(causal=False, window=512), "splash"),
-    ("tpu", BF16, LONG, dict(causal=True, packed=True, kv_heads=1), "splash"),
+    ("tpu", BF16, LONG, dict(causal=True, packed=True), "splash"),
     ("tpu", BF16, (1, 1000, 8, 64), dict(causal=True, v_head_dim=128), "splash"),
     # ... except where its rules fail: then the XLA forms.
     ("tpu", BF16, (2, 64, 16, 128), dict(), "reference"),            # shorter than a block
@@ -40,8 +41,8 @@ PLANS = [
     ("tpu", BF16, (8, 16384, 16, 128), dict(), "splash"),
     ("tpu", BF16, (8, 16384, 16, 32), dict(), "xla"),                # scores > 1 GiB
     ("tpu", BF16, LONG, dict(partitioned=True), "reference"),       # auto-sharded mesh
-    # GPU: cuDNN for causal / window / GQA in half precision.
-    ("gpu", BF16, LONG, dict(causal=True, kv_heads=2), "cudnn"),
+    # GPU: cuDNN for dense, causal and causal-window masks in half precision.
+    ("gpu", BF16, LONG, dict(causal=True), "cudnn"),
     ("gpu", jnp.float16, LONG, dict(causal=False), "cudnn"),
     ("gpu", BF16, LONG, dict(causal=True, window=256), "cudnn"),
     ("gpu", BF16, LONG, dict(partitioned=True), "cudnn"),
