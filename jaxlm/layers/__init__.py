@@ -15,6 +15,7 @@ from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
 from jaxlm.layers.ngram import NgramHeads
 from jaxlm.layers.pointer import PointerSentinel
+from jaxlm.layers.ponet import PoNet, PoNetConfig
 from jaxlm.layers.rnn import RNN, GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 from jaxlm.layers.s4 import LSSL, S4, LSSLConfig, LSSLSSM, NPLRSSM, S4Config
@@ -30,4 +31,5 @@ __all__ = [
     "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
     "feature_map", "prefill", "register_mixer",
     "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
+    "PoNet", "PoNetConfig",
 ]

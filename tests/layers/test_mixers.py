@@ -151,3 +151,10 @@ def test_routing_centroids_learn_in_training_mode_only():
     moved = mixer.centroids[...]
     assert not jnp.allclose(moved, before)
     assert jnp.allclose(jnp.linalg.norm(moved, axis=-1), 1, atol=1e-5)
+
+
+def test_bidirectional_ponet_has_no_step():
+    mixer = make_mixer("ponet", causal=False, window=3)
+    assert mixer(jnp.zeros((1, 5, D_MODEL))).shape == (1, 5, D_MODEL)
+    with pytest.raises(ValueError, match="causal=True"):
+        mixer.init_state(1, jnp.float64)
