@@ -3,6 +3,7 @@
 from jaxlm.data.copying import (InductionHeadConfig, SelectiveCopyConfig, induction_head_example,
                                 selective_copy_example)
 from jaxlm.data.mqar import IGNORE, MQARConfig, mqar_example
+from jaxlm.data.needle_threading import NeedleThreadingConfig, needle_threading_example
 from jaxlm.data.passkey import PasskeyConfig, passkey_example
 from jaxlm.data.regression import (LinearRegressionConfig, deinterleave, interleave,
                                    linear_regression_example, regression_prompt)
@@ -23,4 +24,5 @@ __all__ = ["BOS", "BYTE_VOCAB", "EOS", "EOW", "PAD", "TextConfig", "decode", "en
            "make_source", "mqar_example", "passkey_example", "random_dfa",
            "regression_prompt", "regular_language_batch", "regular_language_example",
            "selective_copy_example", "set_disjointness_example",
-           "StateTrackingConfig", "group_table", "state_tracking_example"]
+           "StateTrackingConfig", "group_table", "state_tracking_example",
+           "NeedleThreadingConfig", "needle_threading_example"]

@@ -21,6 +21,7 @@ import numpy as np
 from jaxlm.data.copying import (InductionHeadConfig, SelectiveCopyConfig, induction_head_example,
                                 selective_copy_example)
 from jaxlm.data.mqar import MQARConfig, mqar_example
+from jaxlm.data.needle_threading import NeedleThreadingConfig, needle_threading_example
 from jaxlm.data.passkey import PasskeyConfig, passkey_example
 from jaxlm.data.regression import LinearRegressionConfig, linear_regression_example
 from jaxlm.data.regular_language import RegularLanguageConfig, regular_language_batch
@@ -53,6 +54,7 @@ TASKS: dict[str, Task] = {
     "linear_regression": Task(example=linear_regression_example, continuous=True),
     "text": Task(host_batch=text_batch),
     "state_tracking": Task(example=state_tracking_example),
+    "needle_threading": Task(example=needle_threading_example),
 }
 
 
@@ -71,6 +73,7 @@ class DataConfig:
     linear_regression: LinearRegressionConfig = LinearRegressionConfig()
     text: TextConfig = TextConfig()
     state_tracking: StateTrackingConfig = StateTrackingConfig()
+    needle_threading: NeedleThreadingConfig = NeedleThreadingConfig()
 
     def __post_init__(self):
         if self.task not in TASKS:

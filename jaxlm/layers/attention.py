@@ -12,6 +12,7 @@ from flax import nnx
 
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops import attention_mask, masked_attention, segment_positions
+from jaxlm.ops.recycled_attention import recycled_attention, select_recycled_keys
 from jaxlm.ops.rope import apply_rope
 from jaxlm.parallel.dispatch import ATTENTION_SCHEMES, causal_attention
 
@@ -28,12 +29,17 @@ class AttentionConfig:
     impl: str = "auto"
     # under a mesh that splits the length: "ring", "zigzag" (balanced ring) or "ulysses"
     sequence_parallel: str = "ring"
+    # decoding only (Recycled Attention): full attention every recycle_every steps, else over
+    # the recycle_top_k keys the last full step attended to most; None: always full
+    recycle_every: int | None = None
+    recycle_top_k: int = 32
 
     def __post_init__(self):
         if self.sequence_parallel not in ATTENTION_SCHEMES:
             raise ValueError(f"attention sequence_parallel={self.sequence_parallel!r}; expected "
                              f"one of {ATTENTION_SCHEMES}")
-        for name in ("n_heads", "n_kv_heads", "head_dim", "window"):
+        for name in ("n_heads", "n_kv_heads", "head_dim", "window", "recycle_every",
+                     "recycle_top_k"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"attention {name} must be a positive integer"
@@ -54,14 +60,21 @@ class Attention(nnx.Module):
     ``step``: one token against a KV cache. With a window the cache is a ring buffer of
     ``window`` slots, so decoding memory is O(window); without one it holds ``max_length``
     tokens (past that it keeps the latest ``max_length``, i.e. acts as a window).
+    With ``recycle_every=S`` the step is Recycled Attention ("Recycled Attention: Efficient
+    inference for long-context language models"; :mod:`jaxlm.ops.recycled_attention`): full
+    attention over the cache every S steps, choosing per KV head the ``recycle_top_k`` cached
+    tokens with the most attention; the steps between attend over those and the tokens since.
+    The parallel form is unchanged.
     """
 
     def __init__(self, d_model: int, *, n_heads: int = 4, n_kv_heads: int | None = None,
                  head_dim: int | None = None, window: int | None = None, rope: bool = True,
                  rope_theta: float = 10_000.0, impl: str = "auto",
-                 sequence_parallel: str = "ring", rngs: nnx.Rngs):
+                 sequence_parallel: str = "ring", recycle_every: int | None = None,
+                 recycle_top_k: int = 32, rngs: nnx.Rngs):
         config = AttentionConfig(n_heads, n_kv_heads, head_dim, window, rope, rope_theta, impl,
-                                 sequence_parallel)
+                                 sequence_parallel, recycle_every, recycle_top_k)
+        self.recycle_every, self.recycle_top_k = recycle_every, recycle_top_k
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = head_dim or d_model // n_heads
@@ -115,14 +128,21 @@ class Attention(nnx.Module):
     def init_state(self, batch_size: int, dtype: Any = jnp.float32, *,
                    max_length: int | None = None) -> dict[str, jax.Array]:
         """KV cache: k, v [batch, slots, kv_heads, head_dim]; slot_pos [slots] (-1 = empty);
-        pos: the position of the next token."""
+        pos: the position of the next token. With ``recycle_every``, also ``recycled``
+        [batch, kv_heads, min(recycle_top_k, slots)] (the positions the last full step chose,
+        -1: none) and ``last_full`` (that step's position)."""
         if self.window is None and max_length is None:
             raise ValueError("Attention.init_state: max_length (the KV cache length) is required "
                              "for full attention; got None")
         slots = self.window if max_length is None else min(self.window or max_length, max_length)
         shape = (batch_size, slots, self.n_kv_heads, self.head_dim)
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-                "slot_pos": jnp.full((slots,), -1, jnp.int32), "pos": jnp.zeros((), jnp.int32)}
+        state = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                 "slot_pos": jnp.full((slots,), -1, jnp.int32), "pos": jnp.zeros((), jnp.int32)}
+        if self.recycle_every is not None:
+            state["recycled"] = jnp.full(
+                (batch_size, self.n_kv_heads, min(self.recycle_top_k, slots)), -1, jnp.int32)
+            state["last_full"] = jnp.full((), -self.recycle_every, jnp.int32)
+        return state
 
     def step(self, x_t: jax.Array, state: dict[str, jax.Array]):
         """x_t: [batch, d_model] -> (y_t [batch, d_model], new state)."""
@@ -136,9 +156,34 @@ class Attention(nnx.Module):
         mask = attention_mask(pos[None], slot_pos, causal=True, window=self.window)
         mask &= (slot_pos >= 0)[None, :]
         mask = jnp.broadcast_to(mask, (batch, 1, slot_pos.shape[0]))
-        out = masked_attention(q, cache_k, cache_v, mask, self.head_dim ** -0.5)
         new_state = {"k": cache_k, "v": cache_v, "slot_pos": slot_pos, "pos": pos + 1}
+        if self.recycle_every is None:
+            out = masked_attention(q, cache_k, cache_v, mask, self.head_dim ** -0.5)
+        else:
+            out, recycled, last_full = self._recycled_step(q, mask, new_state, state)
+            new_state.update(recycled=recycled, last_full=last_full)
         return self.o_proj(out.reshape(batch, -1)), new_state
+
+    def _recycled_step(self, q, mask, cache, state):
+        """Recycled Attention's step: (out [batch, 1, heads, head_dim], recycled positions,
+        position of the last full step)."""
+        pos, scale, every = state["pos"], self.head_dim ** -0.5, self.recycle_every
+
+        def full(_):
+            out = masked_attention(q, cache["k"], cache["v"], mask, scale)
+            chosen = select_recycled_keys(q[:, 0], cache["k"], cache["slot_pos"], mask[:, 0],
+                                          scale, self.recycle_top_k)
+            return out, chosen, pos
+
+        def recycled(_):
+            since = state["last_full"] + 1 + jnp.arange(every, dtype=jnp.int32)
+            since = jnp.broadcast_to(since, (*state["recycled"].shape[:2], every))
+            positions = jnp.concatenate([state["recycled"], since], axis=-1)
+            out = recycled_attention(q[:, 0], cache["k"], cache["v"], cache["slot_pos"],
+                                     positions, pos, scale, window=self.window)
+            return out[:, None], state["recycled"], state["last_full"]
+
+        return jax.lax.cond(pos - state["last_full"] >= every, full, recycled, None)
 
 
 register_mixer("attention", AttentionConfig, Attention, sequence_parallel=True)

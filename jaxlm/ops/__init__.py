@@ -16,6 +16,7 @@ from jaxlm.ops.hippo import hippo_legs, hippo_legt, nplr_legs
 from jaxlm.ops.lmu import legt_zoh, lmu_memory, lmu_memory_step
 from jaxlm.ops.pooling import (multi_granularity_pooling, multi_granularity_pooling_state,
                                multi_granularity_pooling_step)
+from jaxlm.ops.recycled_attention import recycled_attention, select_recycled_keys
 from jaxlm.ops.rnn import rnn, rnn_initial_state, rnn_step
 from jaxlm.ops.routing_attention import routing_attention, update_centroids
 from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_step, krylov_kernel,
@@ -33,8 +34,9 @@ __all__ = [
     "gated_linear_attention_step", "hippo_legs", "hippo_legt", "krylov_kernel",
     "lambda_attention", "lambda_mask", "legt_zoh", "linear_attention", "lmu_memory",
     "lmu_memory_step", "masked_attention", "multi_granularity_pooling",
-    "multi_granularity_pooling_state", "multi_granularity_pooling_step", "nplr_legs", "pointer_sentinel_log_probs", "rnn",
+    "multi_granularity_pooling_state", "multi_granularity_pooling_step", "nplr_legs",
+    "pointer_sentinel_log_probs", "recycled_attention", "rnn",
     "rnn_initial_state", "rnn_step", "routing_attention", "s4_kernel", "s4_ssm",
-    "segment_positions", "segment_starts", "select_blocks", "selective_scan",
-    "selective_scan_step", "splash_attention", "ssd", "update_centroids", "zoh",
+    "segment_positions", "segment_starts", "select_blocks", "select_recycled_keys",
+    "selective_scan", "selective_scan_step", "splash_attention", "ssd", "update_centroids", "zoh",
 ]

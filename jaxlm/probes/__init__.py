@@ -14,6 +14,7 @@ from jaxlm.probes.common import target_hits, probe_batches, with_seq_len
 from jaxlm.probes.decipher import decipher_probe
 from jaxlm.probes.lsa import LSAConfig, train_lsa
 from jaxlm.probes.mqar import evaluate_mqar
+from jaxlm.probes.needle_threading import evaluate_needle_threading
 from jaxlm.probes.published import PUBLISHED, published, published_notes
 from jaxlm.probes.regression import BASELINES, baseline_predictions, evaluate_regression
 from jaxlm.probes.regular_language import evaluate_regular_language, ngram_predictions
@@ -31,6 +32,7 @@ PROBES = {
     "linear_regression": evaluate_regression,
     "text": evaluate_text,
     "state_tracking": evaluate_state_tracking,
+    "needle_threading": evaluate_needle_threading,
 }
 
 # The metric columns of each probe's results table (after the run's description).
@@ -45,6 +47,8 @@ PROBE_COLUMNS = {
     "text": ("bits_per_byte", "bits_per_byte_cipher", "unigram", "in_context_unigram",
              "in_context_ppm", "decipher", "frequency", "bytes_per_second", "reduction"),
     "state_tracking": ("accuracy", "mean", "baseline"),  # and accuracy@L by length
+    "needle_threading": ("accuracy", *(f"hops_{h}" for h in range(1, 9)), "one_hop",
+                         "baseline"),  # and accuracy@L by length
 }
 
 
@@ -70,6 +74,6 @@ __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
            "baseline_predictions", "decipher_probe", "evaluate", "evaluate_answers",
            "evaluate_mqar",
            "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
-           "evaluate_state_tracking", "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
+           "evaluate_state_tracking", "evaluate_needle_threading", "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
            "probe_batches", "score_text",
            "train_lsa", "with_seq_len"]

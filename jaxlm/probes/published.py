@@ -98,6 +98,11 @@ NOTES: dict[str, list[str]] = {
         "xLSTM formal languages [qualitative]: sLSTM and LSTM solve parity and modular "
         "arithmetic at lengths beyond training; Transformers, Mamba and linear attention do not.",
     ],
+    "needle_threading": [
+        "Needle Threading [paper abstract]: for many of the 17 LLMs the effective context is "
+        "well short of the supported one, accuracy falling as the haystack grows; many are "
+        "thread-safe (several threads at once cost little).",
+    ],
 }
 
 

@@ -23,6 +23,7 @@ TASK_COLUMNS = {
     "linear_regression": {"n_dims": "n_dims", "noise_std": "noise_std"},
     "text": {"trained_on_cipher": "cipher"},
     "state_tracking": {"group": "group"},
+    "needle_threading": {"max_hops": "max_hops", "direction": "direction"},
 }
 # Per-length metrics shown in the table (ridge, nearest_3 and zero stay in result.json and the
 # plot: a table with every baseline at every length is too wide to read).

@@ -24,6 +24,9 @@ CASES = {
                        "probe.lengths=48"],
     "state_tracking": ["model.vocab_size=6", "data.state_tracking.group=s3",
                        "data.state_tracking.seq_len=16", "probe.lengths=32"],
+    "needle_threading": ["model.vocab_size=32", "data.needle_threading.vocab_size=32",
+                         "data.needle_threading.seq_len=16", "data.needle_threading.max_hops=2",
+                         "probe.lengths=24"],
     "text": ["model.vocab_size=260", "model.kind=hierarchical", "model.words.d_local=16",
              "model.words.max_word_len=6", "data.text.seq_len=32"],
 }
@@ -55,6 +58,10 @@ def test_probe_run(task, tmp_path):
         assert 4 < row["unigram"] < 5.5 and 2 < row["reduction"] < 12
         assert 4.5 < row["in_context_unigram"] < 7 and 3 < row["in_context_ppm"] < 7
         assert row["bytes_per_second"] > 0
+    elif task == "needle_threading":
+        assert {"hops_1", "hops_2", "accuracy@24"} <= set(row) and row["baseline"] == 1 / 7
+        assert 0.2 < row["one_hop"] < 0.8  # hops uniform in 1..2
+        assert "| max_hops |" in text and "Needle Threading" in text
     elif task == "state_tracking":
         assert {"accuracy@2", "accuracy@4", "accuracy@8", "accuracy@32"} <= set(row)
         assert 0 <= row["mean"] <= 1 and row["baseline"] == 1 / 6
