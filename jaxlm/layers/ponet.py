@@ -82,13 +82,14 @@ class PoNet(nnx.Module):
                    max_length: int | None = None) -> dict[str, jax.Array]:
         self._check_causal("init_state")
         return multi_granularity_pooling_state(batch_size, self.n_heads, self.head_dim,
-                                               window=self.window, dtype=dtype)
+                                               window=self.window,
+                                               dtype=jnp.promote_types(dtype, jnp.float32))
 
     def step(self, x_t: jax.Array, state: dict[str, jax.Array]):
         self._check_causal("step")
         out, state = multi_granularity_pooling_step(state, *self._projections(x_t),
                                                     segment_size=self.segment_size)
-        return self.out_proj(out.reshape(x_t.shape)), state
+        return self.out_proj(out.reshape(x_t.shape).astype(x_t.dtype)), state
 
 
 register_mixer("ponet", PoNetConfig, PoNet)
