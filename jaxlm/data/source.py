@@ -27,7 +27,7 @@ from jaxlm.data.regression import LinearRegressionConfig, linear_regression_exam
 from jaxlm.data.regular_language import RegularLanguageConfig, regular_language_batch
 from jaxlm.data.set_disjointness import SetDisjointnessConfig, set_disjointness_example
 from jaxlm.data.state_tracking import StateTrackingConfig, state_tracking_example
-from jaxlm.data.text import TextConfig, text_batch
+from jaxlm.data.text import TextConfig, decomposed_text_batch, text_batch
 
 SPLITS = ("train", "validation", "test")
 
@@ -126,6 +126,13 @@ class TaskSource:
               rows: np.ndarray | None = None) -> dict[str, jax.Array]:
         """Batch ``index`` of ``split``: every row, or only ``rows`` of it (the rows one
         process's devices hold)."""
+        if self.config.task == "text" and self.config.text.decomposition and split == "train":
+            if rows is not None or self.config.train_examples:
+                raise ValueError("data.text.decomposition=True draws rows of varying length "
+                                 "and number per step: it runs on one process and without "
+                                 "data.train_examples")
+            batch = decomposed_text_batch(self.config.seed, index, batch_size, self.config.text)
+            return {name: jnp.asarray(value) for name, value in batch.items()}
         indices = self.indices(index, batch_size, split)
         if rows is not None:
             indices = indices[rows]

@@ -26,6 +26,11 @@ Language Models".
 ``subword_vocab=N`` tokenizes the same documents with a byte-pair encoding of N ids learned on
 the training split (:mod:`jaxlm.data.subword`; ids below 260 keep their byte meaning): the
 subword baseline, scored in bits per byte like the byte-level models.
+
+``decomposition=True`` replaces packing in the training split by dataset decomposition
+(:mod:`jaxlm.data.decomposition`): rows of one document each, of power-of-two lengths from
+``min_bucket`` to ``seq_len``, one length per step with batch_size x seq_len tokens, and a
+short-to-long curriculum over ``curriculum_steps``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import zlib
 
 import numpy as np
 
+from jaxlm.data.decomposition import Buckets, decompose, decomposed_batch
 from jaxlm.data.mqar import IGNORE
 from jaxlm.data.subword import FIRST_MERGE, Subwords, train_subwords
 from jaxlm.ops.checks import check_positive_fields
@@ -70,6 +76,12 @@ class TextConfig:
     cipher: bool = False  # substitution-cipher each row's letters (a fresh permutation per row)
     max_bytes: int = 0  # > 0: keep at most this many bytes of each document
     subword_vocab: int = 0  # > 260: byte-pair-encoded tokens of this many ids; 0: bytes
+    # Dataset decomposition of the training split (jaxlm.data.decomposition): rows of one
+    # document each, bucketed by power-of-two length from min_bucket to seq_len
+    decomposition: bool = False
+    min_bucket: int = 16
+    curriculum_steps: int = 0  # steps over which short rows lose their extra odds; 0: none
+    curriculum_ratio: float = 8.0  # odds of the shortest bucket over the longest at step 0
 
     def __post_init__(self):
         check_positive_fields("text", self, ("seq_len",))
@@ -80,6 +92,19 @@ class TextConfig:
             raise ValueError(f"text.subword_vocab={self.subword_vocab}: expected 0 (bytes) or "
                              f"more than {FIRST_MERGE} (the bytes, the special tokens and at "
                              f"least one merge)")
+        if self.decomposition:
+            for name in ("seq_len", "min_bucket"):
+                value = getattr(self, name)
+                if value < 1 or value & (value - 1):
+                    raise ValueError(f"text.{name} must be a power of two with "
+                                     f"text.decomposition=True, got {value}")
+            if self.min_bucket > self.seq_len:
+                raise ValueError(f"text.min_bucket={self.min_bucket} exceeds "
+                                 f"text.seq_len={self.seq_len}")
+            if self.curriculum_steps < 0 or not self.curriculum_ratio >= 1.0:
+                raise ValueError(f"text.curriculum_steps must be >= 0 and "
+                                 f"text.curriculum_ratio >= 1, got {self.curriculum_steps} and "
+                                 f"{self.curriculum_ratio}")
         if self.subword_vocab and self.cipher:
             raise ValueError("text.cipher=True permutes letters, which needs byte tokens; set "
                              "text.subword_vocab=0")
@@ -213,6 +238,26 @@ def corpus_split(config: TextConfig, split: int) -> PackedSplit:
                          f"{config.seq_len} tokens (documents per split: {sizes}); give a "
                          f"larger corpus or a shorter seq_len")
     return packed
+
+
+@functools.lru_cache(maxsize=8)
+def training_buckets(config: TextConfig) -> Buckets:
+    """The dataset decomposition of the training split (``text.decomposition``)."""
+    buckets = decompose(corpus_split(config, 0).documents, config.seq_len, config.min_bucket)
+    if not sum(len(o) for o in buckets.offsets):
+        raise ValueError(f"text.path={config.path!r}: no training document has "
+                         f"text.min_bucket={config.min_bucket} tokens")
+    return buckets
+
+
+def decomposed_text_batch(seed: int, step: int, batch_size: int,
+                          config: TextConfig) -> dict[str, np.ndarray]:
+    """Training batch ``step`` under dataset decomposition: batch_size x seq_len tokens in rows
+    of one document each, all of one bucket's length (:mod:`jaxlm.data.decomposition`)."""
+    return decomposed_batch(corpus_split(config, 0), training_buckets(config), seed, step,
+                            batch_size, seq_len=config.seq_len,
+                            curriculum_steps=config.curriculum_steps,
+                            curriculum_ratio=config.curriculum_ratio)
 
 
 def row_order(seed: int, split: int, index: np.ndarray, num_rows: int) -> np.ndarray:
