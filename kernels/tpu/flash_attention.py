@@ -132,7 +132,9 @@ def _fetch_table(allowed: jax.Array) -> jax.Array:
 def fetch_tables(cfg: _Config, block_mask: jax.Array, n: int):
     """The scalar-prefetch tables of a block-masked call: (per query block, the key block each
     step fetches; per key block, the query block each step fetches), flattened int32
-    [mb * mh * n * n] for SMEM, with (mb, mh) the mask's (batch, heads) extent. The block mask is intersected with the blocks the causal / window mask can reach."""
+    [mb * mh * n * n] for SMEM, with (mb, mh) the mask's (batch, heads) extent. The block
+    mask is intersected with the blocks the causal / window mask can reach (cfg: the portable
+    kernel's configuration)."""
     i = jnp.arange(n, dtype=jnp.int32)[:, None]
     j = jnp.arange(n, dtype=jnp.int32)[None, :]
     lo, hi = _key_range(cfg, i, n)
@@ -242,7 +244,7 @@ def _specs(cfg: _Config, walk: _Walk, has_seg: bool):
     return own, walked, [own_col, walk_row] if walk.keys else [walk_col, own_row]
 
 
-def _call(cfg, kernel, walk, n, batch, heads, table, in_specs, out_specs, out_shape, scratch,
+def _call(cfg, kernel, n, batch, heads, table, in_specs, out_specs, out_shape, scratch,
           args, suffix):
     prefetch = () if table is None else (table,)
     grid_spec = pltpu.PrefetchScalarGridSpec(
@@ -276,17 +278,19 @@ def _seg_args(seg):
     return () if seg is None else (seg[..., None], seg[:, None, :])
 
 
-def _table(tables, index):
-    return None if tables is None else tables[index]
+def _plan(cfg: _Config, extent, tables, n: int, keys: bool, seg):
+    """(the fetch table or None, the grid walk, its block specs) of a kernel that walks key
+    blocks (``keys``: forward, dQ) or query blocks (dK/dV)."""
+    walk = _Walk(cfg, n, keys, extent)
+    table = None if tables is None else tables[0 if keys else 1]
+    return table, walk, _specs(cfg, walk, seg is not None)
 
 
 def _forward(cfg: _Config, extent, q, k, v, seg, tables):
     batch, heads, padded, d = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = jnp.promote_types(q.dtype, jnp.float32)
-    table = _table(tables, 0)
-    walk = _Walk(cfg, n, True, extent)
-    own, walked, seg_specs = _specs(cfg, walk, seg is not None)
+    table, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, n, True, seg)
     n_in = 3 + len(seg_specs)
 
     def kernel(*refs):
@@ -327,7 +331,7 @@ def _forward(cfg: _Config, extent, q, k, v, seg, tables):
     out_specs = [own(dv), own(1)]
     scratch = [pltpu.VMEM((block, 1), acc), pltpu.VMEM((block, 1), acc),
                pltpu.VMEM((block, dv), acc)]
-    return _call(cfg, kernel, walk, n, batch, heads, table, in_specs, out_specs, out_shape,
+    return _call(cfg, kernel, n, batch, heads, table, in_specs, out_specs, out_shape,
                  scratch, (q, k, v, *_seg_args(seg)), "fwd")
 
 
@@ -335,9 +339,7 @@ def _backward_dq(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta):
     batch, heads, padded, d = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = lse.dtype
-    table = _table(tables, 0)
-    walk = _Walk(cfg, n, True, extent)
-    own, walked, seg_specs = _specs(cfg, walk, seg is not None)
+    table, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, n, True, seg)
     n_in = 6 + len(seg_specs)
 
     def kernel(*refs):
@@ -364,7 +366,7 @@ def _backward_dq(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta):
     out_shape = jax.ShapeDtypeStruct((batch, heads, padded, d), acc)
     in_specs = [own(d), walked(d, kv=True), walked(dv, kv=True), own(1), own(dv), own(1),
                 *seg_specs]
-    return _call(cfg, kernel, walk, n, batch, heads, table, in_specs, own(d), out_shape,
+    return _call(cfg, kernel, n, batch, heads, table, in_specs, own(d), out_shape,
                  [pltpu.VMEM((block, d), acc)], (q, k, v, lse, d_out, delta, *_seg_args(seg)),
                  "bwd_dq")
 
@@ -374,9 +376,7 @@ def _backward_dkdv(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta
     batch, heads, padded, d = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = lse.dtype
-    table = _table(tables, 1)
-    walk = _Walk(cfg, n, False, extent)
-    own, walked, seg_specs = _specs(cfg, walk, seg is not None)
+    table, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, n, False, seg)
     n_in = 6 + len(seg_specs)
 
     def kernel(*refs):
@@ -409,5 +409,5 @@ def _backward_dkdv(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta
                 *seg_specs]
     out_specs = [own(d), own(dv)]
     scratch = [pltpu.VMEM((block, d), acc), pltpu.VMEM((block, dv), acc)]
-    return _call(cfg, kernel, walk, n, batch, heads, table, in_specs, out_specs, out_shape,
+    return _call(cfg, kernel, n, batch, heads, table, in_specs, out_specs, out_shape,
                  scratch, (q, k, v, lse, d_out, delta, *_seg_args(seg)), "bwd_dkdv")
