@@ -5,9 +5,9 @@ order) and bfloat16 (3e-2 relative against the float64 reference on the same rou
 bfloat16 operands and probabilities, float32 accumulation). Each configuration compiles the
 interpreter once (several seconds), so the cases combine features: causal + window + packed
 documents + GQA at batch 2; non-causal + window + a block mask with an empty query block at
-batch 1; bfloat16 causal + a per-row block mask. Every length is not a multiple of the block.
-Then: the index maps never fetch a block the step does not use, non-finite values do not leak,
-and the kernels lower to Mosaic at 1K and 64K tokens."""
+batch 1; no mask at all; bfloat16 causal + a per-row block mask. No length is a multiple of
+the block. Then: the index maps never fetch a block the step does not use, non-finite values
+do not leak, and the kernels lower to Mosaic at 1K and 64K tokens."""
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +115,17 @@ def test_non_causal_window_block_mask_float64():
         interpret=True))(q, k, v, weights)
     assert rel_err(got, ref) < TOL
     assert float(jnp.abs(got[0][1][:, block:2 * block]).max()) == 0.0  # the empty block
+
+
+def test_dense_non_causal_float64():
+    """No mask at all: every step visited, no pl.when; batch 1, one head, length 20."""
+    q, k, v = qkv(5, 1, 20, 1, 1)
+    weights = normal(10, q.shape)
+    ref = value_and_grads(lambda q, k, v: attention(q, k, v, causal=False, impl="reference"))(
+        q, k, v, weights)
+    got = value_and_grads(lambda q, k, v: tpu_flash.flash_attention(
+        q, k, v, causal=False, block_size=8, interpret=True))(q, k, v, weights)
+    assert rel_err(got, ref) < TOL
 
 
 def test_bfloat16_causal_block_mask_per_row():
