@@ -152,11 +152,7 @@ def _poison(q, k, v):
     """q, k with k's row set to NaN where v's row has a non-finite entry, and v with those
     entries zeroed (see the module docstring)."""
     bad = ~jnp.all(jnp.isfinite(v), axis=-1, keepdims=True)
-    return q, jnp.where(bad, jnp.nan, k).astype(k.dtype), _finite(v)
-
-
-def _finite(x):
-    return jnp.where(jnp.isfinite(x), x, 0).astype(x.dtype)
+    return q, jnp.where(bad, jnp.nan, k).astype(k.dtype), blocks.finite_or_zero(v)
 
 
 def _attention_fwd(cfg, extent, q, k, v, seg, tables):
@@ -172,7 +168,7 @@ def _attention_bwd(cfg, extent, residuals, d_out):
            | ~jnp.all(jnp.isfinite(out), axis=-1, keepdims=True))
     lse = jnp.where(bad, jnp.inf, lse)  # p = 0 in every row with a non-finite output
     delta = jnp.where(bad, 0, jnp.sum(d_out.astype(acc) * out, axis=-1, keepdims=True))
-    q, k, v = _finite(q), _finite(k), _finite(v)
+    q, k, v = (blocks.finite_or_zero(x) for x in (q, k, v))
     d_q = _backward_dq(cfg, extent, q, k, v, seg, tables, lse, d_out, delta)
     d_k, d_v = _backward_dkdv(cfg, extent, q, k, v, seg, tables, lse, d_out, delta)
     fold = lambda x: x.reshape(k.shape[0], k.shape[1], cfg.groups, *x.shape[2:]).sum(2)
