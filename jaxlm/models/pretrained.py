@@ -162,6 +162,7 @@ def load_weights(folder: pathlib.Path, family: str, config: ModelConfig, *, dtyp
     """The DecoderLM of ``config`` with its parameters read from ``folder``'s safetensors."""
     dtype = jnp.dtype(dtype or jnp.float32)
     model = nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0)))
+    model.embed.dtype = dtype  # nnx.Embed fixes its compute dtype at construction (float32)
     files = tensor_files(folder)
     rules = weight_names(family, config)
     missing = [name for name, _, _ in rules if name not in files]
