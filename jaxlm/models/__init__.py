@@ -9,7 +9,7 @@ from jaxlm.models.lexinvariant import LexinvariantLM
 from jaxlm.models.mrt5 import MrT5LM
 from jaxlm.models.lm import Block, DecoderLM, add_positions, count_params
 from jaxlm.models.hf_config import PretrainedError
-from jaxlm.models.pretrained import load_pretrained, save_pretrained
+from jaxlm.models.pretrained import load_pretrained, pretrained_config, save_pretrained
 from jaxlm.models.regression import SequenceRegressor
 from jaxlm.models.words import WordLM
 
@@ -30,4 +30,4 @@ def build_lm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
 __all__ = ["MODELS", "Block", "DecoderLM", "DeletionConfig", "MrT5LM", "LexinvariantConfig", "LexinvariantLM",
            "ModelConfig", "SequenceRegressor", "WordConfig", "WordLM", "add_positions",
            "PretrainedError", "build_lm", "count_params", "generate", "generate_text",
-           "load_pretrained", "save_pretrained"]
+           "load_pretrained", "pretrained_config", "save_pretrained"]

@@ -157,6 +157,12 @@ def load_pretrained(path: str | pathlib.Path, *, dtype: Any = None, mesh: Mesh |
     return model, load_tokenizer(folder)
 
 
+def pretrained_config(path: str | pathlib.Path) -> ModelConfig:
+    """The ModelConfig of a local Hugging Face folder (its config.json only)."""
+    folder = local_folder(path)
+    return model_config_from_hf(read_hf_config(folder), f"{folder / 'config.json'}")[1]
+
+
 def load_weights(folder: pathlib.Path, family: str, config: ModelConfig, *, dtype: Any = None,
                  mesh: Mesh | None = None) -> DecoderLM:
     """The DecoderLM of ``config`` with its parameters read from ``folder``'s safetensors."""
