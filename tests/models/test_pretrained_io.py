@@ -137,3 +137,24 @@ def test_models_without_a_hf_equivalent_are_refused_by_name(tmp_path):
     model = nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0)))
     with pytest.raises(PretrainedError, match="pattern='mamba,attention'"):
         save_pretrained(model, tmp_path)
+
+
+def test_rope_scalings_against_their_definitions():
+    from jaxlm.ops.rope import rope_frequencies
+    base = rope_frequencies(8, theta=100.0)
+    np.testing.assert_allclose(base, 100.0 ** (-np.arange(4) / 4), rtol=1e-15)
+    np.testing.assert_allclose(rope_frequencies(8, theta=100.0, scaling="linear", factor=4.0),
+                               base / 4, rtol=1e-15)
+    # llama3 with original length 16 (low 16, high 4 wavelengths): the longest wavelength
+    # (2π/0.0316 ≈ 199) is divided by the factor, the shortest (2π) kept, those between
+    # smoothly interpolated
+    scaled = rope_frequencies(8, theta=100.0, scaling="llama3", factor=8.0,
+                              low_freq_factor=1.0, high_freq_factor=4.0, original_max_length=16)
+    wavelengths = 2 * np.pi / base
+    smooth = (16 / wavelengths - 1) / 3
+    want = np.where(wavelengths > 16, base / 8,
+                    np.where(wavelengths < 4, base, (1 - smooth) * base / 8 + smooth * base))
+    np.testing.assert_allclose(scaled, want, rtol=1e-15)
+    with pytest.raises(ValueError, match="rope_scaling='yarn'"):
+        from jaxlm.layers import AttentionConfig
+        AttentionConfig(rope_scaling="yarn")
