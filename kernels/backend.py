@@ -5,7 +5,8 @@
 * GPU: the Triton lowering, where the installed JAX still ships it
   (``jax.experimental.pallas.triton``). jaxlm's kernels are written against the portable
   ``pallas_call`` / ``BlockSpec`` interface; Mosaic GPU takes hand-placed ``wgmma`` / TMA kernels
-  instead, which jaxlm does not have yet, so without Triton ``impl="pallas"`` raises on GPU.
+  instead, which live in :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with one decay per
+  head; :func:`mosaic_gpu_available`), so without Triton ``impl="pallas"`` raises on GPU.
 * CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
 """
 
@@ -19,6 +20,16 @@ import jax
 def triton_available() -> bool:
     """Whether the installed JAX still has Pallas' Triton lowering."""
     return importlib.util.find_spec("jax.experimental.pallas.triton") is not None
+
+
+def mosaic_gpu_available() -> bool:
+    """Whether the installed JAX has Pallas' Mosaic GPU front end (``plgpu.kernel``, ``wgmma``),
+    which :mod:`jaxlm.kernels.mosaic_gpu` needs (JAX >= 0.10)."""
+    if importlib.util.find_spec("jax.experimental.pallas.mosaic_gpu") is None:
+        return False
+    from jaxlm.kernels.mosaic_gpu import compat
+
+    return compat.mosaic_gpu_available()
 
 
 def compiler_params(kernel: str, interpret: bool, grid_rank: int, *,
