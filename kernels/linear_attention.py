@@ -84,8 +84,10 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     dtype (bfloat16 or float16 on the matrix units), with accumulation in the state's dtype.
     Any length works (padded to a multiple of ``chunk`` with positions that leave the state
     unchanged). ``platform``: the backend to compile for (default: JAX's default; see
-    :mod:`jaxlm.kernels.backend`). Returns (o [batch, heads, length, d_v] in v's dtype, final
-    state in the state's dtype).
+    :mod:`jaxlm.kernels.backend`): on TPU the chunk-pipelined Mosaic kernel; on a GPU the
+    Mosaic GPU kernel where it takes the call (one decay per head, 16-bit inputs, head dims
+    multiples of 64), else the whole-row kernel through the Triton lowering. Returns
+    (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
     if _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform):
         from jaxlm.kernels.mosaic_gpu import linear_attention as mosaic_gpu
