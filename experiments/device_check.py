@@ -271,7 +271,8 @@ def main(argv=None):
     interpret = args.dry_run and backend != "gpu"
     peak = peak_for(kind) if backend == "gpu" else None
     report = {"backend": backend, "device": kind, "jax": jax.__version__,
-              "python": platform.python_version(), "dry_run": args.dry_run}
+              "python": platform.python_version(), "dry_run": args.dry_run,
+              "date": time.strftime("%Y-%m-%d")}
     if not (args.dry_run or args.skip_tests):
         report["tests"] = run_tests(args.test_timeout)
         print("pytest -m gpu:", report["tests"], flush=True)
