@@ -7,6 +7,9 @@
   still ships it (``jax.experimental.pallas.triton``); ``platform="gpu"`` with
   ``interpret=True`` runs them in the plain interpreter. Without Triton ``impl="pallas"``
   raises on GPU.
+* GPU, Mosaic GPU (Hopper): hand-placed ``wgmma`` / TMA kernels in
+  :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with one decay per head;
+  :func:`mosaic_gpu_available`), tested in Mosaic GPU's interpreter.
 * CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
 """
 
@@ -32,6 +35,16 @@ def target_platform(platform: str | None, interpret) -> str:
     if platform == "cpu" and interpret:
         return "tpu"
     return platform
+
+
+def mosaic_gpu_available() -> bool:
+    """Whether the installed JAX has Pallas' Mosaic GPU front end (``plgpu.kernel``, ``wgmma``),
+    which :mod:`jaxlm.kernels.mosaic_gpu` needs (JAX >= 0.10)."""
+    if importlib.util.find_spec("jax.experimental.pallas.mosaic_gpu") is None:
+        return False
+    from jaxlm.kernels.mosaic_gpu import compat
+
+    return compat.mosaic_gpu_available()
 
 
 def compiler_params(kernel: str, interpret: bool, grid_rank: int, *,

@@ -84,9 +84,15 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     dtype (bfloat16 or float16 on the matrix units), with accumulation in the state's dtype.
     Any length works (padded to a multiple of ``chunk`` with positions that leave the state
     unchanged). ``platform``: the backend to compile for (default: JAX's default; see
-    :mod:`jaxlm.kernels.backend`). Returns (o [batch, heads, length, d_v] in v's dtype, final
-    state in the state's dtype).
+    :mod:`jaxlm.kernels.backend`): on TPU the chunk-pipelined Mosaic kernel; on a GPU the
+    Mosaic GPU kernel where it takes the call (one decay per head, 16-bit inputs, head dims
+    multiples of 64), else the whole-row kernel through the Triton lowering. Returns
+    (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
+    if _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform):
+        from jaxlm.kernels.mosaic_gpu import linear_attention as mosaic_gpu
+
+        return mosaic_gpu.gated_linear_attention(q, k, v, log_g, starts, state, chunk=chunk)
     batch, heads, length, dk = q.shape
     acc = state.dtype
     padded = -(-length // chunk) * chunk
@@ -99,3 +105,17 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     out, final = chunked.run(rec, seqs, (), state.reshape(batch * heads, dk, -1))
     out = out[:, :length].reshape(batch, heads, length, -1)
     return out, final.reshape(state.shape)
+
+
+def _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform) -> bool:
+    """Whether a compiled GPU call goes to the Mosaic GPU (Hopper) kernel: one decay per head,
+    16-bit q, k, v with head dims that are multiples of 64 up to 256, a float32 state, chunks
+    of 64, and a JAX with Mosaic GPU. Otherwise the whole-row kernel runs (Triton lowering)."""
+    from jaxlm.kernels import backend
+
+    if interpret or backend.target_platform(platform, interpret) != "gpu":
+        return False
+    dims_ok = all(d % 64 == 0 and d <= 256 for d in (q.shape[-1], v.shape[-1]))
+    return (log_g.shape[-1] == 1 and chunk == 64 and dims_ok and state.dtype == jnp.float32
+            and q.dtype == k.dtype == v.dtype and q.dtype in (jnp.bfloat16, jnp.float16)
+            and backend.mosaic_gpu_available())

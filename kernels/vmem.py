@@ -82,7 +82,9 @@ def _bytes(grid_mapping) -> int:
 
 def kernel_cases(length: int, *, head_dim: int = 128, dtype=None, batch: int = 1,
                  heads: int = 2, d_inner: int = 256, d_state: int = 16) -> dict:
-    """jaxlm's recurrent kernels at one shape, for budgets and lowering checks.
+    """jaxlm's kernels at one shape, for budgets and lowering checks (attention: causal with
+    a sliding window of a quarter of the length, grouped queries over ``heads // 2`` key-value
+    heads).
 
     Returns {name: (kernel(*args, platform=...) -> tuple of outputs, argument specs
     (``jax.ShapeDtypeStruct``; sequence inputs in ``dtype``, default bfloat16, gates and states
@@ -91,6 +93,7 @@ def kernel_cases(length: int, *, head_dim: int = 128, dtype=None, batch: int = 1
     import jax.numpy as jnp
 
     from jaxlm.kernels.delta_rule import gated_delta_rule
+    from jaxlm.kernels.flash_attention import flash_attention
     from jaxlm.kernels.linear_attention import gated_linear_attention
     from jaxlm.kernels.selective_scan import selective_scan
 
@@ -102,7 +105,11 @@ def kernel_cases(length: int, *, head_dim: int = 128, dtype=None, batch: int = 1
     state = spec(batch, heads, head_dim, head_dim, dt=f32)
     gla = lambda chunk: lambda *a, platform: gated_linear_attention(*a, chunk=chunk,
                                                                     platform=platform)
+    kv = (spec(batch, length, max(heads // 2, 1), head_dim),) * 2
+    attention = lambda *a, platform: (flash_attention(*a, window=max(length // 4, 1),
+                                                      platform=platform),)
     return {
+        "flash_attention": (attention, (spec(batch, length, heads, head_dim), *kv), (0, 1, 2)),
         "gla_per_head": (gla(64), (*qkv, spec(batch, heads, length, 1, dt=f32), starts, state),
                          (0, 1, 2, 3, 5)),
         "gla_per_channel": (gla(16), (*qkv, spec(batch, heads, length, head_dim, dt=f32),

@@ -23,7 +23,9 @@ def test_vmem_per_program_is_constant_in_length_and_fits():
     by_length = {n: {(r["case"], r["kernel"]): r["bytes"] for r in rows if r["length"] == n}
                  for n in (1024, 65536)}
     assert by_length[1024] == by_length[65536]
-    assert len(by_length[1024]) == 2 * len(vmem.kernel_cases(8))  # forward and backward
+    for case in vmem.kernel_cases(8):  # a forward and at least one backward kernel each
+        kernels = [k for c, k in by_length[1024] if c == case]
+        assert len(kernels) >= 2 and any(k.endswith("fwd") for k in kernels), kernels
     assert max(by_length[1024].values()) <= vmem.DEFAULT_SCOPED_LIMIT, by_length
 
 
