@@ -62,6 +62,7 @@ class Attention(nnx.Module):
                  sequence_parallel: str = "ring", rngs: nnx.Rngs):
         config = AttentionConfig(n_heads, n_kv_heads, head_dim, window, rope, rope_theta, impl,
                                  sequence_parallel)
+        self.d_model = d_model
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = head_dim or d_model // n_heads
