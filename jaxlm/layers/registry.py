@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.ops.checks import as_jax
+
 
 class Mixer(Protocol):
     """The sequence-mixer protocol.
@@ -161,13 +163,15 @@ def check_step_inputs(mixer: Any, x_t: Any, state: Any) -> None:
 
 
 def checked_step(layer: type) -> None:
-    """Makes ``layer.step`` call :func:`check_step_inputs` first (once per class)."""
+    """Makes ``layer.step`` take NumPy arrays (as JAX arrays) and call
+    :func:`check_step_inputs` first (once per class)."""
     step = layer.step
     if getattr(step, "_checks_inputs", False):
         return
 
     @functools.wraps(step)
     def step_with_checks(self, x_t, state, *args, **kwargs):
+        x_t, state = as_jax((x_t, state))
         check_step_inputs(self, x_t, state)
         return step(self, x_t, state, *args, **kwargs)
 

@@ -22,7 +22,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import Impl, check_positive, check_qkv, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, check_positive, check_qkv, check_shape,
+                              resolve_impl)
 
 _OP = "attention"
 # "auto" on CPU: below this many positions the materialized reference is fast and small.
@@ -32,6 +33,7 @@ _AUTO_REFERENCE_MAX_LENGTH = 512
 _AUTO_REFERENCE_MAX_SCORE_BYTES = 2**30
 
 
+@accepts_numpy
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: int | None,
                    q_segment: jax.Array | None = None,
                    k_segment: jax.Array | None = None) -> jax.Array:
@@ -55,6 +57,7 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: 
     return mask
 
 
+@accepts_numpy
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                      scale: float, bias: jax.Array | None = None) -> jax.Array:
     """Materialized attention for an explicit mask (also the KV-cache decode path and the
@@ -85,6 +88,7 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return out.reshape(batch, q_len, heads, v.shape[-1]).astype(q.dtype)
 
 
+@accepts_numpy
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
               window: int | None = None, segment_ids: jax.Array | None = None,
               scale: float | None = None, bias: jax.Array | None = None,

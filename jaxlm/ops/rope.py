@@ -5,7 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import accepts_numpy
 
+
+@accepts_numpy
 def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float = 10_000.0) -> jax.Array:
     """Rotates channel pairs (i, i + head_dim/2) of ``x`` by position-dependent angles.
 

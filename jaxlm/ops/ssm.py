@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, accepts_numpy, check_rank, check_shape, resolve_impl
 from jaxlm.ops.segments import segment_starts
 
 
@@ -39,6 +39,7 @@ def s4d_init(kind: str, channels: int, d_state: int) -> tuple[jax.Array, jax.Arr
             jnp.broadcast_to(im, (channels, d_state)))
 
 
+@accepts_numpy
 def zoh(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Zero-order hold: (Ā, B̄) = (exp(ΔA), (exp(ΔA) − 1)/A · B). dt: [channels];
     A, B: [channels, N] complex.
@@ -55,6 +56,7 @@ def zoh(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array
     return jnp.exp(dA), factor * B
 
 
+@accepts_numpy
 def bilinear(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Bilinear (Tustin) discretization of a diagonal A: Ā = (1 + ΔA/2) / (1 − ΔA/2),
     B̄ = Δ B / (1 − ΔA/2). dt: [channels]; A, B: [channels, N] complex.
@@ -92,6 +94,7 @@ def ssm_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int) ->
     return 2 * jnp.real(jnp.einsum("cn,lcn->lc", C * b_bar, powers))
 
 
+@accepts_numpy
 def fft_causal_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
     """y_t = Σ_{s≤t} kernel[t - s] u_s by FFT, zero-padded to 2·length (no circular wrap).
 
@@ -104,6 +107,7 @@ def fft_causal_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.fft.irfft(spectrum, n=n, axis=1)[:, :length].astype(u.dtype)
 
 
+@accepts_numpy
 def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *,
                  initial_state: jax.Array | None = None, return_final_state: bool = False,
                  segment_ids: jax.Array | None = None, discretization: str = "zoh",
@@ -167,6 +171,7 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
     return (y, state) if return_final_state else y
 
 
+@accepts_numpy
 def diagonal_ssm_step(state: jax.Array, u_t: jax.Array, dt: jax.Array, A: jax.Array,
                       B: jax.Array, C: jax.Array, *, discretization: str = "zoh"
                       ) -> tuple[jax.Array, jax.Array]:

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -177,3 +178,14 @@ def test_step_checks_the_state_structure_under_jit():
     with pytest.raises(ValueError, match=r"Attention\.step: state must have init_state's "
                                          r"structure \[.*\['pos'\].*\], got"):
         jax.jit(lambda m, x, s: m.step(x, s))(mixer, jnp.zeros((2, D_MODEL)), state)
+
+
+@pytest.mark.parametrize("name", ["attention", "gla"])
+def test_step_takes_numpy_arrays(name):
+    """x_t and the state may be NumPy arrays (the KV cache is updated with ``.at``)."""
+    mixer = make_mixer(name)
+    state = mixer.init_state(2, jnp.float64, max_length=3)
+    x_t = np.random.default_rng(0).standard_normal((2, D_MODEL))
+    y, new = jax.jit(lambda m: m.step(x_t, jax.tree.map(np.asarray, state)))(mixer)
+    expected, _ = jax.jit(lambda m, x, s: m.step(x, s))(mixer, jnp.asarray(x_t), state)
+    assert rel_err(y, expected) < TOL
