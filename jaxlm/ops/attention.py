@@ -26,11 +26,6 @@ from jaxlm.ops.checks import (Impl, accepts_numpy, check_positive, check_qkv, ch
                               resolve_impl)
 
 _OP = "attention"
-# "auto" on CPU: below this many positions the materialized reference is fast and small.
-_AUTO_REFERENCE_MAX_LENGTH = 512
-# "auto" on accelerators: the blockwise form's block loops run one block at a time, which the
-# fused reference beats wherever its [batch, heads, length, length] scores fit this budget.
-_AUTO_REFERENCE_MAX_SCORE_BYTES = 2**30
 
 
 @accepts_numpy
@@ -108,8 +103,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         MrT5's soft deletion); only the reference form takes one ("auto" picks it).
       impl: "reference", "xla" (blockwise, memory-efficient), "pallas" (the flash-attention
         kernel of :mod:`jaxlm.kernels.flash_attention`; "pallas_interpret" runs it
-        interpreted) or "auto" (the reference where its scores are small: length <= 512 on
-        CPU, scores <= 1 GiB on accelerators; else xla).
+        interpreted), "splash" (JAX's splash attention, TPU), "cudnn" (cuDNN's fused
+        attention, GPU) or "auto": :func:`jaxlm.ops.attention_backends.attention_plan`
+        (splash on TPU, cuDNN on GPU where their rules hold; else the reference where its
+        scores are small: length <= 512 on CPU, scores <= 1 GiB on accelerators; else xla).
       block_size: query and key block length of the xla and pallas forms; any length works
         (padded inside).
 
@@ -124,7 +121,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         check_shape(_OP, "segment_ids", segment_ids, (batch, length), "[batch, length]")
     scale = head_dim ** -0.5 if scale is None else float(scale)
 
-    chosen = resolve_impl(_OP, impl, ("reference", "xla", "pallas"))
+    chosen = resolve_impl(_OP, impl, ("reference", "xla", "pallas", "splash", "cudnn"))
     if bias is not None:
         check_shape(_OP, "bias", bias, (batch, length, length), "[batch, length, length]")
         if chosen not in (Impl.AUTO, Impl.REFERENCE):
@@ -132,7 +129,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                              f"impl={impl!r}")
         chosen = Impl.REFERENCE
     if chosen is Impl.AUTO:
-        chosen = _auto_form(batch, heads, length)
+        chosen = _auto_form(q, v, causal=causal, window=window, segment_ids=segment_ids)
+    if chosen in (Impl.SPLASH, Impl.CUDNN):
+        from jaxlm.ops.attention_backends import library_attention
+
+        return library_attention(chosen.value, q, k, v, causal=causal, window=window,
+                                 segment_ids=segment_ids, scale=scale)
     if chosen.is_pallas:
         from jaxlm.kernels.flash_attention import flash_attention
 
@@ -148,12 +150,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                                 scale=scale, block_size=block_size)
 
 
-def _auto_form(batch: int, heads: int, length: int) -> Impl:
-    if jax.default_backend() == "cpu":
-        small = length <= _AUTO_REFERENCE_MAX_LENGTH
-    else:
-        small = 4 * batch * heads * length * length <= _AUTO_REFERENCE_MAX_SCORE_BYTES
-    return Impl.REFERENCE if small else Impl.XLA
+def _auto_form(q, v, *, causal, window, segment_ids) -> Impl:
+    from jaxlm.ops import attention_backends as backends
+
+    return Impl(backends.attention_plan(
+        backends.current_backend(), q.dtype, q.shape, v_head_dim=v.shape[-1], causal=causal,
+        window=window, packed=segment_ids is not None, partitioned=backends.mesh_partitions()))
 
 
 # --------------------------------------------------------------------------------------------
