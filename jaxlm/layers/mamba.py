@@ -60,6 +60,7 @@ class Mamba(nnx.Module):
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
                  chunk_size: int = 64, impl: str = "auto", rngs: nnx.Rngs):
         MambaConfig(d_state, d_conv, expand, dt_rank, dt_min, dt_max, chunk_size, impl)
+        self.d_model = d_model
         self.d_inner = d_inner = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.d_state, self.chunk_size, self.impl = d_state, chunk_size, impl
@@ -147,6 +148,7 @@ class Mamba2(nnx.Module):
         self.n_heads = d_inner // head_dim
         if self.n_heads % n_groups:
             raise ValueError(f"Mamba2: n_groups={n_groups} must divide the {self.n_heads} heads")
+        self.d_model = d_model
         self.head_dim, self.d_state, self.n_groups = head_dim, d_state, n_groups
         self.chunk_size, self.impl = chunk_size, impl
         conv_width = d_inner + 2 * n_groups * d_state

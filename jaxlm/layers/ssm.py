@@ -64,6 +64,7 @@ class SSMBlock(nnx.Module):
     same."""
 
     def __init__(self, ssm: nnx.Module, d_model: int, *, rngs: nnx.Rngs):
+        self.d_model = d_model
         self.ssm = ssm
         self.d_skip = nnx.Param(jax.random.normal(rngs.params(), (d_model,)))
         self.out_proj = nnx.Linear(d_model, 2 * d_model, rngs=rngs)
@@ -142,6 +143,7 @@ class H3(nnx.Module):
         H3Config(head_dim, d_state, shift_width, dt_min, dt_max, impl)
         if d_model % head_dim:
             raise ValueError(f"H3: head_dim={head_dim} must divide d_model={d_model}")
+        self.d_model = d_model
         self.n_heads, self.head_dim = d_model // head_dim, head_dim
         self.qkv_proj = nnx.Linear(d_model, 3 * d_model, use_bias=False, rngs=rngs)
         self.shift = ShortConv(d_model, shift_width, rngs=rngs)

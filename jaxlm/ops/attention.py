@@ -22,11 +22,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import Impl, check_positive, check_qkv, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, check_positive, check_qkv, check_shape,
+                              resolve_impl)
 
 _OP = "attention"
 
 
+@accepts_numpy
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: int | None,
                    q_segment: jax.Array | None = None,
                    k_segment: jax.Array | None = None) -> jax.Array:
@@ -50,6 +52,7 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: 
     return mask
 
 
+@accepts_numpy
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                      scale: float, bias: jax.Array | None = None) -> jax.Array:
     """Materialized attention for an explicit mask (also the KV-cache decode path and the
@@ -80,6 +83,7 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     return out.reshape(batch, q_len, heads, v.shape[-1]).astype(q.dtype)
 
 
+@accepts_numpy
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
               window: int | None = None, segment_ids: jax.Array | None = None,
               scale: float | None = None, bias: jax.Array | None = None,

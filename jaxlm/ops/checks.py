@@ -4,9 +4,12 @@ expects."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 class Impl(str, enum.Enum):
@@ -102,3 +105,19 @@ def check_qkv(op: str, q: jax.Array, k: jax.Array, v: jax.Array) -> None:
     if heads % kv_heads:
         raise ValueError(f"{op}: kv_heads={kv_heads} must divide heads={heads} (k.shape[2] and "
                          f"q.shape[2])")
+
+
+def as_jax(tree):
+    """Every NumPy array in ``tree`` as a JAX array (other leaves unchanged)."""
+    return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, tree)
+
+
+def accepts_numpy(fn: Callable) -> Callable:
+    """Makes a public op take NumPy arrays as ``jax.numpy`` does: every NumPy-array argument
+    becomes a JAX array before ``fn`` runs (so ``.at``, the dtype rules and the result type are
+    JAX's). Python scalars and other arguments pass unchanged."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*as_jax(args), **as_jax(kwargs))
+
+    return wrapper

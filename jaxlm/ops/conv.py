@@ -5,13 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import check_rank, check_shape
+from jaxlm.ops.checks import accepts_numpy, check_rank, check_shape
 from jaxlm.ops.ssm import fft_causal_conv
 
 # Wider filters (without packed rows) convolve by FFT instead of one shifted add per tap.
 _MAX_UNROLLED_WIDTH = 8
 
 
+@accepts_numpy
 def causal_conv1d(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None, *,
                   segment_ids: jax.Array | None = None) -> jax.Array:
     """y_t[d] = Σ_{i<width} weight[i, d] · x_{t-i}[d] (+ bias[d]), never reading an earlier
@@ -38,6 +39,7 @@ def causal_conv1d(x: jax.Array, weight: jax.Array, bias: jax.Array | None = None
     return y if bias is None else y + bias
 
 
+@accepts_numpy
 def causal_conv1d_step(window: jax.Array, x_t: jax.Array, weight: jax.Array,
                        bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """One token: window [batch, width - 1, channels] holds the previous inputs (oldest first);

@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, accepts_numpy, check_shape, resolve_impl
 from jaxlm.ops.segments import segment_starts
 
 DEFAULT_CHUNK = 64
 
 
+@accepts_numpy
 def delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, *,
                scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
                initial_state: jax.Array | None = None, return_final_state: bool = False,
@@ -40,6 +41,7 @@ def delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, *,
                             segment_ids=segment_ids, impl=impl)
 
 
+@accepts_numpy
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
                      log_alpha: jax.Array | None, *, scale: float | None = None,
                      chunk_size: int = DEFAULT_CHUNK, initial_state: jax.Array | None = None,
@@ -91,6 +93,7 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     return (out, state) if return_final_state else out
 
 
+@accepts_numpy
 def gated_delta_rule_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
                           beta: jax.Array, log_alpha: jax.Array | None = None, *,
                           scale: float | None = None) -> tuple[jax.Array, jax.Array]:

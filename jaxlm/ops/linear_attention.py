@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, accepts_numpy, check_shape, resolve_impl
 from jaxlm.ops.segments import segment_starts
 
 DEFAULT_CHUNK = 64
 
 
+@accepts_numpy
 def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, normalize: bool = False,
                      scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
                      initial_state: jax.Array | None = None, return_final_state: bool = False,
@@ -68,6 +69,7 @@ def linear_attention_through(gla: Callable, q: jax.Array, k: jax.Array, v: jax.A
     return (out, state) if return_final_state else out
 
 
+@accepts_numpy
 def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.Array | None,
                            *, scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
                            initial_state: jax.Array | None = None,
@@ -121,6 +123,7 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     return (out, state) if return_final_state else out
 
 
+@accepts_numpy
 def gated_linear_attention_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
                                 log_g: jax.Array | None = None, *, scale: float | None = None
                                 ) -> tuple[jax.Array, jax.Array]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import accepts_numpy
 
+
+@accepts_numpy
 def context_matches(tokens: jax.Array, orders: int, *, query_positions: jax.Array | None = None,
                     segment_ids: jax.Array | None = None) -> jax.Array:
     """Which earlier contexts match each query's last n tokens, stated for a pointer (pointing

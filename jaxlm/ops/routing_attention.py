@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import attention_mask, masked_attention
-from jaxlm.ops.checks import check_positive, check_qkv, check_rank, check_shape
+from jaxlm.ops.checks import accepts_numpy, check_positive, check_qkv, check_rank, check_shape
 from jaxlm.ops.sparse_attention import repeat_kv_heads
 
 _OP = "routing_attention"
@@ -109,6 +109,7 @@ def _balanced_attention(q, k, v, q_route, k_route, centroids, size, segment_ids,
     return jnp.moveaxis(out, 1, 2).astype(q.dtype)
 
 
+@accepts_numpy
 def routing_attention(q: jax.Array, k: jax.Array, v: jax.Array, centroids: jax.Array, *,
                       cluster_size: int | None = None, segment_ids: jax.Array | None = None,
                       scale: float | None = None, q_route: jax.Array | None = None,
@@ -149,6 +150,7 @@ def init_centroids(key: jax.Array, heads: int, n_clusters: int, head_dim: int,
     return unit_norm(jax.random.normal(key, (heads, n_clusters, head_dim), dtype))
 
 
+@accepts_numpy
 def update_centroids(centroids: jax.Array, q: jax.Array, k: jax.Array, *, decay: float
                      ) -> jax.Array:
     """One step of online spherical k-means: each centroid moves to

@@ -5,7 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import accepts_numpy
 
+
+@accepts_numpy
 def segment_starts(segment_ids: jax.Array | None, batch: int, length: int) -> jax.Array:
     """bool [batch, length]: True where a later document of a packed row starts (position 0
     is False: a recurrent state carried into the row belongs to its first document). All
@@ -16,6 +19,7 @@ def segment_starts(segment_ids: jax.Array | None, batch: int, length: int) -> ja
                             segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
 
 
+@accepts_numpy
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
     """Position of each token inside its own document.
 

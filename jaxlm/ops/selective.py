@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, check_positive, check_rank, check_shape,
+                              resolve_impl)
 from jaxlm.ops.linear_attention import gated_linear_attention
 from jaxlm.ops.segments import segment_starts
 
@@ -23,6 +24,7 @@ DEFAULT_CHUNK = 64
 _AUTO_REFERENCE_MAX_LENGTH = 1024
 
 
+@accepts_numpy
 def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
                    D: jax.Array | None = None, z: jax.Array | None = None,
                    delta_bias: jax.Array | None = None, delta_softplus: bool = False, *,
@@ -133,6 +135,7 @@ def _decay_and_input(dt, u, B, A):
     return jnp.exp(dt[..., None] * A), (dt * u)[..., None] * _expand(B, u.shape[-1])
 
 
+@accepts_numpy
 def selective_scan_step(state: jax.Array, u: jax.Array, dt: jax.Array, A: jax.Array,
                         B: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One token: state [batch, d_inner, d_state]; u, dt: [batch, d_inner] (dt already
@@ -180,6 +183,7 @@ def _scan_chunked(parts, A, state, chunk):
     return y, state
 
 
+@accepts_numpy
 def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *,
         chunk_size: int = DEFAULT_CHUNK, D: jax.Array | None = None,
         initial_state: jax.Array | None = None, return_final_state: bool = False,

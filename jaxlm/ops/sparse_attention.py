@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import masked_attention
-from jaxlm.ops.checks import Impl, check_positive, check_qkv, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, check_positive, check_qkv, check_shape,
+                              resolve_impl)
 
 METHODS = ("mean", "max", "hierarchical")
 
@@ -142,6 +143,7 @@ def lambda_blocks(window: int, sink_tokens: int, block_size: int) -> tuple[int, 
     return -(-(window - 1) // block_size) + 1, -(-sink_tokens // block_size)
 
 
+@accepts_numpy
 def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
                   local_blocks: int = 1, sink_blocks: int = 1, method: str = "mean",
                   branch: int = 4) -> jax.Array:
@@ -228,6 +230,7 @@ def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
     return jnp.einsum("bhnmsk,bhnskd->bhnmd", probs, vg)
 
 
+@accepts_numpy
 def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask: jax.Array, *,
                            block_size: int, causal: bool = True, scale: float | None = None,
                            max_blocks: int | None = None, impl: str | Impl = "auto"
@@ -291,6 +294,7 @@ def _unblock(x: jax.Array, length: int) -> jax.Array:
     return jnp.moveaxis(x.reshape(batch, heads, n * m, d), 1, 2)[:, :length]
 
 
+@accepts_numpy
 def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
                      sink_tokens: int, block_size: int = 64, scale: float | None = None,
                      impl: str | Impl = "auto") -> jax.Array:
