@@ -289,7 +289,8 @@ def _train(config: Config, run_dir: pathlib.Path, mesh: Mesh | None, rows, *, re
     eval_metrics: dict[str, float] = {}
     t_start = time.perf_counter()
     elapsed = lambda: previous_seconds + time.perf_counter() - t_start
-    save = lambda step: checkpointer.save(step, state, info={"train_s": round(elapsed(), 3)})
+    save = lambda step, seconds: checkpointer.save(step, state,
+                                                   info={"train_s": round(seconds, 3)})
     interrupted = None
     bar = tqdm(range(start, end), desc=config.name, disable=not progress or jax.process_index())
     try:
@@ -315,18 +316,19 @@ def _train(config: Config, run_dir: pathlib.Path, mesh: Mesh | None, rows, *, re
                                          and "a preemption notice")
                 if reason and done != end:
                     _check_finite(done, metrics, config, checkpointer)
-                    save(done)
+                    save(done, elapsed())
                     interrupted = TrainingInterrupted(reason, done, tc.steps, run_dir)
                     break
                 if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != end:
                     _check_finite(done, metrics, config, checkpointer)
-                    save(done)
+                    save(done, elapsed())
             else:
                 if unchecked is not None:
                     _check_finite(*unchecked, config, checkpointer)
                 jax.block_until_ready(state)
+                seconds = round(elapsed(), 3)
                 if end > start or checkpointer.latest_step() is None:
-                    save(int(state.step))
+                    save(int(state.step), seconds)
                 if end == tc.steps:
                     # resumed after its last step: the final evaluation is already written
                     earlier = [row for row in (read_metrics(run_dir) if end == start else [])
@@ -334,7 +336,8 @@ def _train(config: Config, run_dir: pathlib.Path, mesh: Mesh | None, rows, *, re
                     eval_metrics = ({k: v for k, v in earlier[-1].items()
                                      if k not in ("step", "split")} if earlier
                                     else evaluate(int(state.step)))
-            seconds = elapsed()
+            if interrupted is not None:
+                seconds = elapsed()
             checkpointer.wait()  # the last checkpoint is on disk before a signal can stop us
     finally:
         bar.close()
