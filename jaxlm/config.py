@@ -210,7 +210,7 @@ def _unknown_key(obj: Any, key: str, prefix: str) -> str:
     """The error for an unknown ``key``: the closest few valid keys, or the names valid at
     that level when none is close."""
     valid = [prefix + k for k in config_keys(obj)]
-    close = difflib.get_close_matches(key, valid, n=5, cutoff=0.6)
+    close = difflib.get_close_matches(key, valid, n=5, cutoff=0.8)
     if close:
         return f"unknown config key {key!r}; closest valid keys: {close}"
     level = [prefix + f.name for f in dataclasses.fields(obj)]
