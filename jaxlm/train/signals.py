@@ -2,9 +2,9 @@
 SIGINT (Ctrl-C) ask the training loop to finish its step, write a checkpoint, wait for it and
 raise :class:`TrainingInterrupted`; ``jaxlm train`` then exits with ``PREEMPTED_EXIT``.
 
-In a multi-process run (``jax.distributed.initialize``) SIGTERM is left to JAX's preemption
-service, which orbax's ``CheckpointManager.reached_preemption`` reads at a step all processes
-agree on; only SIGINT is caught here.
+In a multi-process run (``jax.distributed.initialize``) no signal is caught here: a stop must
+happen at the same step on every process, so SIGTERM is left to JAX's preemption service, which
+orbax's ``CheckpointManager.reached_preemption`` reads at a step all processes agree on.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class TrainingInterrupted(Exception):
 class StopRequests:
     """While entered (in the main thread), SIGTERM and SIGINT set ``reason`` to the signal's
     name instead of killing the process; a second signal stops at once (``KeyboardInterrupt``).
-    Elsewhere (another thread) it catches nothing."""
+    Elsewhere (another thread, or one of several processes) it catches nothing."""
 
     def __init__(self):
         self.reason: str | None = None
@@ -45,11 +45,8 @@ class StopRequests:
               f"(send it again to stop at once)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():
-            signums = [signal.SIGINT]
-            if jax.process_count() == 1:
-                signums.append(signal.SIGTERM)
-            for signum in signums:
+        if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+            for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
