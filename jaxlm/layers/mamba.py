@@ -70,8 +70,10 @@ class Mamba(nnx.Module):
         self.dt_proj = nnx.Linear(self.dt_rank, d_inner, use_bias=False, rngs=rngs)
         self.dt_bias = nnx.Param(_dt_bias(rngs.params(), (d_inner,), dt_min, dt_max))
         a = jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (d_inner, d_state))
-        self.a_log = nnx.Param(jnp.log(a))
-        self.d_skip = nnx.Param(jnp.ones((d_inner,)))
+        # weight_decay=False: excluded from weight decay, as the reference implementation's
+        # _no_weight_decay marks (jaxlm.train.optim reads it)
+        self.a_log = nnx.Param(jnp.log(a), weight_decay=False)
+        self.d_skip = nnx.Param(jnp.ones((d_inner,)), weight_decay=False)
         self.out_proj = nnx.Linear(d_inner, d_model, use_bias=False, rngs=rngs)
 
     def _ssm_inputs(self, x_conv):
@@ -156,8 +158,10 @@ class Mamba2(nnx.Module):
                                   rngs=rngs)
         self.conv = ShortConv(conv_width, d_conv, rngs=rngs)
         a_log, dt_bias = head_decay_init(rngs.params(), self.n_heads, dt_min, dt_max)
-        self.a_log, self.dt_bias = nnx.Param(a_log), nnx.Param(dt_bias)
-        self.d_skip = nnx.Param(jnp.ones((self.n_heads,)))
+        # no weight decay on A_log, dt_bias and D, as in the reference implementation
+        self.a_log = nnx.Param(a_log, weight_decay=False)
+        self.dt_bias = nnx.Param(dt_bias, weight_decay=False)
+        self.d_skip = nnx.Param(jnp.ones((self.n_heads,)), weight_decay=False)
         self.norm = nnx.RMSNorm(d_inner, epsilon=norm_eps, rngs=rngs)
         self.out_proj = nnx.Linear(d_inner, d_model, use_bias=False, rngs=rngs)
 

@@ -24,11 +24,14 @@ class DiagonalSSM(nnx.Module):
                  dt_max: float = 0.1, discretization: str = "zoh", impl: str = "auto",
                  rngs: nnx.Rngs):
         log_re, im = s4d_init(init, channels, d_state)
-        self.a_log_re, self.a_im = nnx.Param(log_re), nnx.Param(im)
+        # A and Δ get no weight decay (S4D's reference registers them with weight_decay 0;
+        # C is decayed)
+        self.a_log_re = nnx.Param(log_re, weight_decay=False)
+        self.a_im = nnx.Param(im, weight_decay=False)
         key = rngs.params()
         self.c = nnx.Param(jax.random.normal(key, (2, channels, d_state)) * 0.5 ** 0.5)
         self.log_dt = nnx.Param(log_uniform_dt(jax.random.fold_in(key, 1), channels, dt_min,
-                                               dt_max))
+                                               dt_max), weight_decay=False)
         self.channels, self.d_state, self.impl = channels, d_state, impl
         self.discretization = discretization
 
