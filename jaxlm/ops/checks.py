@@ -7,6 +7,7 @@ import enum
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 
 
 class Impl(str, enum.Enum):
@@ -98,3 +99,83 @@ def check_qkv(op: str, q: jax.Array, k: jax.Array, v: jax.Array) -> None:
     if heads % kv_heads:
         raise ValueError(f"{op}: kv_heads={kv_heads} must divide heads={heads} (k.shape[2] and "
                          f"q.shape[2])")
+
+
+def as_float(x: jax.Array | None) -> jax.Array | None:
+    """``x`` as an array, integer and bool inputs promoted to the default float dtype (float32,
+    float64 under x64), as ``jax.nn`` does; floating and complex inputs unchanged; None passes."""
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    return x.astype(jnp.result_type(float))
+
+
+def as_floats(*xs: jax.Array | None) -> tuple[jax.Array | None, ...]:
+    """:func:`as_float` of each argument."""
+    return tuple(as_float(x) for x in xs)
+
+
+def check_bool(op: str, name: str, x: jax.Array) -> None:
+    """Raises a TypeError unless ``x`` is a bool array (a float 0/1 mask is refused, not read
+    as a choice)."""
+    dtype = jnp.asarray(x).dtype
+    if dtype != jnp.bool_:
+        raise TypeError(f"{op}: {name} must be a bool array, got dtype {dtype}; convert it with "
+                        f"{name}.astype(bool) if its nonzero entries mean True")
+
+
+# --------------------------------------------------------------------------------------------
+# Causality under non-finite inputs. A causal op's output at t depends only on inputs up to t,
+# also when a later input is NaN or Inf; but a product by a masked (zero) weight, 0 · NaN, is
+# NaN. The ops therefore compute on inputs with their non-finite entries zeroed and set NaN
+# wherever a non-finite input reaches (the same positions the definition makes non-finite).
+
+
+def split_nonfinite(x: jax.Array, keep: int, *, allow_neg_inf: bool = False
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(x with its non-finite entries zeroed, bool ``x.shape[:keep]``: where any entry of the
+    trailing axes is non-finite). With ``allow_neg_inf``, -inf counts as finite and stays (a
+    log-gate of -inf is a full reset, not a fault)."""
+    ok = jnp.isfinite(x)
+    if allow_neg_inf:
+        ok = ok | (x == -jnp.inf)
+    bad = ~jnp.all(ok, axis=tuple(range(keep, x.ndim)))
+    return jnp.where(ok, x, jnp.zeros((), x.dtype)), bad
+
+
+def nonfinite_reach(bad: jax.Array, doc: jax.Array | None, *, causal: bool = True,
+                    window: int | None = None) -> jax.Array:
+    """Which positions read a bad one. bad: bool [batch, length, ...]; doc: [batch, length]
+    canonical document ids (:func:`jaxlm.ops.segments.document_ids`) or None. Position t reads
+    s when both are in one document, s <= t (``causal``) and |t - s| < ``window``. O(length):
+    only the nearest bad position on each side matters. Returns bool shaped as ``bad``."""
+    batch, length = bad.shape[:2]
+    lift = lambda a: a.reshape(a.shape + (1,) * (bad.ndim - a.ndim))
+    index = lift(jnp.arange(length)[None])
+    if doc is None:
+        first, last = jnp.zeros((), jnp.int32), jnp.full((), length - 1)
+    else:
+        new = jnp.concatenate([jnp.ones((batch, 1), bool), doc[:, 1:] != doc[:, :-1]], axis=1)
+        end = jnp.concatenate([doc[:, 1:] != doc[:, :-1], jnp.ones((batch, 1), bool)], axis=1)
+        pos = jnp.arange(length)[None]
+        first = lift(jax.lax.cummax(jnp.where(new, pos, 0), axis=1))
+        last = lift(jax.lax.cummin(jnp.where(end, pos, length), axis=1, reverse=True))
+    before = jax.lax.cummax(jnp.where(bad, index, -1), axis=1)
+    reach = before >= first
+    if window is not None:
+        reach &= index - before < window
+    if not causal:
+        after = jax.lax.cummin(jnp.where(bad, index, length), axis=1, reverse=True)
+        ahead = after <= last
+        if window is not None:
+            ahead &= after - index < window
+        reach |= ahead
+    return reach
+
+
+def poison(x: jax.Array, reach: jax.Array) -> jax.Array:
+    """NaN where ``reach`` (broadcast over x's trailing axes), else x."""
+    reach = reach.reshape(reach.shape + (1,) * (x.ndim - reach.ndim))
+    return jnp.where(reach, jnp.asarray(jnp.nan, x.dtype), x)
