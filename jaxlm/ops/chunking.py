@@ -99,6 +99,17 @@ def linear_recurrence(decay: jax.Array, inputs: jax.Array, initial: jax.Array) -
     return jax.lax.associative_scan(combine, (decay, inputs), axis=1)[1]
 
 
+def empty_result(q: jax.Array, v: jax.Array, initial_state: jax.Array | None
+                 ) -> tuple[jax.Array, jax.Array]:
+    """What a recurrent op returns for batch 0 or length 0: (o zeros [batch, length, heads,
+    d_v] in v's dtype, the initial state, zeros when None, in the accumulation dtype)."""
+    batch, length, heads, dk = q.shape
+    acc = jnp.promote_types(jnp.result_type(q, v), jnp.float32)
+    state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
+             else initial_state.astype(acc))
+    return jnp.zeros((batch, length, heads, v.shape[-1]), v.dtype), state
+
+
 def guard_nonfinite(run, q, k, v, gates, initial_state, doc):
     """``run(q, k, v, gates, initial_state) -> (out [batch, length, heads, d_v], final state
     [batch, heads, ...])`` on inputs whose non-finite entries are zeroed, with NaN set where a

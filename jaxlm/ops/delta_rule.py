@@ -80,6 +80,9 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     if log_alpha is not None:
         check_shape(op, "log_alpha", log_alpha, (batch, length, heads), "[batch, length, heads]")
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    if batch == 0 or length == 0:
+        out, state = ch.empty_result(q, v, initial_state)
+        return (out, state) if return_final_state else out
     doc = document_ids(segment_ids)
     starts = segment_starts(doc, batch, length)
     out_dtype = v.dtype

@@ -114,6 +114,9 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
         check_shape(op, "log_g", log_g, (batch, length, heads, dk),
                     "[batch, length, heads, d_k] or [batch, length, heads]")
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    if batch == 0 or length == 0:
+        out, state = ch.empty_result(q, v, initial_state)
+        return (out, state) if return_final_state else out
     doc = document_ids(segment_ids)
     starts = segment_starts(doc, batch, length)
     out_dtype = v.dtype

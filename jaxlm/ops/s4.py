@@ -176,7 +176,7 @@ def dense_ssm(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, *,
     chosen = resolve_impl(op, impl, ("reference", "xla"))
     stateful = initial_state is not None or return_final_state or segment_ids is not None
     real = jnp.promote_types(u.dtype, jnp.float32)
-    if chosen is not Impl.REFERENCE and not stateful:
+    if chosen is not Impl.REFERENCE and not stateful and length:
         kernel = krylov_kernel(a_bar, b_bar, C, length)
         return fft_causal_conv(u.astype(real), kernel.astype(real)).astype(u.dtype)
     state = (jnp.zeros((batch, *b_bar.shape), a_bar.dtype) if initial_state is None
@@ -241,7 +241,7 @@ def s4_ssm(u: jax.Array, dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.
     cplx = jnp.promote_types(real, jnp.complex64)
     dt = dt.astype(real)
     Lambda, P, B, C = (x.astype(cplx) for x in (Lambda, P, B, C))
-    if chosen is not Impl.REFERENCE and not stateful:
+    if chosen is not Impl.REFERENCE and not stateful and length:
         kernel = s4_kernel(dt, Lambda, P, B, C, length)
         return fft_causal_conv(u.astype(real), kernel).astype(u.dtype)
     return dense_ssm(u, *s4_discrete(dt, Lambda, P, B, C), initial_state=initial_state,

@@ -96,6 +96,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         dt = jax.nn.softplus(dt)
     state = (jnp.zeros((batch, d_inner, d_state), acc) if initial_state is None
              else initial_state.astype(acc))
+    if batch == 0 or length == 0:
+        y = jnp.zeros(u.shape, u.dtype)
+        return (y, state) if return_final_state else y
     starts = segment_starts(document_ids(segment_ids), batch, length)
     # Per-token decay and input: [batch, length, d_inner, d_state] (formed a chunk at a time).
     parts = (dt, u.astype(acc), B.astype(acc), C.astype(acc), starts)

@@ -164,7 +164,10 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
             raise ValueError(f"{op}: {name} must be a non-negative integer, got {value!r}")
     if method not in METHODS:
         raise ValueError(f"{op}: method={method!r} is unknown; expected one of {METHODS}")
-    heads = q.shape[2]
+    batch, length, heads = q.shape[:3]
+    if batch == 0 or length == 0:
+        n = -(-length // block_size)
+        return jnp.zeros((batch, heads, n, n), bool)
     pooled = "max" if method == "max" else "mean"
     summaries = repeat_kv_heads(block_summaries(k, block_size, pooled), heads)
     coarse = group_summaries(summaries, branch)

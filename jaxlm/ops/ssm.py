@@ -128,11 +128,14 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
     a_bar, b_bar = discretize(op, discretization, dt.astype(real), A.astype(cplx), B.astype(cplx))
     C = C.astype(cplx)
     stateful = initial_state is not None or return_final_state or segment_ids is not None
-    if chosen is Impl.XLA and not stateful:
+    if chosen is Impl.XLA and not stateful and length:
         return fft_causal_conv(u.astype(real), ssm_kernel(a_bar, b_bar, C, length)).astype(
             u.dtype)
     state = (jnp.zeros((batch, channels, d_state), cplx) if initial_state is None
              else initial_state.astype(cplx))
+    if batch == 0 or length == 0:
+        y = jnp.zeros(u.shape, u.dtype)
+        return (y, state) if return_final_state else y
     starts = segment_starts(document_ids(segment_ids), batch, length)
     decay = jnp.where(starts[..., None, None], 0, a_bar)  # [batch, length, c, N]
     decay = jnp.broadcast_to(decay, (batch, length, channels, d_state))
