@@ -179,3 +179,53 @@ def poison(x: jax.Array, reach: jax.Array) -> jax.Array:
     """NaN where ``reach`` (broadcast over x's trailing axes), else x."""
     reach = reach.reshape(reach.shape + (1,) * (x.ndim - reach.ndim))
     return jnp.where(reach, jnp.asarray(jnp.nan, x.dtype), x)
+
+
+def guard_scan(writes, reads, log_gates, initial_state, doc, keep: int):
+    """Non-finite guarding for a causal scan with a state that resets at document starts.
+
+    writes: arrays [batch, length, ...] (or None) that enter the state (keys, values, inputs);
+    reads: arrays that only the output at the same position reads (queries, C, a gate z);
+    log_gates: like writes, but -inf is a valid entry (a full reset); initial_state:
+    [batch, ...] or None; doc: canonical document ids [batch, length] or None; keep: leading
+    axes told apart (2: per position; 3: per position and head).
+
+    Returns (writes, reads, log_gates, initial_state) with non-finite entries zeroed, and
+    ``finish(out, final)``, which sets NaN where a non-finite input reaches, as the recurrence
+    itself would: output t when a read at t is non-finite, or a write or gate at s <= t of t's
+    document, or the initial state when t is in the row's first document; the final state when
+    such an input is in the last document. ``out``: [batch, length, ...]; ``final``:
+    [batch, ...] (its leading ``keep - 1`` axes matching)."""
+    def clean(xs, allow_neg_inf=False):
+        cleaned, bad = [], None
+        for x in xs:
+            if x is not None:
+                x, b = split_nonfinite(x, keep, allow_neg_inf=allow_neg_inf)
+                bad = b if bad is None else bad | b
+            cleaned.append(x)
+        return cleaned, bad
+
+    writes, write_bad = clean(writes)
+    log_gates, gate_bad = clean(log_gates, allow_neg_inf=True)
+    reads, read_bad = clean(reads)
+    if gate_bad is not None:
+        write_bad = gate_bad if write_bad is None else write_bad | gate_bad
+    state_bad = None
+    if initial_state is not None:
+        initial_state, state_bad = split_nonfinite(initial_state, keep - 1)
+
+    def finish(out, final):
+        length = out.shape[1]
+        shape = out.shape[:keep]
+        write_reach = (jnp.zeros(shape, bool) if write_bad is None
+                       else nonfinite_reach(write_bad, doc))
+        reach = write_reach if read_bad is None else write_reach | read_bad
+        final_bad = write_reach[:, -1] if length else jnp.zeros(final.shape[:keep - 1], bool)
+        if state_bad is not None:
+            first = jnp.ones(shape[:2], bool) if doc is None else doc == 0
+            first = first.reshape(first.shape + (1,) * (keep - 2))
+            reach |= state_bad[:, None] & first
+            final_bad |= state_bad & (first[:, -1] if length else True)
+        return poison(out, reach), poison(final, final_bad)
+
+    return writes, reads, log_gates, initial_state, finish

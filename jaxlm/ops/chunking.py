@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import (check_positive, check_rank, check_shape, nonfinite_reach, poison,
-                              split_nonfinite)
+from jaxlm.ops.checks import check_positive, check_rank, check_shape, guard_scan
 
 
 def heads_first(x: jax.Array) -> jax.Array:
@@ -113,35 +112,16 @@ def empty_result(q: jax.Array, v: jax.Array, initial_state: jax.Array | None
 def guard_nonfinite(run, q, k, v, gates, initial_state, doc):
     """``run(q, k, v, gates, initial_state) -> (out [batch, length, heads, d_v], final state
     [batch, heads, ...])`` on inputs whose non-finite entries are zeroed, with NaN set where a
-    non-finite input reaches, as in the recurrence itself: output t of head h when q_t is
-    non-finite, or a k, v or gate at s <= t of t's document, or the initial state when t is in
-    the row's first document; the final state when such an input is in the last document.
-    So outputs before a NaN stay exact, in every form (a chunk's products would otherwise
-    multiply later NaNs by masked zeros).
+    non-finite input reaches, per head, as in the recurrence itself
+    (:func:`jaxlm.ops.checks.guard_scan`). So outputs before a NaN stay exact, in every form
+    (a chunk's products would otherwise multiply later NaNs by masked zeros).
 
     q, k, v: [batch, length, heads, ...]; gates: ((array [batch, length, heads(, ...)] or None,
     allow_neg_inf), ...), where a log-gate of -inf is a valid full reset; doc: [batch, length]
     canonical document ids or None."""
-    q, q_bad = split_nonfinite(q, 3)
-    k, k_bad = split_nonfinite(k, 3)
-    v, v_bad = split_nonfinite(v, 3)
-    kv_bad = k_bad | v_bad
-    clean = []
-    for gate, allow_neg_inf in gates:
-        if gate is not None:
-            gate, bad = split_nonfinite(gate, 3, allow_neg_inf=allow_neg_inf)
-            kv_bad |= bad
-        clean.append(gate)
-    state_bad = None
-    if initial_state is not None:
-        initial_state, state_bad = split_nonfinite(initial_state, 2)
-    out, final = run(q, k, v, tuple(clean), initial_state)
-    length = q.shape[1]
-    kv_reach = nonfinite_reach(kv_bad, doc)
-    reach = q_bad | kv_reach
-    final_bad = kv_reach[:, -1] if length else jnp.zeros(final.shape[:2], bool)
-    if state_bad is not None:
-        first = jnp.ones(q.shape[:2], bool) if doc is None else doc == 0
-        reach |= state_bad[:, None] & first[..., None]
-        final_bad |= state_bad & (first[:, -1:] if length else True)
-    return poison(out, reach), poison(final, final_bad)
+    plain = [g if not neg_inf else None for g, neg_inf in gates]
+    logs = [g if neg_inf else None for g, neg_inf in gates]
+    (k, v, *plain), (q,), logs, initial_state, finish = guard_scan(
+        [k, v, *plain], [q], logs, initial_state, doc, keep=3)
+    cleaned = tuple(p if not neg_inf else g for p, g, (_, neg_inf) in zip(plain, logs, gates))
+    return finish(*run(q, k, v, cleaned, initial_state))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
 from jaxlm.ops.checks import (Impl, as_floats, check_positive, check_rank, check_shape,
-                              resolve_impl)
+                              guard_scan, resolve_impl)
 from jaxlm.ops.linear_attention import gated_linear_attention
 from jaxlm.ops.segments import document_ids, segment_starts
 
@@ -56,8 +56,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     Returns:
       y [batch, length, d_inner] in u's dtype (integer inputs are promoted to the default
       float), and the final state [batch, d_inner, d_state] (accumulation dtype) when
-      ``return_final_state``. Δ·A = -inf (a full reset) is exact in every form; every form is
-      causal (a scan: an output never reads a later input, NaN or not). Length 0 or batch 0
+      ``return_final_state``. Δ·A = -inf (a full reset) is exact in every form. Causal also
+      under non-finite inputs: a NaN or Inf at s sets NaN in the outputs from s on of its
+      document, never earlier ones, and their gradients stay finite. Length 0 or batch 0
       gives the empty result.
     """
     op = "selective_scan"
@@ -90,6 +91,9 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         short_on_cpu = jax.default_backend() == "cpu" and length <= _AUTO_REFERENCE_MAX_LENGTH
         chosen = Impl.REFERENCE if short_on_cpu else Impl.XLA
 
+    doc = document_ids(segment_ids)
+    (u, delta, B), (C, z), _, initial_state, finish = guard_scan(
+        [u, delta, B], [C, z], [], initial_state, doc, keep=2)
     acc = jnp.promote_types(jnp.result_type(u, delta, A, B, C), jnp.float32)
     dt = delta.astype(acc) + (0 if delta_bias is None else delta_bias.astype(acc))
     if delta_softplus:
@@ -99,7 +103,7 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     if batch == 0 or length == 0:
         y = jnp.zeros(u.shape, u.dtype)
         return (y, state) if return_final_state else y
-    starts = segment_starts(document_ids(segment_ids), batch, length)
+    starts = segment_starts(doc, batch, length)
     # Per-token decay and input: [batch, length, d_inner, d_state] (formed a chunk at a time).
     parts = (dt, u.astype(acc), B.astype(acc), C.astype(acc), starts)
     if chosen is Impl.REFERENCE:
@@ -115,6 +119,7 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         y = y + D.astype(acc) * u.astype(acc)
     if z is not None:
         y = y * jax.nn.silu(z.astype(acc))
+    y, state = finish(y, state)
     y = y.astype(u.dtype)
     return (y, state) if return_final_state else y
 
@@ -237,6 +242,8 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
         check_shape(op, "initial_state", initial_state, (batch, heads, head_dim, d_state),
                     "[batch, heads, head_dim, d_state]")
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    (x, dt, B), (C,), _, initial_state, finish = guard_scan(
+        [x, dt, B], [C], [], initial_state, segment_ids, keep=2)
     acc = jnp.promote_types(jnp.result_type(x, dt, A, B, C), jnp.float32)
     q = jnp.repeat(C, heads // groups, axis=2).astype(acc)
     k = jnp.repeat(B, heads // groups, axis=2).astype(acc)
@@ -253,6 +260,7 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
         state = swap(state)
     if D is not None:
         y = y + D.astype(acc)[:, None] * x.astype(acc)
+    y, state = finish(y, state)
     y = y.astype(x.dtype)
     return (y, state) if return_final_state else y
 

@@ -256,7 +256,9 @@ def test_random_gates_with_resets_match_the_reference(name):
             return ops.gated_linear_attention(q, k, v, g4[..., 0], chunk_size=3, impl=impl)
         if name == "gated_delta_rule":
             return ops.gated_delta_rule(q, k, v, beta, g4[..., 0], chunk_size=3, impl=impl)
-        A = jnp.array([-1.0, -jnp.inf])  # head 1 resets at every step
+        # Head 1: dt·A underflows exp to 0 at every step (A = -inf itself would make the
+        # gradient of dt·A with respect to dt -inf · 0, in the definition too).
+        A = jnp.array([-1.0, -1e300])
         return ops.ssd(v, jax.nn.softplus(q[..., 0]), A, k[:, :, :1], q[:, :, :1],
                        chunk_size=3, impl=impl)
 
@@ -318,8 +320,9 @@ CAUSAL_OPS["diagonal_ssm_reference"] = lambda q, k, v, seg, impl: _diagonal(
 @pytest.mark.parametrize("name", sorted(CAUSAL_OPS))
 @pytest.mark.parametrize("impl", FORMS)
 def test_a_later_nan_leaves_earlier_outputs_exact(name, impl):
-    """NaN in q, k and v at position 5: outputs 0..4 equal the clean run's exactly, and the
-    gradients of those outputs equal the clean ones (finite) at the earlier positions."""
+    """NaN in q, k and v at position 5: outputs 0..4 equal the clean run's exactly (FFT: to
+    1e-12), and the gradients of those outputs equal the clean ones (finite) at the earlier
+    positions."""
     op = functools.partial(CAUSAL_OPS[name], seg=None, impl=impl)
     clean = _inputs(1)
     dirty = tuple(x.at[:, 5].set(jnp.nan) for x in clean)
@@ -331,7 +334,9 @@ def test_a_later_nan_leaves_earlier_outputs_exact(name, impl):
                 jax.grad(lambda *x: jnp.sum(op(*x)), argnums=(0, 1, 2))(*x))
 
     (out_clean, g_clean, _), (out_dirty, g_dirty, g_all) = run(*clean), run(*dirty)
-    np.testing.assert_array_equal(out_dirty[:, :5], out_clean[:, :5])
+    # Exact, but for the FFT, whose every output sums every (zeroed) input: rounding differs.
+    tol = 1e-12 if name == "causal_conv1d_fft" else 0
+    np.testing.assert_allclose(out_dirty[:, :5], out_clean[:, :5], rtol=tol, atol=tol)
     assert bool(jnp.any(jnp.isnan(out_dirty[:, 5:])))
     for a, b in zip(g_dirty, g_clean):
         np.testing.assert_allclose(a[:, :5], b[:, :5], rtol=1e-12, atol=1e-12)
