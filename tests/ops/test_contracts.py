@@ -41,7 +41,7 @@ def _gates(x):
 
 
 def _beta(x):
-    return jax.nn.sigmoid(x[..., 0])
+    return jax.nn.sigmoid(x[..., 0].astype(float))
 
 
 def _gla(q, k, v, seg, impl):
@@ -150,7 +150,7 @@ def test_an_id_that_comes_back_is_a_new_document(impl):
     one = jnp.ones((1, 3, 1, 1))
     v = jnp.array([10.0, 20.0, 30.0]).reshape(1, 3, 1, 1)
     seg = jnp.array([[0, 1, 0]])
-    outs = {
+    outs = jax.jit(lambda: {  # one compilation
         "attention": ops.attention(one, one, v, segment_ids=seg, impl=impl),
         "gla": ops.gated_linear_attention(one, one, v, jnp.zeros((1, 3, 1)), scale=1.0,
                                           segment_ids=seg, impl=impl),
@@ -160,7 +160,7 @@ def test_an_id_that_comes_back_is_a_new_document(impl):
                                      segment_ids=seg, impl=impl),
         "ssd": ops.ssd(v, jnp.ones((1, 3, 1)), jnp.zeros((1,)), one, one, segment_ids=seg,
                        impl=impl),
-    }
+    })()
     for name, out in outs.items():
         np.testing.assert_array_equal(out.ravel(), [10.0, 20.0, 30.0], err_msg=name)
     conv = ops.causal_conv1d(jnp.array([1.0, 2.0, 3.0]).reshape(1, 3, 1),
@@ -210,7 +210,7 @@ def test_full_reset_and_huge_gates_are_exact(name, impl):
     overflows float32) gives [1, 1]."""
     for gates, want in (([-np.inf], [1.0]), ([0.0, -np.inf], [1.0, 1.0]),
                         ([-2e38, -2e38], [1.0, 1.0])):
-        out = GATE_OPS[name](jnp.array(gates, jnp.float32), impl)
+        out = jax.jit(GATE_OPS[name], static_argnums=1)(jnp.array(gates, jnp.float32), impl)
         assert np.asarray(out).ravel().tolist() == want, gates
 
 
@@ -230,7 +230,7 @@ CONSTANT_DECAY_OPS = {  # dt = 1, so the log-decay of every step is A
 def test_full_reset_and_huge_decays_are_exact(name, impl):
     """Inputs 1 and dt·A = -inf (a reset at every step) or -2e38: every output is 1."""
     for A, n in ((-np.inf, 1), (-np.inf, 2), (-2e38, 2)):
-        out = CONSTANT_DECAY_OPS[name](A, n, impl)
+        out = jax.jit(CONSTANT_DECAY_OPS[name], static_argnums=(1, 2))(A, n, impl)
         assert np.asarray(out).ravel().tolist() == [1.0] * n, (A, n)
 
 
