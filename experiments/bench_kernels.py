@@ -10,6 +10,10 @@ its inputs and outputs) with its share of the device's peak where the device is 
 On CPU, Pallas compiles only through its interpreter, which says nothing about speed: the
 script times the XLA forms alone and says so (--interpret runs the kernels interpreted, to
 check that they run).
+
+Every run also prints the TPU kernels' VMEM budget (``jaxlm.kernels.vmem``): bytes per
+program of each forward and backward kernel at head dim --dim and several lengths, which must
+not grow with the length (``--vmem-only`` prints just that table, on any backend).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
+from jaxlm.kernels import vmem
 from jaxlm.ops import attention, gated_delta_rule, gated_linear_attention, selective_scan
 from jaxlm.ops.sparse_attention import block_sparse_attention
 from jaxlm.runner.bench import compile_fn, median_seconds
@@ -93,7 +98,12 @@ def main():
     parser.add_argument("--only", nargs="*", help="names of the rows to run")
     parser.add_argument("--interpret", action="store_true",
                         help="on CPU, also run the kernels in Pallas' interpreter")
+    parser.add_argument("--vmem-only", action="store_true",
+                        help="print only the TPU kernels' VMEM budget table")
     args = parser.parse_args()
+    print_vmem_table(args.dim, jnp.dtype(args.dtype))
+    if args.vmem_only:
+        return
     backend = jax.default_backend()
     kind = jax.devices()[0].device_kind
     run_kernels = backend != "cpu" or args.interpret
@@ -140,6 +150,20 @@ def main():
     print()
     print(markdown_table(rows, ["op", "pass", "kernel ms", "xla ms", "xla / kernel",
                                 "kernel TFLOP/s", "kernel GB/s", "% peak"]))
+
+
+def print_vmem_table(head_dim, dtype):
+    rows = vmem.budget_table((1024, 16384, 65536), head_dim=head_dim, dtype=dtype)
+    table = {}
+    for row in rows:
+        entry = table.setdefault((row["case"], row["kernel"]),
+                                 {"case": row["case"], "kernel": row["kernel"]})
+        entry[f"L={row['length']}"] = f"{row['bytes'] / 2 ** 20:.2f} MiB"
+    print(f"TPU kernels' VMEM per program (blocks double-buffered + scratch), head dim "
+          f"{head_dim}, {jnp.dtype(dtype).name} inputs, float32 state; the default scoped "
+          f"limit is {vmem.DEFAULT_SCOPED_LIMIT / 2 ** 20:.0f} MiB:\n")
+    columns = ["case", "kernel", "L=1024", "L=16384", "L=65536"]
+    print(markdown_table(list(table.values()), columns) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The ``jaxlm`` command: ``train``, ``probe``, ``sweep``, ``report``. Thin: it parses, then
-calls the library."""
+"""The ``jaxlm`` command: ``train``, ``probe``, ``sweep``, ``report``, ``convert``. Thin: it
+parses, then calls the library."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jaxlm
 from jaxlm.config import ConfigError
+from jaxlm.models.hf_config import PretrainedError
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -29,11 +30,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where to write the run (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--init-from", metavar="PATH",
+                   help="fine-tune a local Hugging Face checkpoint (its model replaces model.*)")
     _add_overrides(p)
 
-    p = sub.add_parser("probe", help="probe a trained run (optionally on a changed task)")
-    p.add_argument("run_dir")
+    p = sub.add_parser("probe", help="probe a trained run (optionally on a changed task), or a "
+                                     "pretrained checkpoint with --pretrained")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--pretrained", metavar="PATH",
+                   help="a local Hugging Face folder: text bits per byte, passkey retrieval, "
+                        "associative recall with and without just-read-twice")
+    p.add_argument("--text", help="--pretrained: a text file or folder whose test split is "
+                                  "scored (default: the built-in corpus)")
+    p.add_argument("--lengths", default="256,512,1024",
+                   help="--pretrained: passkey context lengths in tokens (default 256,512,1024)")
+    p.add_argument("--trials", type=int, default=5, help="--pretrained: prompts per probe")
+    p.add_argument("--context", type=int, default=512,
+                   help="--pretrained: tokens per window of the text probe (default 512)")
     _add_overrides(p)
+
+    p = sub.add_parser("convert", help="Hugging Face folder <-> jaxlm run directory")
+    p.add_argument("path", help="a local Hugging Face folder or a jaxlm run directory")
+    p.add_argument("--to", required=True, metavar="DIR", help="where to write the other one")
 
     p = sub.add_parser("sweep", help="run every point of an experiment's sweep and tabulate")
     p.add_argument("config", help="experiment file defining config() and sweep()")
@@ -58,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, PretrainedError, FileNotFoundError, FileExistsError) as e:
         print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -72,12 +90,27 @@ def _run(args: argparse.Namespace) -> int:
         config = experiment.base
         run_dir = pathlib.Path(args.run_dir or f"runs/{config.name}")
         row = runner.run_one(config, run_dir, name=config.name, resume=args.resume,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, init_from=args.init_from)
         print(runner.markdown_table([row]))
         print(f"run written to {run_dir}")
     elif args.command == "probe":
-        row = runner.probe_run(args.run_dir, args.overrides)
+        if (args.run_dir is None) == (args.pretrained is None):
+            raise ConfigError("probe: give either a run directory or --pretrained PATH")
+        if args.pretrained is not None:
+            from jaxlm.runner.pretrained import probe_pretrained
+            try:
+                lengths = tuple(int(n) for n in args.lengths.split(",") if n.strip())
+            except ValueError:
+                raise ConfigError(f"--lengths must be comma-separated integers, got "
+                                  f"{args.lengths!r}") from None
+            row = probe_pretrained(args.pretrained, text=args.text, lengths=lengths,
+                                   trials=args.trials, context=args.context)
+        else:
+            row = runner.probe_run(args.run_dir, args.overrides)
         print(json.dumps(row, indent=2))
+    elif args.command == "convert":
+        from jaxlm.runner.pretrained import convert
+        print(f"wrote {convert(args.path, args.to)}")
     elif args.command == "sweep":
         experiment = runner.load_experiment(args.config, args.overrides, args.preset)
         experiment = runner.with_seeds(experiment, args.seeds)

@@ -29,14 +29,23 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
+SCHEDULES = ("cosine", "linear", "constant", "wsd", "power")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant (after the linear warm-up)
+    schedule: str = "cosine"  # cosine | linear | constant | wsd | power (after the warm-up)
     final_lr_fraction: float = 0.0  # the decay ends at learning_rate * final_lr_fraction
+    decay_fraction: float = 0.1  # wsd, power: the last fraction of the steps decays linearly
+    power_a: float = 4.0  # power: lr(n) = min(learning_rate, batch_size * a * n^b), n tokens
+    power_b: float = -0.51
+    power_tokens_per_step: int = 0  # power: tokens per step for n (0: batch_size, one a row)
+    input_mask_rate: float = 0.0  # MEAP: fraction of input tokens replaced by input_mask_token
+    input_mask_token: int = 0
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.98
@@ -56,8 +65,18 @@ class TrainConfig:
                      "grad_clip"):
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), ">= 0")
         _require(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
-        _require(self.schedule in ("cosine", "linear", "constant"), "train.schedule",
-                 self.schedule, "one of ['cosine', 'linear', 'constant']")
+        _require(self.schedule in SCHEDULES, "train.schedule", self.schedule,
+                 f"one of {list(SCHEDULES)}")
+        _require(0 < self.decay_fraction <= 1, "train.decay_fraction", self.decay_fraction,
+                 "in (0, 1]")
+        _require(self.power_a > 0, "train.power_a", self.power_a, "> 0")
+        _require(self.power_b < 0, "train.power_b", self.power_b, "< 0 (a decaying power)")
+        _require(0 <= self.input_mask_rate < 1, "train.input_mask_rate", self.input_mask_rate,
+                 "in [0, 1)")
+        _require(self.input_mask_token >= 0, "train.input_mask_token", self.input_mask_token,
+                 ">= 0")
+        _require(self.power_tokens_per_step >= 0, "train.power_tokens_per_step",
+                 self.power_tokens_per_step, ">= 0 (0: batch_size)")
         _require(0 <= self.final_lr_fraction <= 1, "train.final_lr_fraction",
                  self.final_lr_fraction, "in [0, 1]")
 
@@ -97,6 +116,12 @@ class Config:
         if self.model.vocab_size < self.data.vocab_size:
             raise ConfigError(f"model.vocab_size={self.model.vocab_size} is smaller than the "
                               f"task's vocab_size={self.data.vocab_size}")
+        if self.train.input_mask_rate and not (
+                self.train.input_mask_token < self.model.vocab_size and not self.data.continuous):
+            raise ConfigError(f"train.input_mask_rate={self.train.input_mask_rate} needs a token "
+                              f"task and train.input_mask_token < model.vocab_size="
+                              f"{self.model.vocab_size}, got {self.train.input_mask_token} on "
+                              f"data.task={self.data.task!r}")
         if self.model.learned_positions and self.model.max_length < self.data.seq_len:
             raise ConfigError(f"model.max_length={self.model.max_length} is shorter than the "
                               f"task's seq_len={self.data.seq_len}")

@@ -10,6 +10,8 @@ ops reach it with ``impl="pallas"`` (``"pallas_interpret"``: Pallas' interpreter
   :mod:`~jaxlm.kernels.linear_attention` (GLA / SSD), :mod:`~jaxlm.kernels.delta_rule` and
   :mod:`~jaxlm.kernels.selective_scan` on it.
 * :mod:`~jaxlm.kernels.backend`: which lowering runs (Mosaic TPU, Triton on GPU, interpreter).
+* :mod:`~jaxlm.kernels.mosaic_gpu`: hand-placed Mosaic GPU kernels for Hopper (``plgpu.kernel``,
+  TMA, ``wgmma``), called directly (not yet through the ops' ``impl``).
 
 Every entry point takes ``interpret=`` and ``platform=`` (the backend to lower for, default
 JAX's default backend) and threads them down. Submodules are imported on use, so importing

@@ -1,11 +1,15 @@
 """Which Pallas lowering a kernel call uses, and the error when there is none.
 
-* ``interpret=True``: the kernel body runs as plain JAX on any backend (the CPU test suite).
-* TPU: Mosaic, with every grid axis marked parallel (one program per batch row and head).
-* GPU: the Triton lowering, where the installed JAX still ships it
-  (``jax.experimental.pallas.triton``). jaxlm's kernels are written against the portable
-  ``pallas_call`` / ``BlockSpec`` interface; Mosaic GPU takes hand-placed ``wgmma`` / TMA kernels
-  instead, which jaxlm does not have yet, so without Triton ``impl="pallas"`` raises on GPU.
+* TPU: the Mosaic kernels of :mod:`jaxlm.kernels.tpu` (grids pipelined along the sequence).
+  ``interpret=True`` on a CPU host runs these same kernels in Pallas' TPU interpret mode
+  (simulated VMEM, DMAs and semaphores): what the CPU test suite checks.
+* GPU: the portable whole-row kernels through the Triton lowering, where the installed JAX
+  still ships it (``jax.experimental.pallas.triton``); ``platform="gpu"`` with
+  ``interpret=True`` runs them in the plain interpreter. Without Triton ``impl="pallas"``
+  raises on GPU.
+* GPU, Mosaic GPU (Hopper): hand-placed ``wgmma`` / TMA kernels in
+  :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with one decay per head;
+  :func:`mosaic_gpu_available`), tested in Mosaic GPU's interpreter.
 * CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
 """
 
@@ -19,6 +23,28 @@ import jax
 def triton_available() -> bool:
     """Whether the installed JAX still has Pallas' Triton lowering."""
     return importlib.util.find_spec("jax.experimental.pallas.triton") is not None
+
+
+def target_platform(platform: str | None, interpret) -> str:
+    """The hardware a kernel call is built for: "tpu" or "gpu" (``platform``, default JAX's
+    default backend; "cuda" and "rocm" are "gpu"). An interpreted call on a CPU host targets
+    the TPU kernels, which TPU interpret mode simulates."""
+    platform = platform or jax.default_backend()
+    if platform in ("gpu", "cuda", "rocm"):
+        return "gpu"
+    if platform == "cpu" and interpret:
+        return "tpu"
+    return platform
+
+
+def mosaic_gpu_available() -> bool:
+    """Whether the installed JAX has Pallas' Mosaic GPU front end (``plgpu.kernel``, ``wgmma``),
+    which :mod:`jaxlm.kernels.mosaic_gpu` needs (JAX >= 0.10)."""
+    if importlib.util.find_spec("jax.experimental.pallas.mosaic_gpu") is None:
+        return False
+    from jaxlm.kernels.mosaic_gpu import compat
+
+    return compat.mosaic_gpu_available()
 
 
 def compiler_params(kernel: str, interpret: bool, grid_rank: int, *,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jaxlm.kernels.backend import compiler_params
+from jaxlm.kernels.backend import compiler_params, target_platform
 
 Step = Callable[[jax.Array, tuple, tuple], tuple[jax.Array, jax.Array]]
 
@@ -45,12 +45,28 @@ class Recurrence:
     interpret: bool = False
     platform: str | None = None
     grad_step: Step | None = None
+    out_dtype: jnp.dtype | None = None
+
+
+def run(rec: Recurrence, seqs: tuple[jax.Array, ...], consts: tuple[jax.Array, ...],
+        state: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Runs ``rec`` with the driver for its target: on TPU (and in interpret mode on a CPU
+    host, which simulates the TPU) the chunk-pipelined driver of
+    :mod:`jaxlm.kernels.tpu.chunked`; on GPU (``platform="gpu"``, also interpreted) the
+    whole-row driver below, which the Triton lowering takes."""
+    if target_platform(rec.platform, rec.interpret) == "tpu":
+        from jaxlm.kernels.tpu import chunked as tpu_chunked
+
+        return tpu_chunked.chunked_recurrence(rec, seqs, consts, state)
+    compiler_params(rec.name, rec.interpret, 1, platform=rec.platform)  # raises early
+    return chunked_recurrence(rec, seqs, consts, state)
 
 
 def chunked_recurrence(rec: Recurrence, seqs: tuple[jax.Array, ...],
                        consts: tuple[jax.Array, ...], state: jax.Array
                        ) -> tuple[jax.Array, jax.Array]:
-    """Runs ``rec.step`` over every chunk of every program.
+    """Runs ``rec.step`` over every chunk of every program, each program holding whole rows
+    (the portable driver: the Triton lowering on GPU).
 
     seqs: arrays [programs // repeat, length, width] (length a multiple of ``rec.chunk``);
     consts: arrays [programs, ...] every chunk of a program reads whole; state: [programs, ...]
@@ -75,11 +91,15 @@ def _recurrence_bwd(rec, residuals, cotangents):
     seqs, consts, states = residuals
     d_ys, d_final = cotangents
     d_seqs, d_consts, d_state = _backward(rec, seqs, consts, states, d_ys, d_final)
-    # A sequence input shared by `repeat` programs gets the sum of their gradients.
+    return fold_repeats(rec, seqs, consts, d_seqs, d_consts) + (d_state,)
+
+
+def fold_repeats(rec: Recurrence, seqs, consts, d_seqs, d_consts) -> tuple[tuple, tuple]:
+    """Per-program gradients back to the inputs' shapes and dtypes: a sequence input shared by
+    ``repeat`` programs gets the sum of their gradients."""
     d_seqs = tuple(d.reshape(x.shape[0], r, *x.shape[1:]).sum(1).astype(x.dtype)
                    for d, x, r in zip(d_seqs, seqs, rec.repeats))
-    d_consts = tuple(d.astype(c.dtype) for d, c in zip(d_consts, consts))
-    return d_seqs, d_consts, d_state
+    return d_seqs, tuple(d.astype(c.dtype) for d, c in zip(d_consts, consts))
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -118,13 +138,13 @@ def _forward(rec: Recurrence, seqs, consts, state, *, save_states: bool):
             if states_ref is not None:
                 states_ref[c] = s
             ys, s = rec.step(s, const_vals, xs)
-            ys_ref[where, :] = ys.astype(acc)
+            ys_ref[where, :] = ys.astype(ys_ref.dtype)
             return s.astype(acc)
 
         final_ref[...] = jax.lax.fori_loop(jnp.int32(0), jnp.int32(n_chunks), body,
                                            state_ref[...])
 
-    out_shape = [jax.ShapeDtypeStruct((programs, length, rec.out_width), acc),
+    out_shape = [jax.ShapeDtypeStruct((programs, length, rec.out_width), rec.out_dtype or acc),
                  jax.ShapeDtypeStruct(state.shape, acc)]
     out_specs = [_whole(out_shape[0].shape), _whole(state.shape)]
     if save_states:
@@ -158,7 +178,7 @@ def _backward(rec: Recurrence, seqs, consts, states, d_ys, d_final):
             where, xs = _chunk_slices(rec, seq_refs, c)
             xs = tuple(x.astype(acc) for x in xs)
             _, vjp = jax.vjp(rec.grad_step or rec.step, states_ref[c], const_vals, xs)
-            d_s, d_consts_c, d_xs = vjp((d_ys_ref[where, :], d_s))
+            d_s, d_consts_c, d_xs = vjp((d_ys_ref[where, :].astype(acc), d_s))
             for ref, d in zip(d_seq_refs, d_xs):
                 ref[where, :] = d.astype(acc)
             return d_s.astype(acc), tuple(a + b for a, b in zip(d_consts, d_consts_c))

@@ -19,37 +19,45 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.kernels import blocks
-from jaxlm.kernels.chunked import Recurrence, chunked_recurrence
-from jaxlm.ops.delta_rule import forward_substitution, unit_lower_inverse
+from jaxlm.kernels import chunked
+from jaxlm.kernels.chunked import Recurrence
 
 
-def delta_chunk(state, consts, xs, *, inverse=functools.partial(forward_substitution,
-                                                                 masked=True)):
+def delta_chunk(state, consts, xs, *, inverse=blocks.unit_lower_inverse):
     """One chunk: xs = (q [C, d_k] (scaled), k [C, d_k], v [C, d_v], beta [C, 1],
     log_a [C, 1], starts [C, 1]); state [d_k, d_v]. Returns (o [C, d_v], new state).
-    ``inverse`` computes (I + N)⁻¹; the backward kernel uses the one with a closed-form
-    gradient."""
+    ``inverse`` computes (I + N)⁻¹ (blocked, on the matrix units); the backward kernel uses
+    the one with a closed-form gradient. A log-decay whose e^a underflows (down to -inf) is a
+    full reset, like a document start; a non-finite input at s reaches no output before s."""
     del consts
     q, k, v, beta, a, starts = xs
+    acc = state.dtype
     size = q.shape[0]
-    inclusive, strict = blocks.triangles(size, a.dtype)
+    inclusive, strict = blocks.triangles(size, acc)
+    a, hard = blocks.split_gates(a.astype(acc))
+    starts = jnp.maximum(starts.astype(acc), hard)
+    beta = beta.astype(acc)
+    bad = blocks.bad_rows(k, v, beta, a)
+    k, v, beta, a = (jnp.where(bad, 0, x).astype(x.dtype) for x in (k, v, beta, a))
     same, from_prev, to_end, keep = blocks.chunk_segments(starts, inclusive, strict)
     gamma_ts = jnp.where(same, jnp.exp(blocks.range_sums(a, inclusive, strict)), 0.0)
     b = blocks.dot(inclusive, a)
     gamma = jnp.where(from_prev, jnp.exp(b), 0.0)  # [C, 1]
+    s_in = blocks.finite_or_zero(state)
     n = strict * beta * gamma_ts * blocks.dot_nt(k, k)
     t = inverse(n)
     w = blocks.dot(t, beta * gamma * k)
-    u = blocks.dot(t, beta * v) - blocks.dot(w, state)
-    out = blocks.dot(gamma * q, state) + blocks.dot(blocks.dot_nt(q, k) * gamma_ts, u)
+    u = blocks.dot(t, beta * v) - blocks.dot(w, s_in)
+    qk = blocks.dot_nt(q, k) * gamma_ts
+    out = blocks.dot(gamma * q, s_in) + blocks.dot(qk, u)
     b_last = blocks.last_row(b)
     k_out = jnp.where(to_end, jnp.exp(b_last - b), 0.0) * k  # Γ[C, s] k_s
     carry = jnp.where(keep, jnp.exp(b_last), 0.0)  # γ_C: [1, 1]
-    return out, carry * state + blocks.dot_tn(k_out, u)
+    new = carry * s_in + blocks.dot_tn(k_out, u)
+    return blocks.causal_nonfinite(out, state, new, same, bad, from_prev, to_end, keep)
 
 
-_delta_chunk_for_grad = functools.partial(delta_chunk,
-                                          inverse=lambda n: unit_lower_inverse(n, True))
+_delta_chunk_for_grad = functools.partial(delta_chunk, inverse=blocks.unit_lower_inverse_vjp)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform"))
@@ -60,21 +68,22 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     """S_t = e^{log_a_t} (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ, o_t = q_tᵀ S_t.
 
     q (already scaled), k: [batch, heads, length, d_k]; v: [batch, heads, length, d_v];
-    beta, log_a: [batch, heads, length] (log_a <= 0; zeros for the plain delta rule);
+    beta, log_a: [batch, heads, length] (log_a in [-inf, 0], -inf a full reset; zeros for the
+    plain delta rule);
     starts: bool [batch, length], True where a packed document starts; state:
-    [batch, heads, d_k, d_v], float32 or wider. Any length works (padded with β = 0 positions,
-    which leave the state unchanged). Returns (o [batch, heads, length, d_v], final state) in
-    the state's dtype.
+    [batch, heads, d_k, d_v], float32 or wider. q, k, v enter the matrix products in their own
+    dtype. Any length works (padded with β = 0 positions, which leave the state unchanged).
+    Returns (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
     batch, heads, length, dk = q.shape
     acc = state.dtype
     padded = -(-length // chunk) * chunk
     pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, padded - length), (0, 0)])
-    flat = lambda x: pad(x.astype(acc).reshape(batch * heads, length, -1))
-    seqs = (flat(q), flat(k), flat(v), flat(beta), flat(log_a),
+    flat = lambda x: pad(x.reshape(batch * heads, length, -1))
+    seqs = (flat(q), flat(k), flat(v), flat(beta.astype(acc)), flat(log_a.astype(acc)),
             pad(starts.astype(acc)[..., None]))
     rec = Recurrence(delta_chunk, chunk, (1, 1, 1, 1, 1, heads), v.shape[-1],
-                     "gated_delta_rule", interpret, platform, _delta_chunk_for_grad)
-    out, final = chunked_recurrence(rec, seqs, (), state.reshape(batch * heads, dk, -1))
+                     "gated_delta_rule", interpret, platform, _delta_chunk_for_grad, v.dtype)
+    out, final = chunked.run(rec, seqs, (), state.reshape(batch * heads, dk, -1))
     out = out[:, :length].reshape(batch, heads, length, -1)
     return out, final.reshape(state.shape)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxlm.kernels import blocks
-from jaxlm.kernels.backend import compiler_params
+from jaxlm.kernels.backend import compiler_params, target_platform
 
 _NAME = "flash_attention"
 
@@ -52,7 +52,18 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     heads or 1, n, n] with n = ceil(length / block_size), or None (every block). A query whose
     mask allows no key gets 0. Any length works (padded to a multiple of ``block_size``).
     Returns [batch, length, heads, dv] in q's dtype; scores and softmax run in float32 or wider.
+
+    On TPU (and interpreted on a CPU host) this runs the block-pipelined kernels of
+    :mod:`jaxlm.kernels.tpu.flash_attention`; the whole-row kernels below are for the Triton
+    lowering on GPU (``platform="gpu"``, also interpreted).
     """
+    if target_platform(platform, interpret) == "tpu":  # the block-pipelined Mosaic kernels
+        from jaxlm.kernels.tpu.flash_attention import flash_attention as tpu_flash_attention
+
+        return tpu_flash_attention(q, k, v, causal=causal, window=window,
+                                   segment_ids=segment_ids, block_mask=block_mask, scale=scale,
+                                   block_size=block_size, interpret=interpret,
+                                   platform=platform)
     batch, length, heads, d = q.shape
     kv_heads = k.shape[2]
     block = block_size

@@ -20,31 +20,54 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.kernels import blocks
-from jaxlm.kernels.chunked import Recurrence, chunked_recurrence
+from jaxlm.kernels import chunked
+from jaxlm.kernels.chunked import Recurrence
 
 
 def gla_chunk(state, consts, xs):
     """One chunk: xs = (q [C, d_k] (scaled), k [C, d_k], v [C, d_v], log_g [C, 1 or d_k],
-    starts [C, 1]); state [d_k, d_v]. Returns (o [C, d_v], new state)."""
+    starts [C, 1]); state [d_k, d_v]. Returns (o [C, d_v], new state).
+
+    q, k, v keep their dtype as matrix-product operands (bfloat16 on the matrix units, float32
+    accumulation); gates, decays and the state are in the state's dtype. A gate whose e^g
+    underflows (down to -inf) is a full reset of its channel, exact; a non-finite input at s
+    reaches no output before s (:func:`~jaxlm.kernels.blocks.causal_nonfinite`).
+    """
     del consts
     q, k, v, g, starts = xs
+    acc = state.dtype
     size = q.shape[0]
-    inclusive, strict = blocks.triangles(size, g.dtype)
+    inclusive, strict = blocks.triangles(size, acc)
+    g, hard = blocks.split_gates(g.astype(acc))
+    per_head = g.shape[1] == 1
+    starts = starts.astype(acc)
+    if per_head:  # a zero decay of the whole head cuts the sums like a document start
+        starts = jnp.maximum(starts, hard)
+    bad = blocks.bad_rows(k, v, g)
+    k, v, g = (jnp.where(bad, 0, x).astype(x.dtype) for x in (k, v, g))
     same, from_prev, to_end, keep = blocks.chunk_segments(starts, inclusive, strict)
     b = blocks.dot(inclusive, g)  # running log-decay [C, dg]
-    if g.shape[1] == 1:  # one decay per head: a [C, C] matrix
+    b_last = blocks.last_row(b)
+    if per_head:  # a [C, C] decay matrix; the scores on the matrix units
         decay = jnp.exp(jnp.where(same, blocks.range_sums(g, inclusive, strict), -jnp.inf))
         scores = blocks.dot_nt(q, k) * decay
-    else:  # per channel: [C, C, d_k]
-        gap = jnp.where(same[:, :, None], b[:, None, :] - b[None, :, :], -jnp.inf)
-        scores = jnp.sum(q[:, None, :] * k[None, :, :] * jnp.exp(gap), axis=-1)
-    q_in = jnp.where(from_prev, q * jnp.exp(b), 0.0)
-    out = blocks.dot(scores, v) + blocks.dot(q_in, state)
-    b_last = blocks.last_row(b)
-    k_out = jnp.where(to_end, k * jnp.exp(b_last - b), 0.0)
-    carry = jnp.where(keep, jnp.exp(b_last), 0.0)  # [1, dg]
-    carry = carry if g.shape[1] == 1 else carry.T  # [dk, 1]: decays row k of the state
-    return out, carry * state + blocks.dot_tn(k_out, v)
+        q_live, k_live, carry_live = from_prev, to_end, keep
+    else:  # per channel: [C, C, d_k]; a channel's resets cut only that channel
+        cuts = blocks.dot(inclusive, hard)  # resets seen up to t, per channel
+        cuts_last = blocks.last_row(cuts)
+        live = same[:, :, None] & (cuts[:, None, :] == cuts[None, :, :])
+        gap = jnp.where(live, b[:, None, :] - b[None, :, :], -jnp.inf)
+        scores = jnp.sum(q[:, None, :].astype(acc) * k[None, :, :] * jnp.exp(gap), axis=-1)
+        q_live, k_live = from_prev & (cuts == 0), to_end & (cuts == cuts_last)
+        carry_live = keep & (cuts_last == 0)
+    s_in = blocks.finite_or_zero(state)
+    q_in = jnp.where(q_live, q * jnp.exp(b), 0.0)
+    out = blocks.dot(scores.astype(v.dtype), v) + blocks.dot(q_in, s_in)
+    k_out = jnp.where(k_live, k * jnp.exp(b_last - b), 0.0).astype(k.dtype)
+    carry = jnp.where(carry_live, jnp.exp(b_last), 0.0)  # [1, dg]
+    carry = carry if per_head else carry.T  # [dk, 1]: decays row k of the state
+    new = carry * s_in + blocks.dot_tn(k_out, v)
+    return blocks.causal_nonfinite(out, state, new, same, bad, from_prev, to_end, keep)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform"))
@@ -55,21 +78,44 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     """Gated linear attention, S_t = diag(e^{log_g_t}) S_{t-1} + k_t v_tᵀ, o_t = q_tᵀ S_t.
 
     q (already scaled), k: [batch, heads, length, d_k]; v: [batch, heads, length, d_v];
-    log_g: [batch, heads, length, 1 or d_k] (<= 0); starts: bool [batch, length], True where a
-    packed document starts (the state resets); state: [batch, heads, d_k, d_v], float32 or
-    wider. Any length works (padded to a multiple of ``chunk`` with positions that leave the
-    state unchanged). ``platform``: the backend to compile for (default: JAX's default).
-    Returns (o [batch, heads, length, d_v], final state), in the state's dtype.
+    log_g: [batch, heads, length, 1 or d_k] (in [-inf, 0]; -inf is a full reset); starts: bool
+    [batch, length], True where a packed document starts (the state resets); state:
+    [batch, heads, d_k, d_v], float32 or wider. q, k, v enter the matrix products in their own
+    dtype (bfloat16 or float16 on the matrix units), with accumulation in the state's dtype.
+    Any length works (padded to a multiple of ``chunk`` with positions that leave the state
+    unchanged). ``platform``: the backend to compile for (default: JAX's default; see
+    :mod:`jaxlm.kernels.backend`): on TPU the chunk-pipelined Mosaic kernel; on a GPU the
+    Mosaic GPU kernel where it takes the call (one decay per head, 16-bit inputs, head dims
+    multiples of 64), else the whole-row kernel through the Triton lowering. Returns
+    (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
+    if _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform):
+        from jaxlm.kernels.mosaic_gpu import linear_attention as mosaic_gpu
+
+        return mosaic_gpu.gated_linear_attention(q, k, v, log_g, starts, state, chunk=chunk)
     batch, heads, length, dk = q.shape
     acc = state.dtype
     padded = -(-length // chunk) * chunk
     pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, padded - length), (0, 0)])
-    flat = lambda x: pad(x.astype(acc).reshape(batch * heads, length, x.shape[-1]))
-    seqs = (flat(q), flat(k), flat(v), flat(log_g),
+    flat = lambda x: pad(x.reshape(batch * heads, length, x.shape[-1]))
+    seqs = (flat(q), flat(k), flat(v), flat(log_g.astype(acc)),
             pad(starts.astype(acc)[..., None]))
     rec = Recurrence(gla_chunk, chunk, (1, 1, 1, 1, heads), v.shape[-1],
-                     "gated_linear_attention", interpret, platform)
-    out, final = chunked_recurrence(rec, seqs, (), state.reshape(batch * heads, dk, -1))
+                     "gated_linear_attention", interpret, platform, out_dtype=v.dtype)
+    out, final = chunked.run(rec, seqs, (), state.reshape(batch * heads, dk, -1))
     out = out[:, :length].reshape(batch, heads, length, -1)
     return out, final.reshape(state.shape)
+
+
+def _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform) -> bool:
+    """Whether a compiled GPU call goes to the Mosaic GPU (Hopper) kernel: one decay per head,
+    16-bit q, k, v with head dims that are multiples of 64 up to 256, a float32 state, chunks
+    of 64, and a JAX with Mosaic GPU. Otherwise the whole-row kernel runs (Triton lowering)."""
+    from jaxlm.kernels import backend
+
+    if interpret or backend.target_platform(platform, interpret) != "gpu":
+        return False
+    dims_ok = all(d % 64 == 0 and d <= 256 for d in (q.shape[-1], v.shape[-1]))
+    return (log_g.shape[-1] == 1 and chunk == 64 and dims_ok and state.dtype == jnp.float32
+            and q.dtype == k.dtype == v.dtype and q.dtype in (jnp.bfloat16, jnp.float16)
+            and backend.mosaic_gpu_available())

@@ -17,14 +17,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxlm.kernels.chunked import Recurrence, chunked_recurrence
+from jaxlm.kernels import chunked
+from jaxlm.kernels.chunked import Recurrence
 
 
 def selective_chunk(state, consts, xs):
     """One chunk: xs = (u [C, D], dt [C, D], B [C, N], C [C, N], starts [C, 1]);
     consts = (Aᵀ [N, D],); state hᵀ [N, D]. Returns (y [C, D], new state)."""
     (a_t,) = consts
-    u, dt, b, c, starts = xs
+    u, dt, b, c, starts = (x.astype(state.dtype) for x in xs)
     size = u.shape[0]
     x = dt * u  # [C, D]
     b_t, c_t = b.T, c.T  # [N, C]
@@ -78,7 +79,7 @@ def selective_scan(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: j
     h = jnp.swapaxes(h, 2, 3).reshape(batch * n_blocks, d_state, block_d)
     rec = Recurrence(selective_chunk, chunk, (1, 1, n_blocks, n_blocks, n_blocks), block_d,
                      "selective_scan", interpret, platform)
-    y, h = chunked_recurrence(rec, seqs, (a_t,), h)
+    y, h = chunked.run(rec, seqs, (a_t,), h)
     y = jnp.moveaxis(y.reshape(batch, n_blocks, padded, block_d), 1, 2)
     y = y.reshape(batch, padded, wide)[:, :length, :d_inner]
     h = jnp.swapaxes(h.reshape(batch, n_blocks, d_state, block_d), 2, 3)

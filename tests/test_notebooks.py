@@ -20,7 +20,7 @@ def cells(notebook):
 
 
 def test_every_notebook_is_paired_and_in_sync():
-    assert len(SOURCES) == 4
+    assert len(SOURCES) == 5
     for source in SOURCES:
         paired = source.with_suffix(".ipynb")
         assert paired.exists(), f"{paired.name} is missing: jupytext --to ipynb {source.name}"

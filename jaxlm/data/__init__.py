@@ -9,6 +9,7 @@ from jaxlm.data.regression import (LinearRegressionConfig, deinterleave, interle
 from jaxlm.data.regular_language import (RegularLanguageConfig, random_dfa,
                                          regular_language_batch, regular_language_example)
 from jaxlm.data.set_disjointness import SetDisjointnessConfig, set_disjointness_example
+from jaxlm.data.state_tracking import StateTrackingConfig, group_table, state_tracking_example
 from jaxlm.data.text import (BOS, BYTE_VOCAB, EOS, EOW, PAD, TextConfig, decode, encode,
                              text_batch)
 from jaxlm.data.source import (SPLITS, TASKS, DataConfig, Task, TaskSource, example_batch,
@@ -21,4 +22,5 @@ __all__ = ["BOS", "BYTE_VOCAB", "EOS", "EOW", "PAD", "TextConfig", "decode", "en
            "example_batch", "induction_head_example", "interleave", "linear_regression_example",
            "make_source", "mqar_example", "passkey_example", "random_dfa",
            "regression_prompt", "regular_language_batch", "regular_language_example",
-           "selective_copy_example", "set_disjointness_example"]
+           "selective_copy_example", "set_disjointness_example",
+           "StateTrackingConfig", "group_table", "state_tracking_example"]

@@ -25,6 +25,7 @@ from jaxlm.data.passkey import PasskeyConfig, passkey_example
 from jaxlm.data.regression import LinearRegressionConfig, linear_regression_example
 from jaxlm.data.regular_language import RegularLanguageConfig, regular_language_batch
 from jaxlm.data.set_disjointness import SetDisjointnessConfig, set_disjointness_example
+from jaxlm.data.state_tracking import StateTrackingConfig, state_tracking_example
 from jaxlm.data.text import TextConfig, text_batch
 
 SPLITS = ("train", "validation", "test")
@@ -51,6 +52,7 @@ TASKS: dict[str, Task] = {
     "regular_language": Task(host_batch=regular_language_batch),
     "linear_regression": Task(example=linear_regression_example, continuous=True),
     "text": Task(host_batch=text_batch),
+    "state_tracking": Task(example=state_tracking_example),
 }
 
 
@@ -68,6 +70,7 @@ class DataConfig:
     regular_language: RegularLanguageConfig = RegularLanguageConfig()
     linear_regression: LinearRegressionConfig = LinearRegressionConfig()
     text: TextConfig = TextConfig()
+    state_tracking: StateTrackingConfig = StateTrackingConfig()
 
     def __post_init__(self):
         if self.task not in TASKS:

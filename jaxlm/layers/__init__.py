@@ -9,11 +9,13 @@ from jaxlm.layers.deltanet import DeltaNet, DeltaNetConfig, GatedDeltaNetConfig
 from jaxlm.layers.jrt import JRT, JRTConfig
 from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
                                           feature_map)
+from jaxlm.layers.lmu import LMU, LMUConfig
 from jaxlm.layers.mamba import Mamba, Mamba2, Mamba2Config, MambaConfig
 from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
 from jaxlm.layers.ngram import NgramHeads
 from jaxlm.layers.pointer import PointerSentinel
+from jaxlm.layers.rnn import RNN, GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 from jaxlm.layers.s4 import LSSL, S4, LSSLConfig, LSSLSSM, NPLRSSM, S4Config
 from jaxlm.layers.sparse_attention import SparseAttention, SparseAttentionConfig
@@ -27,4 +29,5 @@ __all__ = [
     "MoMConfig", "NgramHeads", "PointerSentinel", "S4Config", "S4DConfig", "SSMBlock", "ShortConv",
     "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
     "feature_map", "prefill", "register_mixer",
+    "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
 ]

@@ -8,11 +8,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops import attention_mask, masked_attention, segment_positions
-from jaxlm.ops.rope import apply_rope
+from jaxlm.ops.rope import ROPE_SCALINGS, apply_rope, rope_frequencies
 from jaxlm.parallel.dispatch import ATTENTION_SCHEMES, causal_attention
 
 
@@ -28,8 +29,18 @@ class AttentionConfig:
     impl: str = "auto"
     # under a mesh that splits the length: "ring", "zigzag" (balanced ring) or "ulysses"
     sequence_parallel: str = "ring"
+    # RoPE frequency scaling (Hugging Face's rope_type): "default", "linear" or "llama3",
+    # with its parameters (see jaxlm.ops.rope.rope_frequencies)
+    rope_scaling: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_length: int = 8192
 
     def __post_init__(self):
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"attention rope_scaling={self.rope_scaling!r}; expected one of "
+                             f"{ROPE_SCALINGS}")
         if self.sequence_parallel not in ATTENTION_SCHEMES:
             raise ValueError(f"attention sequence_parallel={self.sequence_parallel!r}; expected "
                              f"one of {ATTENTION_SCHEMES}")
@@ -59,9 +70,14 @@ class Attention(nnx.Module):
     def __init__(self, d_model: int, *, n_heads: int = 4, n_kv_heads: int | None = None,
                  head_dim: int | None = None, window: int | None = None, rope: bool = True,
                  rope_theta: float = 10_000.0, impl: str = "auto",
-                 sequence_parallel: str = "ring", rngs: nnx.Rngs):
+                 sequence_parallel: str = "ring", rope_scaling: str = "default",
+                 rope_factor: float = 1.0, rope_low_freq_factor: float = 1.0,
+                 rope_high_freq_factor: float = 4.0, rope_original_max_length: int = 8192,
+                 rngs: nnx.Rngs):
         config = AttentionConfig(n_heads, n_kv_heads, head_dim, window, rope, rope_theta, impl,
-                                 sequence_parallel)
+                                 sequence_parallel, rope_scaling, rope_factor,
+                                 rope_low_freq_factor, rope_high_freq_factor,
+                                 rope_original_max_length)
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = head_dim or d_model // n_heads
@@ -71,6 +87,11 @@ class Attention(nnx.Module):
         self.window = config.window
         self.rope = rope
         self.rope_theta = rope_theta
+        # a tuple (static under jit) of the RoPE frequencies, None for the default ones
+        self.rope_frequencies = None if rope_scaling == "default" else tuple(rope_frequencies(
+            self.head_dim, theta=rope_theta, scaling=rope_scaling, factor=rope_factor,
+            low_freq_factor=rope_low_freq_factor, high_freq_factor=rope_high_freq_factor,
+            original_max_length=rope_original_max_length))
         self.impl = impl
         self.sequence_parallel = sequence_parallel
         kv_width = self.n_kv_heads * self.head_dim
@@ -96,7 +117,10 @@ class Attention(nnx.Module):
         return segment_positions(segment_ids)
 
     def _rotate(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        return apply_rope(x, positions, theta=self.rope_theta) if self.rope else x
+        if not self.rope:
+            return x
+        freqs = None if self.rope_frequencies is None else np.asarray(self.rope_frequencies)
+        return apply_rope(x, positions, theta=self.rope_theta, frequencies=freqs)
 
     def _qkv(self, x: jax.Array, positions: jax.Array):
         q, k, v = self._project(x)

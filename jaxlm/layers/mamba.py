@@ -114,24 +114,32 @@ class Mamba2Config:
     dt_max: float = 0.1
     chunk_size: int = 64
     impl: str = "auto"
+    norm_eps: float = 1e-5  # epsilon of the gated RMSNorm (state-spaces/mamba's default)
 
     def __post_init__(self):
         for name in ("d_state", "head_dim", "expand", "n_groups", "d_conv", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"mamba2 {name} must be >= 1, got {getattr(self, name)}")
+        if not self.norm_eps >= 0:
+            raise ValueError(f"mamba2 norm_eps must be >= 0, got {self.norm_eps!r}")
 
 
 class Mamba2(nnx.Module):
     """The Mamba-2 mixer ("Transformers are SSMs: Generalized Models and Efficient Algorithms
     Through Structured State Space Duality"): one in-projection to (z, x, B, C, Δ), a short conv
     and SiLU over (x, B, C), SSD heads with a scalar decay A per head and grouped B/C, D skip,
-    gated RMSNorm norm(y · silu(z)), out-projection. x: [batch, length, d_model] -> same."""
+    gated RMSNorm norm(y · silu(z)), out-projection. x: [batch, length, d_model] -> same.
+
+    The gated RMSNorm normalises each of the ``n_groups`` groups of ``d_inner / n_groups``
+    channels on its own (state-spaces/mamba's ``RMSNormGated(group_size=d_inner // ngroups)``,
+    as in Hugging Face's ``Mamba2``), with epsilon ``norm_eps``."""
 
     def __init__(self, d_model: int, *, d_state: int = 16, head_dim: int = 16, expand: int = 2,
                  n_groups: int = 1, d_conv: int = 4, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 chunk_size: int = 64, impl: str = "auto", rngs: nnx.Rngs):
+                 chunk_size: int = 64, impl: str = "auto", norm_eps: float = 1e-5,
+                 rngs: nnx.Rngs):
         Mamba2Config(d_state, head_dim, expand, n_groups, d_conv, dt_min, dt_max, chunk_size,
-                     impl)
+                     impl, norm_eps)
         self.d_inner = d_inner = expand * d_model
         if d_inner % head_dim:
             raise ValueError(f"Mamba2: head_dim={head_dim} must divide d_inner={d_inner} "
@@ -148,7 +156,7 @@ class Mamba2(nnx.Module):
         a_log, dt_bias = head_decay_init(rngs.params(), self.n_heads, dt_min, dt_max)
         self.a_log, self.dt_bias = nnx.Param(a_log), nnx.Param(dt_bias)
         self.d_skip = nnx.Param(jnp.ones((self.n_heads,)))
-        self.norm = nnx.RMSNorm(d_inner, rngs=rngs)
+        self.norm = nnx.RMSNorm(d_inner, epsilon=norm_eps, rngs=rngs)
         self.out_proj = nnx.Linear(d_inner, d_model, use_bias=False, rngs=rngs)
 
     def _split(self, proj):
@@ -165,8 +173,14 @@ class Mamba2(nnx.Module):
                 c.reshape(groups))
 
     def _output(self, y, z):
-        y = y.reshape(*z.shape)
-        return self.out_proj(self.norm(y * nnx.silu(z)))
+        """y (the SSD output) and z [..., d_inner] -> out_proj(groupwise_rms(y · silu(z)) · w)."""
+        gated = y.reshape(*z.shape) * nnx.silu(z)
+        scale = self.norm.scale[...]
+        groups = gated.reshape(*z.shape[:-1], self.n_groups, -1)
+        groups = groups.astype(jnp.promote_types(groups.dtype, jnp.float32))  # as RMSNorm
+        mean_square = jnp.mean(jnp.square(groups), axis=-1, keepdims=True)
+        normed = (groups * jax.lax.rsqrt(mean_square + self.norm.epsilon)).reshape(z.shape)
+        return self.out_proj((normed * scale).astype(jnp.result_type(gated, scale)))
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         z, xbc, dt = self._split(self.in_proj(x))

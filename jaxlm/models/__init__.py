@@ -8,6 +8,8 @@ from jaxlm.models.generate import generate, generate_text
 from jaxlm.models.lexinvariant import LexinvariantLM
 from jaxlm.models.mrt5 import MrT5LM
 from jaxlm.models.lm import Block, DecoderLM, add_positions, count_params
+from jaxlm.models.hf_config import PretrainedError
+from jaxlm.models.pretrained import load_pretrained, pretrained_config, save_pretrained
 from jaxlm.models.regression import SequenceRegressor
 from jaxlm.models.words import WordLM
 
@@ -27,4 +29,5 @@ def build_lm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
 
 __all__ = ["MODELS", "Block", "DecoderLM", "DeletionConfig", "MrT5LM", "LexinvariantConfig", "LexinvariantLM",
            "ModelConfig", "SequenceRegressor", "WordConfig", "WordLM", "add_positions",
-           "build_lm", "count_params", "generate", "generate_text"]
+           "PretrainedError", "build_lm", "count_params", "generate", "generate_text",
+           "load_pretrained", "pretrained_config", "save_pretrained"]

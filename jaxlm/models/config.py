@@ -8,6 +8,8 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, LSSLConfig,
                           Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
                           SparseAttentionConfig, WindowAttentionConfig)
+from jaxlm.layers.lmu import LMUConfig
+from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.ops.checks import check_positive_fields
 
 
@@ -120,6 +122,10 @@ class ModelConfig:
     s4d: S4DConfig = S4DConfig()
     lssl: LSSLConfig = LSSLConfig()
     h3: H3Config = H3Config()
+    lstm: LSTMConfig = LSTMConfig()
+    gru: GRUConfig = GRUConfig()
+    slstm: SLSTMConfig = SLSTMConfig()
+    lmu: LMUConfig = LMUConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()
     deletion: DeletionConfig = DeletionConfig()

@@ -94,7 +94,8 @@ def add_positions(h: jax.Array, positions: nnx.Embed | None, owner: str) -> jax.
 class DecoderLM(nnx.Module):
     """Token embedding -> blocks -> RMSNorm -> logits.
 
-    ``__call__``: tokens [batch, length] int -> logits [batch, length, vocab_size] (float32).
+    ``__call__``: tokens [batch, length] int -> logits [batch, length, vocab_size] (float32;
+    float64 for float64 parameters).
     ``init_state`` / ``step``: the recurrent form used for generation; one token at a time,
     tokens [batch] -> logits [batch, vocab_size].
     """
@@ -116,9 +117,10 @@ class DecoderLM(nnx.Module):
         return self._head(self.final_norm(h))
 
     def _head(self, h: jax.Array) -> jax.Array:
-        """Normalised hidden states [..., d_model] -> logits [..., vocab_size] (float32)."""
+        """Normalised hidden states [..., d_model] -> logits [..., vocab_size] (float32, or
+        float64 for a float64 model)."""
         logits = self.embed.attend(h) if self.head is None else self.head(h)
-        return logits.astype(jnp.float32)
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         """tokens [batch, length] -> token (+ learned position) embeddings."""

@@ -1,6 +1,7 @@
 """Pure functions on arrays: no parameters, no Flax. Each op offers ``impl=`` forms."""
 
 from jaxlm.ops.attention import attention, attention_mask, masked_attention
+from jaxlm.ops.attention_backends import attention_plan, cudnn_attention, splash_attention
 from jaxlm.ops.checks import Impl
 from jaxlm.ops.conv import causal_conv1d, causal_conv1d_step
 from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
@@ -11,7 +12,9 @@ from jaxlm.ops.pointer import pointer_sentinel_log_probs
 from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import document_ids, segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
-from jaxlm.ops.hippo import hippo_legs, nplr_legs
+from jaxlm.ops.hippo import hippo_legs, hippo_legt, nplr_legs
+from jaxlm.ops.lmu import legt_zoh, lmu_memory, lmu_memory_step
+from jaxlm.ops.rnn import rnn, rnn_initial_state, rnn_step
 from jaxlm.ops.routing_attention import routing_attention, update_centroids
 from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_step, krylov_kernel,
                           s4_kernel, s4_ssm)
@@ -20,13 +23,15 @@ from jaxlm.ops.sparse_attention import (block_sparse_attention, lambda_attention
 from jaxlm.ops.ssm import bilinear, diagonal_ssm, diagonal_ssm_step, fft_causal_conv, zoh
 
 __all__ = [
-    "Impl", "apply_rope", "attention", "attention_mask", "bilinear", "bilinear_lower",
-    "bilinear_nplr", "block_sparse_attention", "causal_conv1d", "causal_conv1d_step",
-    "context_matches", "delta_rule", "dense_ssm", "dense_ssm_step", "diagonal_ssm",
-    "diagonal_ssm_step", "document_ids", "fft_causal_conv", "gated_delta_rule", "gated_delta_rule_step",
-    "gated_linear_attention", "gated_linear_attention_step", "hippo_legs", "krylov_kernel",
-    "lambda_attention", "lambda_mask", "linear_attention", "masked_attention", "nplr_legs",
-    "pointer_sentinel_log_probs", "routing_attention", "s4_kernel", "s4_ssm",
+    "Impl", "apply_rope", "attention", "attention_mask", "attention_plan", "bilinear",
+    "bilinear_lower", "bilinear_nplr", "block_sparse_attention", "causal_conv1d",
+    "causal_conv1d_step", "context_matches", "cudnn_attention", "delta_rule", "dense_ssm",
+    "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step", "document_ids", "fft_causal_conv",
+    "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
+    "gated_linear_attention_step", "hippo_legs", "hippo_legt", "krylov_kernel",
+    "lambda_attention", "lambda_mask", "legt_zoh", "linear_attention", "lmu_memory",
+    "lmu_memory_step", "masked_attention", "nplr_legs", "pointer_sentinel_log_probs", "rnn",
+    "rnn_initial_state", "rnn_step", "routing_attention", "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "selective_scan",
-    "selective_scan_step", "ssd", "update_centroids", "zoh",
+    "selective_scan_step", "splash_attention", "ssd", "update_centroids", "zoh",
 ]

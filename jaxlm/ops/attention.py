@@ -27,11 +27,6 @@ from jaxlm.ops.checks import (Impl, as_floats, check_positive, check_qkv, check_
 from jaxlm.ops.segments import document_ids
 
 _OP = "attention"
-# "auto" on CPU: below this many positions the materialized reference is fast and small.
-_AUTO_REFERENCE_MAX_LENGTH = 512
-# "auto" on accelerators: the blockwise form's block loops run one block at a time, which the
-# fused reference beats wherever its [batch, heads, length, length] scores fit this budget.
-_AUTO_REFERENCE_MAX_SCORE_BYTES = 2**30
 
 
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: int | None,
@@ -118,8 +113,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         MrT5's soft deletion); only the reference form takes one ("auto" picks it).
       impl: "reference", "xla" (blockwise, memory-efficient), "pallas" (the flash-attention
         kernel of :mod:`jaxlm.kernels.flash_attention`; "pallas_interpret" runs it
-        interpreted) or "auto" (the reference where its scores are small: length <= 512 on
-        CPU, scores <= 1 GiB on accelerators; else xla).
+        interpreted), "splash" (JAX's splash attention, TPU), "cudnn" (cuDNN's fused
+        attention, GPU) or "auto": :func:`jaxlm.ops.attention_backends.attention_plan`
+        (splash on TPU, cuDNN on GPU where their rules hold; else the reference where its
+        scores are small: length <= 512 on CPU, scores <= 1 GiB on accelerators; else xla).
       block_size: query and key block length of the xla and pallas forms; any length works
         (padded inside).
 
@@ -138,7 +135,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         check_shape(_OP, "segment_ids", segment_ids, (batch, length), "[batch, length]")
     scale = head_dim ** -0.5 if scale is None else float(scale)
 
-    chosen = resolve_impl(_OP, impl, ("reference", "xla", "pallas"))
+    chosen = resolve_impl(_OP, impl, ("reference", "xla", "pallas", "splash", "cudnn"))
     if bias is not None:
         check_shape(_OP, "bias", bias, (batch, length, length), "[batch, length, length]")
         if chosen not in (Impl.AUTO, Impl.REFERENCE):
@@ -146,7 +143,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                              f"impl={impl!r}")
         chosen = Impl.REFERENCE
     if chosen is Impl.AUTO:
-        chosen = _auto_form(batch, heads, length)
+        chosen = _auto_form(q, v, causal=causal, window=window, segment_ids=segment_ids)
     if batch == 0 or length == 0:
         return jnp.zeros((batch, length, heads, v.shape[-1]), q.dtype)
     doc = document_ids(segment_ids)
@@ -163,7 +160,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
     v, v_bad = split_nonfinite(v, 3)
     kv_bad = jnp.repeat(k_bad | v_bad, heads // k.shape[2], axis=2)
     reach = q_bad | nonfinite_reach(kv_bad, doc, causal=causal, window=window)
-    if chosen.is_pallas:
+    if chosen in (Impl.SPLASH, Impl.CUDNN):
+        from jaxlm.ops.attention_backends import library_attention
+
+        out = library_attention(chosen.value, q, k, v, causal=causal, window=window,
+                                segment_ids=doc, scale=scale)
+    elif chosen.is_pallas:
         from jaxlm.kernels.flash_attention import flash_attention
 
         out = flash_attention(q, k, v, causal=causal, window=window, segment_ids=doc,
@@ -174,12 +176,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
     return poison(out, reach)
 
 
-def _auto_form(batch: int, heads: int, length: int) -> Impl:
-    if jax.default_backend() == "cpu":
-        small = length <= _AUTO_REFERENCE_MAX_LENGTH
-    else:
-        small = 4 * batch * heads * length * length <= _AUTO_REFERENCE_MAX_SCORE_BYTES
-    return Impl.REFERENCE if small else Impl.XLA
+def _auto_form(q, v, *, causal, window, segment_ids) -> Impl:
+    from jaxlm.ops import attention_backends as backends
+
+    return Impl(backends.attention_plan(
+        backends.current_backend(), q.dtype, q.shape, v_head_dim=v.shape[-1], causal=causal,
+        window=window, packed=segment_ids is not None, partitioned=backends.mesh_partitions()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ class Impl(str, enum.Enum):
     ``AUTO`` picks the fastest form that holds for the backend and shapes; ``REFERENCE`` is the
     slow, obviously-correct form; ``XLA`` is the fast plain-JAX form; ``PALLAS`` is a kernel
     from :mod:`jaxlm.kernels` compiled for the backend; ``PALLAS_INTERPRET`` runs the same kernel
-    in Pallas' interpreter on any backend (tests and debugging; slow).
+    in Pallas' interpreter on any backend (tests and debugging; slow). ``SPLASH`` and ``CUDNN``
+    are library attention kernels (JAX's splash attention on TPU, cuDNN's fused attention on
+    GPU; :mod:`jaxlm.ops.attention_backends`).
     """
 
     AUTO = "auto"
@@ -24,6 +26,8 @@ class Impl(str, enum.Enum):
     XLA = "xla"
     PALLAS = "pallas"
     PALLAS_INTERPRET = "pallas_interpret"
+    SPLASH = "splash"
+    CUDNN = "cudnn"
 
     @property
     def is_pallas(self) -> bool:

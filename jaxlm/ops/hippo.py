@@ -1,10 +1,11 @@
-"""HiPPO-LegS and its normal-plus-low-rank (NPLR) form.
+"""HiPPO-LegS and its normal-plus-low-rank (NPLR) form; the LMU's LegT.
 
 "HiPPO: Recurrent Memory with Optimal Polynomial Projections" gives the LegS matrices; "Efficiently
 Modeling Long Sequences with Structured State Spaces" (S4) writes them as A = V Λ V* − P Pᵀ with
 unitary V, so that in the basis V the state matrix is diagonal plus rank one. "Combining
 Recurrent, Convolutional, and Continuous-time Models with Linear State-Space Layers" (LSSL) uses
-the LegS A as it is. These are fixed initialisations, computed once in float64 NumPy.
+the LegS A as it is. "Legendre Memory Units: Continuous-Time Representation in Recurrent Neural
+Networks" (LMU) uses the translated Legendre measure (LegT) over a sliding window. These are fixed initialisations, computed once in float64 NumPy.
 """
 
 from __future__ import annotations
@@ -41,3 +42,19 @@ def nplr_legs(d_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     V = V[:, d_state // 2:]
     Lambda = np.diag(normal).mean() + 1j * omega[d_state // 2:]
     return Lambda, V.conj().T @ P, V.conj().T @ B, V
+
+
+def hippo_legt(order: int, theta: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The LMU's LegT system θ ṁ = A m + B u, as (A / θ [N, N], B / θ [N]):
+    A_ij = (2i+1)·(−1 if i < j else (−1)^(i−j+1)), B_i = (2i+1)(−1)^i.
+
+    m(t) holds the coefficients of the input's window [t − θ, t] in the shifted Legendre
+    polynomials: u(t − rθ) ≈ Σ_i m_i(t) P̃_i(r) for r in [0, 1]."""
+    if not isinstance(order, int) or order < 1:
+        raise ValueError(f"hippo_legt: order must be a positive integer, got {order!r}")
+    if not theta > 0:
+        raise ValueError(f"hippo_legt: theta must be > 0 (the window length), got {theta!r}")
+    i, j = np.arange(order)[:, None], np.arange(order)[None, :]
+    A = (2 * i + 1) * np.where(i < j, -1.0, (-1.0) ** (i - j + 1))
+    B = (2 * np.arange(order) + 1.0) * (-1.0) ** np.arange(order)
+    return A / theta, B / theta

@@ -74,12 +74,18 @@ def krylov_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int)
     check_rank("krylov_kernel", "a_bar", a_bar, "[channels, d_state, d_state]")
     _check_system("krylov_kernel", a_bar.shape[0], a_bar, b_bar, C)
     check_positive("krylov_kernel", "length", length, allow_none=False)
+    return jnp.real(jnp.einsum("cn,cnl->lc", C, krylov_columns(a_bar, b_bar, length)))
+
+
+def krylov_columns(a_bar: jax.Array, b_bar: jax.Array, length: int) -> jax.Array:
+    """The Krylov matrix [..., N, length] of columns Ā^l B̄, l < length, by doubling (log₂ length
+    matrix products): the impulse response of the state. a_bar: [..., N, N]; b_bar: [..., N]."""
     columns, power = b_bar[..., None], a_bar
     while columns.shape[-1] < length:
         columns = jnp.concatenate([columns, power @ columns], axis=-1)
         if columns.shape[-1] < length:
             power = power @ power
-    return jnp.real(jnp.einsum("cn,cnl->lc", C, columns[..., :length]))
+    return columns[..., :length]
 
 
 def conj_complete(x: jax.Array) -> jax.Array:

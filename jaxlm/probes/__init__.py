@@ -17,6 +17,7 @@ from jaxlm.probes.mqar import evaluate_mqar
 from jaxlm.probes.published import PUBLISHED, published, published_notes
 from jaxlm.probes.regression import BASELINES, baseline_predictions, evaluate_regression
 from jaxlm.probes.regular_language import evaluate_regular_language, ngram_predictions
+from jaxlm.probes.state_tracking import evaluate_state_tracking
 from jaxlm.probes.text import evaluate_text, score_text
 from jaxlm.probes.tokens import evaluate_answers, evaluate_set_disjointness
 
@@ -29,6 +30,7 @@ PROBES = {
     "regular_language": evaluate_regular_language,
     "linear_regression": evaluate_regression,
     "text": evaluate_text,
+    "state_tracking": evaluate_state_tracking,
 }
 
 # The metric columns of each probe's results table (after the run's description).
@@ -42,6 +44,7 @@ PROBE_COLUMNS = {
     "linear_regression": (),  # error@n and baseline@n columns, named by the prompt length
     "text": ("bits_per_byte", "bits_per_byte_cipher", "unigram", "in_context_unigram",
              "in_context_ppm", "decipher", "frequency", "bytes_per_second", "reduction"),
+    "state_tracking": ("accuracy", "mean", "baseline"),  # and accuracy@L by length
 }
 
 
@@ -67,6 +70,6 @@ __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
            "baseline_predictions", "decipher_probe", "evaluate", "evaluate_answers",
            "evaluate_mqar",
            "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
-           "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
+           "evaluate_state_tracking", "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
            "probe_batches", "score_text",
            "train_lsa", "with_seq_len"]

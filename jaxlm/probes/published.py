@@ -92,6 +92,12 @@ NOTES: dict[str, list[str]] = {
         "by over 300% on next-word prediction.",
         "MrT5 [paper abstract]: deletion shortens byte sequences by up to 80% at little cost.",
     ],
+    "state_tracking": [
+        "FlashRNN [paper abstract]: Transformers and other sequence-parallelizable models lack "
+        "state tracking; LSTM, GRU and sLSTM have it, at the cost of sequential processing.",
+        "xLSTM formal languages [qualitative]: sLSTM and LSTM solve parity and modular "
+        "arithmetic at lengths beyond training; Transformers, Mamba and linear attention do not.",
+    ],
 }
 
 

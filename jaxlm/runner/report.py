@@ -22,6 +22,7 @@ TASK_COLUMNS = {
     "set_disjointness": {"len_a": "len_a", "len_b": "len_b", "repeats": "repeats"},
     "linear_regression": {"n_dims": "n_dims", "noise_std": "noise_std"},
     "text": {"trained_on_cipher": "cipher"},
+    "state_tracking": {"group": "group"},
 }
 # Per-length metrics shown in the table (ridge, nearest_3 and zero stay in result.json and the
 # plot: a table with every baseline at every length is too wide to read).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import pathlib
@@ -14,6 +15,7 @@ from typing import Any
 from flax import nnx
 
 from jaxlm.config import Config, ConfigError, apply_overrides, load_config, save_config
+from jaxlm.models import pretrained_config
 from jaxlm.probes import evaluate
 from jaxlm.runner.experiment import Experiment, run_name
 from jaxlm.runner.report import RESULTS, TASK_COLUMNS, write_report
@@ -55,10 +57,14 @@ def _probe(model, config: Config) -> dict[str, Any]:
 
 
 def run_one(config: Config, run_dir: str | pathlib.Path, *, name: str = "run",
-            resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Trains (or resumes) one run, probes it, and saves the row as ``result.json``."""
+            resume: bool = True, progress: bool = True,
+            init_from: str | pathlib.Path | None = None) -> dict[str, Any]:
+    """Trains (or resumes) one run, probes it, and saves the row as ``result.json``. With
+    ``init_from`` (a local Hugging Face folder) the model is that checkpoint's, fine-tuned."""
     run_dir = pathlib.Path(run_dir)
-    result = train(config, run_dir, resume=resume, progress=progress)
+    if init_from is not None:
+        config = dataclasses.replace(config, model=pretrained_config(init_from))
+    result = train(config, run_dir, resume=resume, progress=progress, init_from=init_from)
     probe = _probe(result.model, config)
     row = {"run": name, **describe(config), "params": result.num_params, **probe,
            "train_s": round(result.seconds, 1),

@@ -17,10 +17,11 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxlm.config import Config, save_config
+from jaxlm.config import Config, ConfigError, save_config
 from jaxlm.data import TaskSource, make_source
 from jaxlm.layers import MIXERS
-from jaxlm.models import ModelConfig, SequenceRegressor, build_lm, count_params
+from jaxlm.models import (ModelConfig, SequenceRegressor, build_lm, count_params,
+                          load_pretrained)
 from jaxlm.parallel import (initialize_distributed, local_rows, make_mesh, place_batch,
                             place_state, under_mesh)
 from jaxlm.train.checkpoint import Checkpointer
@@ -48,6 +49,15 @@ def build_model(config: Config) -> nnx.Module:
     if config.data.continuous:
         return SequenceRegressor(config.model, config.data.task_config.input_dim, rngs=rngs)
     return build_lm(config.model, rngs=rngs)
+
+
+def _pretrained(config: Config, path) -> nnx.Module:
+    model, _ = load_pretrained(path)
+    if model.config != config.model:
+        raise ConfigError(f"train: init_from={str(path)!r} holds a model whose config differs "
+                          f"from model.*; set config.model to jaxlm.models.pretrained_config("
+                          f"{str(path)!r})")
+    return model
 
 
 def evaluate_params(eval_step, model_states: tuple[nnx.State, ...], source: TaskSource, *,
@@ -149,7 +159,8 @@ def environment() -> dict[str, Any]:
 
 
 def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
-          stop_after: int | None = None, progress: bool = True) -> TrainResult:
+          stop_after: int | None = None, progress: bool = True,
+          init_from: str | pathlib.Path | None = None) -> TrainResult:
     """Trains ``config``'s model on its task, writing into ``run_dir``.
 
     ``run_dir`` receives ``config.json``, ``environment.json``, ``metrics.jsonl``, TensorBoard
@@ -157,7 +168,9 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
     training continues from its step (data batches are a function of the step, so the result is
     the same as an uninterrupted run); without it an existing checkpoint is an error, so no run
     overwrites another by accident. ``stop_after`` ends this call after that many total steps
-    (a planned interruption), checkpointing first.
+    (a planned interruption), checkpointing first. ``init_from`` (a local Hugging Face folder,
+    see ``jaxlm.models.load_pretrained``) starts from its weights instead of a random
+    initialisation; ``config.model`` must be its config (``jaxlm.models.pretrained_config``).
     """
     initialize_distributed(config.distributed)
     mesh = make_training_mesh(config)
@@ -165,7 +178,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
     run_dir = pathlib.Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tc = config.train
-    model = build_model(config)
+    model = build_model(config) if init_from is None else _pretrained(config, init_from)
     num_params = count_params(model)
     tx = make_optimizer(tc)
     graphdef, state = init_train_state(model, tx)
@@ -183,7 +196,9 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
         (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
 
     source = make_source(config.data)
-    train_step = under_mesh(make_train_step(graphdef, tx), mesh)
+    train_step = under_mesh(make_train_step(
+        graphdef, tx, input_mask_rate=tc.input_mask_rate, input_mask_token=tc.input_mask_token,
+        mask_key=jax.random.fold_in(jax.random.key(tc.seed), 2)), mesh)  # MEAP's masks
     eval_step = under_mesh(make_eval_step(graphdef), mesh)
     writer = MetricWriter(run_dir, tensorboard=tc.tensorboard)
     start = int(state.step)

@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from jaxlm.train.losses import batch_loss
+from jaxlm.train.meap import mask_inputs
 
 
 @flax.struct.dataclass
@@ -52,11 +53,19 @@ def _model_loss(graphdef, states, batch, *, training: bool):
     return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                    input_mask_rate: float = 0.0, input_mask_token: int = 0,
+                    mask_key: jax.Array | None = None
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """A jitted ``(state, batch) -> (state, metrics)``; the input state's buffers are donated."""
+    """A jitted ``(state, batch) -> (state, metrics)``; the input state's buffers are donated.
+    With ``input_mask_rate > 0`` (MEAP, :func:`jaxlm.train.meap.mask_inputs`) the inputs of
+    step s are masked with the key ``fold_in(mask_key, s)``."""
 
     def train_step(state: TrainState, batch: dict[str, Any]):
+        if input_mask_rate:
+            batch = {**batch, "inputs": mask_inputs(jax.random.fold_in(mask_key, state.step),
+                                                    batch["inputs"], input_mask_rate,
+                                                    input_mask_token)}
         loss_fn = lambda p: _model_loss(graphdef, (p, state.variables), batch, training=True)
         (_, (metrics, variables)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

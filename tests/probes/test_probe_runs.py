@@ -22,6 +22,8 @@ CASES = {
                          "data.set_disjointness.len_a=2", "data.set_disjointness.len_b=6"],
     "induction_head": ["model.vocab_size=16", "data.induction_head.seq_len=24",
                        "probe.lengths=48"],
+    "state_tracking": ["model.vocab_size=6", "data.state_tracking.group=s3",
+                       "data.state_tracking.seq_len=16", "probe.lengths=32"],
     "text": ["model.vocab_size=260", "model.kind=hierarchical", "model.words.d_local=16",
              "model.words.max_word_len=6", "data.text.seq_len=32"],
 }
@@ -53,6 +55,10 @@ def test_probe_run(task, tmp_path):
         assert 4 < row["unigram"] < 5.5 and 2 < row["reduction"] < 12
         assert 4.5 < row["in_context_unigram"] < 7 and 3 < row["in_context_ppm"] < 7
         assert row["bytes_per_second"] > 0
+    elif task == "state_tracking":
+        assert {"accuracy@2", "accuracy@4", "accuracy@8", "accuracy@32"} <= set(row)
+        assert 0 <= row["mean"] <= 1 and row["baseline"] == 1 / 6
+        assert "| group |" in text and "FlashRNN" in text
     else:
         assert "accuracy@48" in row and row["seq_len"] == 24
         assert "H3 Table 1" in text  # the published number for attention, beside ours
