@@ -20,8 +20,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import (Impl, accepts_numpy, check_positive, check_rank, check_shape,
-                              resolve_impl)
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_float, as_floats, check_positive, check_rank,
+                              check_shape, resolve_impl)
 from jaxlm.ops.delta_rule import unit_lower_inverse
 from jaxlm.ops.segments import segment_starts
 from jaxlm.ops.ssm import fft_causal_conv
@@ -173,21 +173,25 @@ def dense_ssm(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, *,
       u: [batch, length, channels] real.
       a_bar: [channels, N, N]; b_bar, C: [channels, N] (real, or complex for S4's basis).
       initial_state: [batch, channels, N] (a_bar's dtype); zeros when None.
-      segment_ids: [batch, length]; the state resets where a packed document starts.
+      segment_ids: [batch, length]; the state resets where a packed document (a maximal run
+        of equal ids: [0, 1, 0] are three documents) starts.
       impl: "reference" (sequential scan of x_t = Ā x_{t-1} + B̄ u_t), "xla" (FFT convolution
         with the Krylov kernel; the scan when a state goes in or out or rows are packed, since a
         convolution cannot reset), "auto" (= "xla").
 
     Returns:
-      y [batch, length, channels] in u's dtype, and the final state when asked.
+      y [batch, length, channels] in u's dtype (integer u: the default float), and the final
+      state when asked. The FFT convolution is causal for finite inputs only: a NaN or Inf in
+      u makes every output of its row and channel NaN; the scan forms stay causal.
     """
     op = "dense_ssm"
+    u = as_float(u)
     _check_dense(op, u, a_bar, b_bar, C, initial_state, segment_ids)
     batch, length, channels = u.shape
     chosen = resolve_impl(op, impl, ("reference", "xla"))
     stateful = initial_state is not None or return_final_state or segment_ids is not None
     real = jnp.promote_types(u.dtype, jnp.float32)
-    if chosen is not Impl.REFERENCE and not stateful:
+    if chosen is not Impl.REFERENCE and not stateful and length:
         kernel = krylov_kernel(a_bar, b_bar, C, length)
         return fft_causal_conv(u.astype(real), kernel.astype(real)).astype(u.dtype)
     state = (jnp.zeros((batch, *b_bar.shape), a_bar.dtype) if initial_state is None
@@ -232,15 +236,19 @@ def s4_ssm(u: jax.Array, dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.
       dt: [channels] positive; Lambda, P, B, C: [channels, N/2] complex, one of each conjugate
         pair (Re Λ < 0 for stability), A = Λ − P P* in that basis.
       initial_state: [batch, channels, N] complex (the conjugate-completed state).
-      segment_ids: [batch, length]; the state resets where a packed document starts.
+      segment_ids: [batch, length]; the state resets where a packed document (a maximal run
+        of equal ids: [0, 1, 0] are three documents) starts.
       impl: "reference" (sequential scan of the discretized full system), "xla" (FFT
         convolution with the Cauchy kernel of :func:`s4_kernel`; the scan when a state goes in
         or out or rows are packed), "auto" (= "xla").
 
     Returns:
-      y [batch, length, channels] in u's dtype, and the final state when asked.
+      y [batch, length, channels] in u's dtype (integer u: the default float), and the final
+      state when asked. The FFT convolution is causal for finite inputs only: a NaN or Inf in
+      u makes every output of its row and channel NaN; the scan forms stay causal.
     """
     op = "s4_ssm"
+    u, dt = as_floats(u, dt)
     check_rank(op, "u", u, "[batch, length, channels]")
     batch, length, channels = u.shape
     _check_nplr(op, channels, dt, Lambda, P, B, C)
@@ -250,7 +258,7 @@ def s4_ssm(u: jax.Array, dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.
     cplx = jnp.promote_types(real, jnp.complex64)
     dt = dt.astype(real)
     Lambda, P, B, C = (x.astype(cplx) for x in (Lambda, P, B, C))
-    if chosen is not Impl.REFERENCE and not stateful:
+    if chosen is not Impl.REFERENCE and not stateful and length:
         kernel = s4_kernel(dt, Lambda, P, B, C, length)
         return fft_causal_conv(u.astype(real), kernel).astype(u.dtype)
     return dense_ssm(u, *s4_discrete(dt, Lambda, P, B, C), initial_state=initial_state,

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, accepts_numpy, check_rank, check_shape, resolve_impl
-from jaxlm.ops.segments import segment_starts
+from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_rank, check_shape, resolve_impl
+from jaxlm.ops.segments import document_ids, segment_starts
 
 
 def s4d_init(kind: str, channels: int, d_state: int) -> tuple[jax.Array, jax.Array]:
@@ -98,7 +98,8 @@ def ssm_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int) ->
 def fft_causal_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
     """y_t = Σ_{s≤t} kernel[t - s] u_s by FFT, zero-padded to 2·length (no circular wrap).
 
-    u: [batch, length, channels]; kernel: [length, channels]. Returns u's shape."""
+    u: [batch, length, channels]; kernel: [length, channels]. Returns u's shape. Causal for
+    finite inputs only: one non-finite input makes every output of its row and channel NaN."""
     length = u.shape[1]
     n = 2 * length
     acc = jnp.promote_types(u.dtype, jnp.float32)
@@ -120,15 +121,21 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
         Every form is exact and has finite gradients for any such ΔA, however large (Ā
         underflowing to 0, the bilinear zero ΔA = −2; see :func:`zoh`, :func:`bilinear`).
       initial_state: [batch, channels, N] complex; zeros when None.
-      segment_ids: [batch, length]; the state resets where a packed document starts.
+      segment_ids: [batch, length]; the state resets where a packed document (a maximal run
+        of equal ids: [0, 1, 0] are three documents) starts.
       discretization: "zoh" (S4D's default) or "bilinear".
       impl: "reference" (sequential scan), "xla" (FFT convolution with the Vandermonde
         kernel; an associative scan when a state goes in or out or rows are packed), "auto".
 
     Returns:
-      y [batch, length, channels] in u's dtype, and the final state when asked.
+      y [batch, length, channels] in u's dtype (integer u: the default float), and the final
+      state when asked. The FFT convolution is causal for finite inputs only: a NaN or Inf in
+      u at any position makes every output of its row NaN (each output frequency sums every
+      input). The scan forms stay causal; use them (impl="reference", or a segment_ids or
+      state argument) where later inputs may be non-finite.
     """
     op = "diagonal_ssm"
+    u, dt, initial_state = as_floats(u, dt, initial_state)
     check_rank(op, "u", u, "[batch, length, channels]")
     batch, length, channels = u.shape
     check_shape(op, "dt", dt, (channels,), "[channels]")
@@ -148,12 +155,15 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
     a_bar, b_bar = discretize(op, discretization, dt.astype(real), A.astype(cplx), B.astype(cplx))
     C = C.astype(cplx)
     stateful = initial_state is not None or return_final_state or segment_ids is not None
-    if chosen is Impl.XLA and not stateful:
+    if chosen is Impl.XLA and not stateful and length:
         return fft_causal_conv(u.astype(real), ssm_kernel(a_bar, b_bar, C, length)).astype(
             u.dtype)
     state = (jnp.zeros((batch, channels, d_state), cplx) if initial_state is None
              else initial_state.astype(cplx))
-    starts = segment_starts(segment_ids, batch, length)
+    if batch == 0 or length == 0:
+        y = jnp.zeros(u.shape, u.dtype)
+        return (y, state) if return_final_state else y
+    starts = segment_starts(document_ids(segment_ids), batch, length)
     decay = jnp.where(starts[..., None, None], 0, a_bar)  # [batch, length, c, N]
     decay = jnp.broadcast_to(decay, (batch, length, channels, d_state))
     inputs = u.astype(real)[..., None] * b_bar
