@@ -112,6 +112,7 @@ CASES = {
     "rnn_step": (ops.rnn_step, ("gru", {"h": rand(37, B, H, D)}, rand(38, B, H, 3, D),
                                 rand(39, H, 3, D, D) * 0.3), {}, None),
     "segment_starts": (ops.segment_starts, (SEG, B, L), {}, None),
+    "document_ids": (ops.document_ids, (np.array([[0, 1, 0, 0, 2]]),), {}, None),
     "multi_granularity_pooling": (ops.multi_granularity_pooling, (*QKV, *QKV),
                                   dict(segment_size=2, segment_ids=SEG), ("reference", "xla")),
     "multi_granularity_pooling_step": (
