@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.ops.delta_rule import with_closed_form_vjp
+
 
 def dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """a [m, k] @ b [k, n] in float32 (or wider)."""
@@ -169,21 +171,6 @@ def unit_lower_inverse(n: jax.Array, block: int = 16) -> jax.Array:
     return dot(inverse, t)
 
 
-@jax.custom_vjp
-def unit_lower_inverse_vjp(n: jax.Array) -> jax.Array:
-    """:func:`unit_lower_inverse` differentiated in closed form: with T = (I + N)⁻¹,
-    N̄ = -Tᵀ T̄ Tᵀ on the strict lower triangle."""
-    return unit_lower_inverse(n)
-
-
-def _inverse_fwd(n):
-    t = unit_lower_inverse(n)
-    return t, t
-
-
-def _inverse_bwd(t, g):
-    _, strict = triangles(t.shape[0], t.dtype)
-    return (-dot_tn(t, dot_nt(g, t)) * strict,)
-
-
-unit_lower_inverse_vjp.defvjp(_inverse_fwd, _inverse_bwd)
+unit_lower_inverse_vjp = with_closed_form_vjp(lambda n: unit_lower_inverse(n))
+unit_lower_inverse_vjp.__doc__ = """:func:`unit_lower_inverse` differentiated in closed form
+(:func:`jaxlm.ops.delta_rule.with_closed_form_vjp`)."""

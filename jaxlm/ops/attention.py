@@ -182,9 +182,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
 def _auto_form(q, v, *, causal, window, segment_ids) -> Impl:
     from jaxlm.ops import attention_backends as backends
 
+    from jaxlm.kernels import measured
+
+    backend = backends.current_backend()
+    flash = measured.kernel_wins("attention", backend, q.dtype, q.shape[1], q.shape[-1])
     return Impl(backends.attention_plan(
-        backends.current_backend(), q.dtype, q.shape, v_head_dim=v.shape[-1], causal=causal,
-        window=window, packed=segment_ids is not None, partitioned=backends.mesh_partitions()))
+        backend, q.dtype, q.shape, v_head_dim=v.shape[-1], causal=causal, window=window,
+        packed=segment_ids is not None, partitioned=backends.mesh_partitions(),
+        flash_measured=flash))
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,20 @@ def resolve_impl(op: str, impl: str | Impl, available: Sequence[str]) -> Impl:
     return parsed
 
 
+def auto_kernel(op: str, chosen: Impl, dtype, length: int, head_dim: int) -> Impl:
+    """``impl="auto"``'s choice of jaxlm's own kernel: PALLAS where the committed device
+    measurements (:mod:`jaxlm.kernels.measured`) say the kernel passed and beat the XLA form
+    on this backend at this dtype, length and head dim; ``chosen`` otherwise (an explicit
+    impl, or AUTO for the op's own XLA-side rule)."""
+    if chosen is not Impl.AUTO or jax.default_backend() == "cpu":
+        return chosen
+    from jaxlm.kernels import measured
+
+    if measured.kernel_wins(op, jax.default_backend(), dtype, length, head_dim):
+        return Impl.PALLAS
+    return chosen
+
+
 def check_rank(op: str, name: str, x: jax.Array, layout: str) -> None:
     """Raises unless ``x`` has as many axes as ``layout`` names, e.g. ``"[batch, length, dim]"``."""
     rank = len(layout.strip("[]").split(","))

@@ -72,17 +72,21 @@ def check_recurrent_inputs(op: str, q, k, v, *, chunk_size: int, segment_ids,
                     "[batch, heads, d_k, d_v]")
 
 
-def prepare_qkv_state(q, k, v, scale, initial_state):
+def prepare_qkv_state(q, k, v, scale, initial_state, *, keep_dtype: bool = False):
     """Common set-up: heads-first q (times ``scale``, default d_k ** -0.5), k, v and the
-    initial state (zeros when None), all in the accumulation dtype (at least float32).
-    Returns (q, k, v, state, acc_dtype)."""
+    initial state (zeros when None), all in the accumulation dtype (at least float32), or,
+    with ``keep_dtype`` (the kernels, whose matrix units take bfloat16 operands), q, k, v in
+    their common dtype. Returns (q, k, v, state, acc_dtype)."""
     batch, _, heads, dk = q.shape
-    acc = jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)
+    common = jnp.result_type(q, k, v)
+    acc = jnp.promote_types(common, jnp.float32)
     scale = dk ** -0.5 if scale is None else scale
-    q, k, v = (heads_first(x).astype(acc) for x in (q, k, v))
+    q = heads_first(q).astype(acc) * scale
+    q, k, v = (x.astype(common if keep_dtype else acc)
+               for x in (q, heads_first(k), heads_first(v)))
     state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
              else initial_state.astype(acc))
-    return q * scale, k, v, state, acc
+    return q, k, v, state, acc
 
 
 def linear_recurrence(decay: jax.Array, inputs: jax.Array, initial: jax.Array) -> jax.Array:

@@ -18,12 +18,14 @@ S_end = γ_C S₀ + Kᵀ diag(Γ_C·) U.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, auto_kernel, check_shape,
+                              resolve_impl)
 from jaxlm.ops.segments import document_ids, segment_starts
 
 DEFAULT_CHUNK = 64
@@ -81,7 +83,8 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     check_shape(op, "beta", beta, (batch, length, heads), "[batch, length, heads]")
     if log_alpha is not None:
         check_shape(op, "log_alpha", log_alpha, (batch, length, heads), "[batch, length, heads]")
-    chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    chosen = auto_kernel(op, resolve_impl(op, impl, ("reference", "xla", "pallas")), q.dtype,
+                         length, dk)
     if batch == 0 or length == 0:
         out, state = ch.empty_result(q, v, initial_state)
         return (out, state) if return_final_state else out
@@ -91,7 +94,8 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
 
     def run(q, k, v, gates, initial_state):
         beta, log_alpha = gates
-        q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
+        q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state,
+                                                    keep_dtype=chosen.is_pallas)
         beta = jnp.moveaxis(beta, 2, 1).astype(acc)
         a = (jnp.zeros_like(beta) if log_alpha is None
              else jnp.moveaxis(log_alpha, 2, 1).astype(acc))
@@ -143,50 +147,44 @@ def _reference(q, k, v, beta, a, resets, state):
     return jnp.moveaxis(out, 0, 2), state
 
 
-def forward_substitution(n: jax.Array, masked: bool = False) -> jax.Array:
+def forward_substitution(n: jax.Array) -> jax.Array:
     """(I + N)⁻¹ for strictly lower-triangular N [..., C, C], by forward substitution.
 
     Row i of T = (I + N)⁻¹ is e_i − N[i, :] T, and only rows j < i of T enter it, so C
-    row updates give T exactly (plain matrix-vector products: no LAPACK call). ``masked``
-    picks and writes rows with masks instead of indexing, as a Pallas kernel body must (about
-    10x slower in XLA on CPU at C = 64, so the XLA form indexes).
+    row updates give T exactly (plain matrix-vector products: no LAPACK call). The kernels
+    solve it in blocks instead (:func:`jaxlm.kernels.blocks.unit_lower_inverse`).
     """
     size = n.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(size, dtype=n.dtype), n.shape)
-    rows = jax.lax.broadcasted_iota(jnp.int32, (size, size), 0)
-    cols = jax.lax.broadcasted_iota(jnp.int32, (1, size), 1)
 
     def row(i, t):
-        if masked:
-            n_i = jnp.sum(jnp.where(rows == i, n, 0), axis=-2, keepdims=True)  # [..., 1, C]
-            return jnp.where(rows == i, (cols == i).astype(n.dtype) - jnp.matmul(n_i, t), t)
         new = eye[..., i, :] - jnp.einsum("...j,...jc->...c", n[..., i, :], t)
         return t.at[..., i, :].set(new)
 
-    return jax.lax.fori_loop(jnp.int32(1), jnp.int32(size), row, eye)  # int32 in kernels
+    return jax.lax.fori_loop(jnp.int32(1), jnp.int32(size), row, eye)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def unit_lower_inverse(n: jax.Array, masked: bool = False) -> jax.Array:
-    """(I + N)⁻¹ for strictly lower-triangular N [..., C, C] (:func:`forward_substitution`),
-    differentiated in closed form rather than through the row loop."""
-    return forward_substitution(n, masked)
+def with_closed_form_vjp(solve: Callable[[jax.Array], jax.Array]) -> Callable:
+    """``solve`` (N -> (I + N)⁻¹ for strictly lower-triangular N [..., C, C]) differentiated in
+    closed form rather than through its steps: d(A⁻¹) = −A⁻¹ dA A⁻¹ with dA = dN strictly
+    lower, so N̄ = −Tᵀ T̄ Tᵀ on the strict lower triangle."""
+    inverse = jax.custom_vjp(solve)
+
+    def fwd(n):
+        t = solve(n)
+        return t, t
+
+    def bwd(t, g):
+        tt = jnp.swapaxes(t, -1, -2)
+        return (jnp.tril(-(tt @ g @ tt), -1),)
+
+    inverse.defvjp(fwd, bwd)
+    return inverse
 
 
-def _unit_lower_inverse_fwd(n, masked):
-    t = forward_substitution(n, masked)
-    return t, t
-
-
-def _unit_lower_inverse_bwd(masked, t, g):
-    del masked
-    # d(A⁻¹) = −A⁻¹ dA A⁻¹ with dA = dN strictly lower: N̄ = −Tᵀ Ḡ Tᵀ on the strict lower part.
-    tt = jnp.swapaxes(t, -1, -2)
-    grad = -tt @ g @ tt
-    return (jnp.tril(grad, -1),)
-
-
-unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
+unit_lower_inverse = with_closed_form_vjp(forward_substitution)
+unit_lower_inverse.__doc__ = """(I + N)⁻¹ for strictly lower-triangular N [..., C, C]
+(:func:`forward_substitution`), differentiated in closed form (:func:`with_closed_form_vjp`)."""
 
 
 def _chunked(q, k, v, beta, a, starts, state, chunk):

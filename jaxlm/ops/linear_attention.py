@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, auto_kernel, check_shape,
+                              resolve_impl)
 from jaxlm.ops.segments import document_ids, segment_starts
 
 DEFAULT_CHUNK = 64
@@ -115,7 +116,8 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     elif log_g is not None:
         check_shape(op, "log_g", log_g, (batch, length, heads, dk),
                     "[batch, length, heads, d_k] or [batch, length, heads]")
-    chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    chosen = auto_kernel(op, resolve_impl(op, impl, ("reference", "xla", "pallas")), q.dtype,
+                         length, dk)
     if batch == 0 or length == 0:
         out, state = ch.empty_result(q, v, initial_state)
         return (out, state) if return_final_state else out
@@ -124,7 +126,8 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     out_dtype = v.dtype
 
     def run(q, k, v, gates, initial_state):
-        q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
+        q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state,
+                                                    keep_dtype=chosen.is_pallas)
         g = (jnp.zeros((batch, heads, length, 1), acc) if gates[0] is None
              else ch.heads_first(gates[0]).astype(acc))
         if chosen is Impl.REFERENCE:

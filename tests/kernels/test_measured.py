@@ -51,3 +51,20 @@ def test_rows_from_a_device_check(tmp_path):
     assert (row.backend, row.op, row.dtype, row.lengths, row.head_dims, row.speedup) == (
         "gpu", "gated_linear_attention", "bfloat16", (4096, 4096), (128,), 2.5)
     assert "mosaic_gpu" in row.source
+
+
+def test_auto_picks_the_kernel_only_where_a_row_covers_the_call(monkeypatch):
+    """The ops' impl="auto" reads the table on an accelerator (never on CPU); an explicit impl
+    is never overridden."""
+    import jax
+
+    from jaxlm.ops.checks import Impl, auto_kernel
+
+    monkeypatch.setattr(measured, "MEASURED", (ROW,))
+    pick = lambda impl, length: auto_kernel("gated_linear_attention", impl, "bfloat16",
+                                            length, 128)
+    assert pick(Impl.AUTO, 4096) is Impl.AUTO  # CPU: no kernel
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert pick(Impl.AUTO, 4096) is Impl.PALLAS
+    assert pick(Impl.AUTO, 1024) is Impl.AUTO  # outside the measured lengths
+    assert pick(Impl.XLA, 4096) is Impl.XLA

@@ -164,15 +164,14 @@ def test_bad_shapes_are_named():
         linear_attention(x["q"], x["k"][:, :3], x["v"])
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_unit_lower_inverse_matches_inverse_and_its_gradient(masked):
-    """Forward substitution (indexed rows, or masked rows as in the kernels) vs
-    jnp.linalg.inv, and the custom vjp vs autodiff of inv (float64)."""
+def test_unit_lower_inverse_matches_inverse_and_its_gradient():
+    """Forward substitution vs jnp.linalg.inv, and the closed-form vjp vs autodiff of inv
+    (float64)."""
     from jaxlm.ops.delta_rule import unit_lower_inverse
     n = jnp.tril(jax.random.normal(jax.random.key(8), (3, 2, 9, 9), jnp.float64) * 0.3, -1)
     eye = jnp.eye(9)
-    assert rel_err(unit_lower_inverse(n, masked), jnp.linalg.inv(eye + n)) < TOL
+    assert rel_err(unit_lower_inverse(n), jnp.linalg.inv(eye + n)) < TOL
     weights = jax.random.normal(jax.random.key(9), n.shape, jnp.float64)
-    grad = jax.grad(lambda n: jnp.sum(unit_lower_inverse(n, masked) * weights))(n)
+    grad = jax.grad(lambda n: jnp.sum(unit_lower_inverse(n) * weights))(n)
     expected = jax.grad(lambda n: jnp.sum(jnp.linalg.inv(eye + n) * weights))(n)
     assert rel_err(grad, jnp.tril(expected, -1)) < TOL
