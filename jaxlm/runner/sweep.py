@@ -122,7 +122,7 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
     rows = [json.loads((out_dir / name / RESULT).read_text()) for name in names]
     with open(out_dir / RESULTS, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    write_report(rows, out_dir, title=experiment.base.name)
+    write_report(rows, out_dir, title=experiment.base.name, best_of=experiment.best_of)
     return rows
 
 
