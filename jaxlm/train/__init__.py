@@ -5,10 +5,11 @@ from jaxlm.train.loop import TrainResult, build_model, environment, evaluate_par
 from jaxlm.train.losses import lm_loss
 from jaxlm.train.metrics import MetricWriter, read_metrics
 from jaxlm.train.optim import make_optimizer, make_schedule
+from jaxlm.train.stacked import group_stackable, train_stacked
 from jaxlm.train.state import (TrainState, init_train_state, make_eval_step, make_train_step,
                                merge_model)
 
 __all__ = ["Checkpointer", "MetricWriter", "TrainResult", "TrainState", "build_model",
-           "environment", "evaluate_params", "init_train_state", "lm_loss", "make_eval_step",
-           "make_optimizer", "make_schedule", "make_train_step", "merge_model", "read_metrics",
-           "train"]
+           "environment", "evaluate_params", "group_stackable", "init_train_state", "lm_loss",
+           "make_eval_step", "make_optimizer", "make_schedule", "make_train_step", "merge_model",
+           "read_metrics", "train", "train_stacked"]
