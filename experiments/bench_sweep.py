@@ -6,9 +6,11 @@ The points are the quickstart's attention model (2 layers, width ``--width``) wi
 four learning rates and then further seeds (point i: rate i mod 4, seed i div 4). "separate" is
 N calls of ``jaxlm.train.train`` one after another in this process, each compiling its own
 step, as a sweep without ``--stack`` does; "stacked" is one ``train_stacked`` call. Both
-include compilation, the final evaluation and the checkpoint writes. Memory: the train state
-(parameters + AdamW moments) per member, and XLA's temporary buffers of one compiled step
-(``memory_analysis``) for one model and per member of the stack.
+include compilation, the final evaluation and the checkpoint writes. "warm step" times one
+compiled train step after a warm-up (``--reps`` of them): N times one model's step against
+the stack's step, what long runs approach. Memory: the train state (parameters + AdamW moments)
+per member, and XLA's temporary buffers of one compiled step (``memory_analysis``) for one
+model and per member of the stack.
 """
 
 from __future__ import annotations
@@ -51,22 +53,35 @@ def temp_bytes(compiled) -> float:
     return float("nan") if analysis is None else analysis.temp_size_in_bytes
 
 
-def step_memory(configs) -> tuple[int, float, float]:
+def step_costs(configs, reps: int) -> tuple[int, float, float, float, float]:
     """(train-state bytes per member, temp bytes of one model's step, of the stack's step per
-    member)."""
+    member, seconds of one model's step, of the stack's step), the steps compiled and warm."""
     graphdef, states = None, []
     for config in configs:
         graphdef, state = init_train_state(build_model(config), make_optimizer(config.train))
         states.append(state)
     batch = make_source(configs[0].data).batch(0, configs[0].train.batch_size, "train")
-    single = make_train_step(graphdef, make_optimizer(configs[0].train)).lower(
-        states[0], batch).compile()
+    single = make_train_step(graphdef, make_optimizer(configs[0].train))
     tcs = [c.train for c in configs]
     stacked_step = make_stacked_train_step(graphdef, tcs, shared_batch=True)
-    keys = stack([jax.random.key(0)] * len(configs))
-    compiled = stacked_step.lower(member_hyperparameters(tcs), keys, stack(states),
-                                  batch).compile()
-    return state_bytes(states[0]), temp_bytes(single), temp_bytes(compiled) / len(configs)
+    hyper, keys = member_hyperparameters(tcs), stack([jax.random.key(0)] * len(configs))
+    stacked_state = stack(states)
+    single_temp = temp_bytes(single.lower(states[0], batch).compile())
+    stacked_temp = temp_bytes(stacked_step.lower(hyper, keys, stacked_state, batch).compile())
+    state_size = state_bytes(states[0])
+
+    def timed(step, state, *args):
+        state = step(*args, state, batch)[0]  # compile and warm up
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            state = step(*args, state, batch)[0]
+        jax.block_until_ready(state)
+        return (time.perf_counter() - t0) / reps
+
+    one = timed(lambda state, b: single(state, b), states[0])
+    many = timed(lambda h, k, state, b: stacked_step(h, k, state, b), stacked_state, hyper, keys)
+    return state_size, single_temp, stacked_temp / len(configs), one, many
 
 
 def main() -> None:
@@ -74,6 +89,7 @@ def main() -> None:
     parser.add_argument("--n", default="4,8,16", help="numbers of points, comma-separated")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=10, help="warm steps timed per step kind")
     args = parser.parse_args()
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), width "
           f"{args.width}, {args.steps} steps per point")
@@ -89,16 +105,15 @@ def main() -> None:
             t0 = time.perf_counter()
             train_stacked(configs, [tmp / f"stacked{i}" for i in range(n)], progress=False)
             stacked = time.perf_counter() - t0
-        state, single_temp, member_temp = step_memory(configs)
-        rows.append((n, separate, stacked, separate / stacked, state / 2**20,
-                     single_temp / 2**20, member_temp / 2**20))
-    print("\n| N | separate s | stacked s | speed-up | state MiB / member "
-          "| step temp MiB, alone | step temp MiB / member, stacked |")
-    print("|---|---|---|---|---|---|---|")
-    for n, sep, stk, ratio, state, single, member in rows:
-        print(f"| {n} | {sep:.1f} | {stk:.1f} | {ratio:.2f}x | {state:.2f} | {single:.2f} | "
-              f"{member:.2f} |")
-
+        state, single_temp, member_temp, one, many = step_costs(configs, args.reps)
+        rows.append((n, separate, stacked, state / 2**20, single_temp / 2**20,
+                     member_temp / 2**20, one * 1e3, many * 1e3))
+    print("\n| N | separate s | stacked s | speed-up | warm step ms: N alone | stacked "
+          "| speed-up | state MiB / member | step temp MiB: alone | stacked / member |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, sep, stk, state, single, member, one, many in rows:
+        print(f"| {n} | {sep:.1f} | {stk:.1f} | {sep / stk:.2f}x | {n * one:.0f} | {many:.0f} "
+              f"| {n * one / many:.2f}x | {state:.2f} | {single:.2f} | {member:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()
