@@ -5,10 +5,11 @@ Run:  python experiments/bench_sweep.py [--n 4,8,16] [--steps 30] [--width 64]
 The points are the quickstart's attention model (2 layers, width ``--width``) with Zoology's
 four learning rates and then further seeds (point i: rate i mod 4, seed i div 4). "separate" is
 N calls of ``jaxlm.train.train`` one after another in this process, each compiling its own
-step, as a sweep without ``--stack`` does; "stacked" is one ``train_stacked`` call. Both
+step, as a sweep without ``--stack`` does; "stacked" is one ``train_stacked`` call (its
+default form: members one after another by ``lax.map`` on one CPU device, vmap elsewhere). Both
 include compilation, the final evaluation and the checkpoint writes. "warm step" times one
 compiled train step after a warm-up (``--reps`` of them): N times one model's step against
-the stack's step, what long runs approach. Memory: the train state (parameters + AdamW moments)
+the stack's step in both forms (vmap, lax.map), what long runs approach. Memory: the train state (parameters + AdamW moments)
 per member, and XLA's temporary buffers of one compiled step (``memory_analysis``) for one
 model and per member of the stack.
 """
@@ -53,9 +54,10 @@ def temp_bytes(compiled) -> float:
     return float("nan") if analysis is None else analysis.temp_size_in_bytes
 
 
-def step_costs(configs, reps: int) -> tuple[int, float, float, float, float]:
-    """(train-state bytes per member, temp bytes of one model's step, of the stack's step per
-    member, seconds of one model's step, of the stack's step), the steps compiled and warm."""
+def step_costs(configs, reps: int) -> tuple[int, float, float, float, float, float]:
+    """(train-state bytes per member, temp bytes of one model's step, of the vmapped stack's
+    step per member, seconds of one model's step, of the vmapped and of the lax.map stack's
+    step), the steps compiled and warm."""
     graphdef, states = None, []
     for config in configs:
         graphdef, state = init_train_state(build_model(config), make_optimizer(config.train))
@@ -64,8 +66,9 @@ def step_costs(configs, reps: int) -> tuple[int, float, float, float, float]:
     single = make_train_step(graphdef, make_optimizer(configs[0].train))
     tcs = [c.train for c in configs]
     stacked_step = make_stacked_train_step(graphdef, tcs, shared_batch=True)
+    mapped_step = make_stacked_train_step(graphdef, tcs, shared_batch=True, vectorize=False)
     hyper, keys = member_hyperparameters(tcs), stack([jax.random.key(0)] * len(configs))
-    stacked_state = stack(states)
+    stacked_state, mapped_state = stack(states), stack(states)
     single_temp = temp_bytes(single.lower(states[0], batch).compile())
     stacked_temp = temp_bytes(stacked_step.lower(hyper, keys, stacked_state, batch).compile())
     state_size = state_bytes(states[0])
@@ -79,9 +82,10 @@ def step_costs(configs, reps: int) -> tuple[int, float, float, float, float]:
         jax.block_until_ready(state)
         return (time.perf_counter() - t0) / reps
 
-    one = timed(lambda state, b: single(state, b), states[0])
-    many = timed(lambda h, k, state, b: stacked_step(h, k, state, b), stacked_state, hyper, keys)
-    return state_size, single_temp, stacked_temp / len(configs), one, many
+    one = timed(single, states[0])
+    vmapped = timed(stacked_step, stacked_state, hyper, keys)
+    mapped = timed(mapped_step, mapped_state, hyper, keys)
+    return state_size, single_temp, stacked_temp / len(configs), one, vmapped, mapped
 
 
 def main() -> None:
@@ -105,15 +109,16 @@ def main() -> None:
             t0 = time.perf_counter()
             train_stacked(configs, [tmp / f"stacked{i}" for i in range(n)], progress=False)
             stacked = time.perf_counter() - t0
-        state, single_temp, member_temp, one, many = step_costs(configs, args.reps)
+        state, single_temp, member_temp, one, vmapped, mapped = step_costs(configs, args.reps)
         rows.append((n, separate, stacked, state / 2**20, single_temp / 2**20,
-                     member_temp / 2**20, one * 1e3, many * 1e3))
-    print("\n| N | separate s | stacked s | speed-up | warm step ms: N alone | stacked "
-          "| speed-up | state MiB / member | step temp MiB: alone | stacked / member |")
+                     member_temp / 2**20, one * 1e3, vmapped * 1e3, mapped * 1e3))
+    print("\n| N | separate s | stacked s | speed-up | warm step ms: N alone | vmap | lax.map "
+          "| state MiB / member | step temp MiB: alone | vmap / member |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for n, sep, stk, state, single, member, one, many in rows:
-        print(f"| {n} | {sep:.1f} | {stk:.1f} | {sep / stk:.2f}x | {n * one:.0f} | {many:.0f} "
-              f"| {n * one / many:.2f}x | {state:.2f} | {single:.2f} | {member:.2f} |", flush=True)
+    for n, sep, stk, state, single, member, one, vmapped, mapped in rows:
+        print(f"| {n} | {sep:.1f} | {stk:.1f} | {sep / stk:.2f}x | {n * one:.0f} | "
+              f"{vmapped:.0f} ({n * one / vmapped:.2f}x) | {mapped:.0f} ({n * one / mapped:.2f}x) "
+              f"| {state:.2f} | {single:.2f} | {member:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

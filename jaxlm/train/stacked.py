@@ -126,9 +126,11 @@ def member_optimizer(train_config, hyper: dict[str, jax.Array]) -> optax.Gradien
     return optax.GradientTransformation(tx.init, update)
 
 
-def make_stacked_train_step(graphdef, train_configs: Sequence, *, shared_batch: bool):
+def make_stacked_train_step(graphdef, train_configs: Sequence, *, shared_batch: bool,
+                            vectorize: bool = True):
     """A jitted ``(hyper, mask_keys, states, batch) -> (states, metrics)``: the train step of
-    :func:`jaxlm.train.state.make_train_step` vmapped over the members. ``hyper``: the
+    :func:`jaxlm.train.state.make_train_step` vmapped over the members (``vectorize``), or run
+    for one member after another by ``jax.lax.map`` in the same program. ``hyper``: the
     differing fields of :data:`TRACED_FIELDS` as ``[members]`` arrays (see
     :func:`member_hyperparameters`); ``mask_keys``: MEAP's key per member; ``states``: a
     stacked :class:`TrainState` (donated); ``batch``: one batch for every member
@@ -141,8 +143,16 @@ def make_stacked_train_step(graphdef, train_configs: Sequence, *, shared_batch: 
                                input_mask_token=base.input_mask_token, mask_key=mask_key)
         return step(state, batch)
 
-    return jax.jit(jax.vmap(member, in_axes=(0, 0, 0, None if shared_batch else 0)),
-                   donate_argnums=2)
+    if vectorize:
+        return jax.jit(jax.vmap(member, in_axes=(0, 0, 0, None if shared_batch else 0)),
+                       donate_argnums=2)
+
+    def in_sequence(hyper, mask_keys, states, batch):
+        if shared_batch:
+            return jax.lax.map(lambda m: member(*m, batch), (hyper, mask_keys, states))
+        return jax.lax.map(lambda m: member(*m), (hyper, mask_keys, states, batch))
+
+    return jax.jit(in_sequence, donate_argnums=2)
 
 
 def member_hyperparameters(train_configs: Sequence) -> dict[str, jax.Array]:
@@ -179,7 +189,7 @@ def _place(tree, mesh: Mesh | None, stacked: bool = True):
 
 def train_stacked(configs: Sequence[Config], run_dirs: Sequence[str | pathlib.Path], *,
                   resume: bool = False, stop_after: int | None = None,
-                  progress: bool = True) -> list[TrainResult]:
+                  progress: bool = True, vectorize: bool | None = None) -> list[TrainResult]:
     """Trains every config of ``configs`` (members of one stack: they may differ only in
     :data:`MEMBER_FIELDS`) as one vmapped program, member ``i`` writing into ``run_dirs[i]``
     exactly what ``jaxlm.train.train(configs[i], run_dirs[i])`` writes.
@@ -188,6 +198,11 @@ def train_stacked(configs: Sequence[Config], run_dirs: Sequence[str | pathlib.Pa
     restarts from the latest checkpoint step all members hold (a stack interrupted while
     saving may have saved some members one step further; those re-train that stretch, which
     is deterministic, and skip re-saving and re-logging the steps they already hold).
+    ``vectorize``: True vmaps the step over the members (sharded over the devices when there
+    are several), False runs the members one after another inside the one program
+    (``jax.lax.map``: on one CPU device a vmapped step measured about 0.6x the speed of the
+    separate steps, the sequential one faster than them; see ``experiments/bench_sweep.py``);
+    None picks the sequential form on a single CPU device and vmap elsewhere.
     Returns one :class:`TrainResult` per member; ``seconds`` is the whole stack's wall time.
     Raises ``ConfigError`` naming the field when two configs cannot share a stack,
     ``FileExistsError`` when a run directory holds checkpoints and ``resume`` is False.
@@ -232,11 +247,15 @@ def train_stacked(configs: Sequence[Config], run_dirs: Sequence[str | pathlib.Pa
             (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
 
     mesh = member_mesh(len(configs))
+    if vectorize is None:
+        vectorize = mesh is not None or jax.default_backend() != "cpu"
+    mesh = mesh if vectorize else None
     state = _place(stack(states), mesh)
     del states
     sources = _sources(configs)
     shared_batch = len({id(s) for s in sources}) == 1
-    train_step = make_stacked_train_step(graphdef, tcs, shared_batch=shared_batch)
+    train_step = make_stacked_train_step(graphdef, tcs, shared_batch=shared_batch,
+                                         vectorize=vectorize)
     hyper = _place(member_hyperparameters(tcs), mesh)
     mask_keys = _place(jnp.stack([jax.random.fold_in(jax.random.key(t.seed), 2) for t in tcs]),
                        mesh)
