@@ -76,12 +76,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done; 2 a bad config, path or run directory (one line on stderr); 1 a
+    run stopped by a non-finite loss, or a sweep run that failed; ``PREEMPTED_EXIT`` (75)
+    stopped by SIGTERM / SIGINT after writing a checkpoint (rerun with ``--resume``)."""
+    from jaxlm.train import (PREEMPTED_EXIT, CheckpointError, NonFiniteTraining, RunDirBusy,
+                             TrainingInterrupted)
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (ConfigError, PretrainedError, FileNotFoundError, FileExistsError) as e:
+    except (ConfigError, PretrainedError, FileNotFoundError, FileExistsError, RunDirBusy,
+            CheckpointError) as e:
         print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteTraining as e:
+        print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as e:
+        print(f"jaxlm {args.command}: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ valid keys at that level, a bad value with the type expected, before anything co
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -125,6 +127,26 @@ class Config:
         if self.model.learned_positions and self.model.max_length < self.data.seq_len:
             raise ConfigError(f"model.max_length={self.model.max_length} is shorter than the "
                               f"task's seq_len={self.data.seq_len}")
+        for key, value in _flat(to_dict(self)).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        _check_heads_divide(self.model, "")
+        if self.model.kind in ("hierarchical", "word_pooled"):
+            _check_heads_divide(self.model.local_config(1), "model.words (the byte encoder "
+                                "and decoder, at model.words.d_local)")
+
+
+def _check_heads_divide(model: ModelConfig, where: str) -> None:
+    """Mixers that split d_model into n_heads heads (no explicit head_dim) need n_heads to
+    divide d_model; otherwise they would silently use d_model // n_heads."""
+    for name in dict.fromkeys(model.mixer_names()):
+        options = model.mixer_config(name)
+        heads = getattr(options, "n_heads", None)
+        if heads and getattr(options, "head_dim", None) is None and model.d_model % heads:
+            or_head_dim = (f" (or set model.{name}.head_dim)"
+                           if hasattr(options, "head_dim") else "")
+            raise ConfigError(f"{where + ': ' if where else ''}model.{name}.n_heads={heads} "
+                              f"must divide d_model={model.d_model}{or_head_dim}")
 
 
 
@@ -189,8 +211,7 @@ def _rebuild(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
     updates = {}
     for name, change in changes.items():
         if name not in fields:
-            valid = [prefix + k for k in config_keys(obj)]
-            raise ConfigError(f"unknown config key {_first_key(change)!r}; valid keys: {valid}")
+            raise ConfigError(_unknown_key(obj, _first_key(change), prefix))
         current = getattr(obj, name)
         if isinstance(change, _Leaf):
             if dataclasses.is_dataclass(current):
@@ -208,6 +229,18 @@ def _rebuild(obj: Any, changes: dict[str, Any], prefix: str) -> Any:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
+
+
+def _unknown_key(obj: Any, key: str, prefix: str) -> str:
+    """The error for an unknown ``key``: the closest few valid keys, or the names valid at
+    that level when none is close."""
+    valid = [prefix + k for k in config_keys(obj)]
+    close = difflib.get_close_matches(key, valid, n=5, cutoff=0.8)
+    if close:
+        return f"unknown config key {key!r}; closest valid keys: {close}"
+    level = [prefix + f.name for f in dataclasses.fields(obj)]
+    return (f"unknown config key {key!r}; valid names under {prefix.rstrip('.') or 'the root'}: "
+            f"{level}")
 
 
 _NONE_WORDS = ("none", "null")
@@ -277,6 +310,46 @@ def _type_name(hint: Any) -> str:
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+# Keys a resumed run may change: they change how long it runs, what it logs and where, not
+# what a step computes. train.steps stretches the learning-rate schedule from then on.
+RESUME_SAFE_KEYS = ("name", "train.steps", "train.log_every", "train.eval_every",
+                    "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints",
+                    "train.tensorboard", "probe.", "mesh.", "distributed.")
+
+
+def _safe_on_resume(key: str) -> bool:
+    return any(key == safe or (safe.endswith(".") and key.startswith(safe))
+               for safe in RESUME_SAFE_KEYS)
+
+
+def resume_changes(saved: Config, config: Config) -> dict[str, tuple[Any, Any]]:
+    """The keys ``config`` changes from the ``saved`` config of a run it resumes, as
+    ``{key: (old, new)}``, when every one is in ``RESUME_SAFE_KEYS``. Raises ``ConfigError``
+    listing every changed key (old -> new) when any other key changed."""
+    old, new = _flat(to_dict(saved)), _flat(to_dict(config))
+    changes = {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+               if old.get(key) != new.get(key)}
+    unsafe = [key for key in changes if not _safe_on_resume(key)]
+    if unsafe:
+        listed = ", ".join(f"{key}: {changes[key][0]!r} -> {changes[key][1]!r}"
+                           for key in unsafe)
+        raise ConfigError(f"the config differs from the one the run was trained with: {listed}; "
+                          f"resume with the run's config (its config.json), or start a new run "
+                          f"directory (keys that may change on resume: "
+                          f"{list(RESUME_SAFE_KEYS)})")
+    return changes
 
 
 def from_dict(cls: type, data: Mapping[str, Any]) -> Any:

@@ -124,3 +124,51 @@ def test_every_experiment_file_and_preset_builds_its_configs(path):
     assert len(experiment.configs()) >= 1
     for preset in experiment.presets:
         assert len(load_experiment(path, preset=preset).configs()) >= 1
+
+
+def test_run_dir_naming_a_file_fails_in_one_line(experiment, tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("")
+    assert main(["train", str(experiment), "--run-dir", str(target), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; give a directory" in err and "Errno" not in err
+
+
+def test_train_validates_what_it_trains_and_a_sweep_names_the_invalid_point(tmp_path):
+    """token_free.py's sweep has MrT5 points that a one-layer decoder base cannot satisfy:
+    `jaxlm train` with that base is fine, a sweep names the point that fails."""
+    from jaxlm.config import ConfigError
+    from jaxlm.runner import load_experiment
+    experiment = load_experiment(ROOT / "experiments" / "token_free.py",
+                                 ["model.kind=decoder", "model.n_layers=1"])
+    assert experiment.base.model.n_layers == 1
+    with pytest.raises(ConfigError, match=r"token_free.py: sweep point \d+ of \d+ \(kind=mrt5"):
+        experiment.configs()
+
+
+def test_sweep_worker_dies_with_its_parent(tmp_path):
+    """kill -9 of the parent: its worker gets SIGTERM (and would checkpoint and exit)."""
+    import os
+    import signal
+    import time
+    child = ("import sys, time; from jaxlm.runner.worker import die_with_parent; "
+             "die_with_parent(int(sys.argv[1])); print('armed', flush=True); time.sleep(120)")
+    parent = ("import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+              f"{child!r}, str(os.getpid())], stdout=subprocess.PIPE, text=True); "
+              "print(p.pid, p.stdout.readline().strip(), flush=True); p.wait()")
+    process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE,
+                               text=True)
+    pid, armed = process.stdout.readline().split()
+    assert armed == "armed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(int(pid), signal.SIGKILL)
+        pytest.fail("the worker outlived its parent")

@@ -76,3 +76,32 @@ def test_presets_and_length_sweeps_fail_clearly(tmp_path):
     assert with_seq_len(DataConfig(), 128).mqar.seq_len == 128
     with pytest.raises(ValueError, match="'set_disjointness' has no seq_len setting"):
         with_seq_len(DataConfig(task="set_disjointness"), 64)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.learning_rate=inf", r"train\.learning_rate must be a finite number, got inf"),
+    ("train.weight_decay=nan", r"train\.weight_decay must be .*got nan"),
+    ("model.d_model=30", r"model\.attention\.n_heads=4 must divide d_model=30"),
+])
+def test_non_finite_values_and_heads_that_do_not_divide_are_rejected(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(Config(), [override])
+    with pytest.raises(ConfigError, match="deltanet.n_heads=4 must divide d_model=30"):
+        apply_overrides(Config(), ["model.pattern=deltanet", "model.d_model=30"])
+
+
+def test_unknown_key_lists_the_closest_few_not_all():
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(Config(), ["model.d_modle=3"])
+    assert len(str(error.value)) < 300 and "'model.d_model'" in str(error.value)
+    with pytest.raises(ConfigError, match=r"valid names under model: \['model.kind'"):
+        apply_overrides(Config(), ["model.zzzz=3"])
+
+
+def test_resume_changes_allow_only_the_safe_keys():
+    from jaxlm.config import resume_changes
+    old = Config()
+    assert resume_changes(old, apply_overrides(old, ["train.steps=5", "probe.seed=3"])) == {
+        "probe.seed": (1234, 3), "train.steps": (1000, 5)}
+    with pytest.raises(ConfigError, match=r"model\.pattern: 'attention' -> 'mamba'"):
+        resume_changes(old, apply_overrides(old, ["model.pattern=mamba", "train.steps=5"]))

@@ -77,6 +77,7 @@ def regression_prompt(key: jax.Array, config: LinearRegressionConfig
 
 def interleave(xs: jax.Array, ys: jax.Array) -> jax.Array:
     """xs [..., k, d], ys [..., k] -> the model's input rows [..., 2k, d+1]."""
+    xs, ys = jnp.asarray(xs), jnp.asarray(ys)
     zeros_x = jnp.zeros(ys.shape + (1,), xs.dtype)
     x_rows = jnp.concatenate([xs, zeros_x], axis=-1)
     y_rows = jnp.concatenate([jnp.zeros_like(xs), ys[..., None]], axis=-1)
@@ -86,6 +87,7 @@ def interleave(xs: jax.Array, ys: jax.Array) -> jax.Array:
 
 def deinterleave(inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The inverse of :func:`interleave`: rows [..., 2k, d+1] -> (xs [..., k, d], ys [..., k])."""
+    inputs = jnp.asarray(inputs)
     return inputs[..., 0::2, :-1], inputs[..., 1::2, -1]
 
 

@@ -91,6 +91,7 @@ class Attention(nnx.Module):
                                  rope_low_freq_factor, rope_high_freq_factor,
                                  rope_original_max_length, recycle_every, recycle_top_k)
         self.recycle_every, self.recycle_top_k = recycle_every, recycle_top_k
+        self.d_model = d_model
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = head_dim or d_model // n_heads

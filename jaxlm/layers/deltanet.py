@@ -52,6 +52,7 @@ class DeltaNet(nnx.Module):
                  chunk_size: int = 64, impl: str = "auto", gated: bool = False,
                  rngs: nnx.Rngs):
         DeltaNetConfig(n_heads, conv_width, chunk_size, impl)
+        self.d_model = d_model
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.chunk_size, self.impl, self.gated = chunk_size, impl, gated
         width = n_heads * self.head_dim

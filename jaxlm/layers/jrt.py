@@ -48,6 +48,7 @@ class JRT(nnx.Module):
                  feature_dim: int = 8, prefix_length: int = 32, chunk_size: int = 64,
                  impl: str = "auto", rngs: nnx.Rngs):
         JRTConfig(n_heads, feature_map, feature_dim, prefix_length, chunk_size, impl)
+        self.d_model = d_model
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.feature_map, self.feature_dim = feature_map, feature_dim
         self.prefix_length, self.chunk_size, self.impl = prefix_length, chunk_size, impl

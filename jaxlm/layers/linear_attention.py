@@ -58,6 +58,7 @@ class LinearAttention(nnx.Module):
                  feature_dim: int | None = None, normalize: bool = True, chunk_size: int = 64,
                  impl: str = "auto", rngs: nnx.Rngs):
         LinearAttentionConfig(n_heads, feature_map, feature_dim, normalize, chunk_size, impl)
+        self.d_model = d_model
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.feature_dim = feature_dim or self.head_dim
         self.feature_map, self.normalize = feature_map, normalize
@@ -114,6 +115,7 @@ class GLA(nnx.Module):
     def __init__(self, d_model: int, *, n_heads: int = 4, expand_k: float = 0.5,
                  gate_low_rank: int = 16, gate_temperature: float = 16.0, chunk_size: int = 64,
                  impl: str = "auto", rngs: nnx.Rngs):
+        self.d_model = d_model
         self.n_heads = n_heads
         self.key_dim = max(int(d_model * expand_k) // n_heads, 1)
         self.head_dim = d_model // n_heads

@@ -50,6 +50,7 @@ class LMU(nnx.Module):
                  theta: float = 64.0, impl: str = "auto", rngs: nnx.Rngs):
         LMUConfig(n_inputs, order, theta, impl)
         self.n_inputs, self.order, self.theta, self.impl = n_inputs, order, float(theta), impl
+        self.d_model = d_model
         self.in_proj = nnx.Linear(d_model, n_inputs, rngs=rngs)
         self.out_proj = nnx.Linear(n_inputs * order + d_model, d_model, rngs=rngs)
 

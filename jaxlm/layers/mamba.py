@@ -60,6 +60,7 @@ class Mamba(nnx.Module):
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
                  chunk_size: int = 64, impl: str = "auto", rngs: nnx.Rngs):
         MambaConfig(d_state, d_conv, expand, dt_rank, dt_min, dt_max, chunk_size, impl)
+        self.d_model = d_model
         self.d_inner = d_inner = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.d_state, self.chunk_size, self.impl = d_state, chunk_size, impl
@@ -69,8 +70,10 @@ class Mamba(nnx.Module):
         self.dt_proj = nnx.Linear(self.dt_rank, d_inner, use_bias=False, rngs=rngs)
         self.dt_bias = nnx.Param(_dt_bias(rngs.params(), (d_inner,), dt_min, dt_max))
         a = jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (d_inner, d_state))
-        self.a_log = nnx.Param(jnp.log(a))
-        self.d_skip = nnx.Param(jnp.ones((d_inner,)))
+        # weight_decay=False: excluded from weight decay, as the reference implementation's
+        # _no_weight_decay marks (jaxlm.train.optim reads it)
+        self.a_log = nnx.Param(jnp.log(a), weight_decay=False)
+        self.d_skip = nnx.Param(jnp.ones((d_inner,)), weight_decay=False)
         self.out_proj = nnx.Linear(d_inner, d_model, use_bias=False, rngs=rngs)
 
     def _ssm_inputs(self, x_conv):
@@ -147,6 +150,7 @@ class Mamba2(nnx.Module):
         self.n_heads = d_inner // head_dim
         if self.n_heads % n_groups:
             raise ValueError(f"Mamba2: n_groups={n_groups} must divide the {self.n_heads} heads")
+        self.d_model = d_model
         self.head_dim, self.d_state, self.n_groups = head_dim, d_state, n_groups
         self.chunk_size, self.impl = chunk_size, impl
         conv_width = d_inner + 2 * n_groups * d_state
@@ -154,8 +158,10 @@ class Mamba2(nnx.Module):
                                   rngs=rngs)
         self.conv = ShortConv(conv_width, d_conv, rngs=rngs)
         a_log, dt_bias = head_decay_init(rngs.params(), self.n_heads, dt_min, dt_max)
-        self.a_log, self.dt_bias = nnx.Param(a_log), nnx.Param(dt_bias)
-        self.d_skip = nnx.Param(jnp.ones((self.n_heads,)))
+        # no weight decay on A_log, dt_bias and D, as in the reference implementation
+        self.a_log = nnx.Param(a_log, weight_decay=False)
+        self.dt_bias = nnx.Param(dt_bias, weight_decay=False)
+        self.d_skip = nnx.Param(jnp.ones((self.n_heads,)), weight_decay=False)
         self.norm = nnx.RMSNorm(d_inner, epsilon=norm_eps, rngs=rngs)
         self.out_proj = nnx.Linear(d_inner, d_model, use_bias=False, rngs=rngs)
 

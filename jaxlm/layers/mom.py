@@ -49,6 +49,7 @@ class MoM(nnx.Module):
                  memory: str = "delta", shared_memory: bool = True, chunk_size: int = 64,
                  impl: str = "auto", rngs: nnx.Rngs):
         MoMConfig(n_heads, n_memories, top_k, memory, shared_memory, chunk_size, impl)
+        self.d_model = d_model
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.n_memories, self.top_k, self.memory = n_memories, top_k, memory
         self.n_slots = n_memories + int(shared_memory)  # routed memories, then the shared one

@@ -31,7 +31,7 @@ from flax import nnx
 from jaxlm.ops.attention import attention_mask
 from jaxlm.ops.ngram import context_matches
 from jaxlm.ops.pointer import pointer_sentinel_log_probs
-from jaxlm.ops.segments import segment_starts
+from jaxlm.ops.segments import document_ids, segment_starts
 
 
 class PointerSentinel(nnx.Module):
@@ -78,6 +78,7 @@ class PointerSentinel(nnx.Module):
 
     def __call__(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array, *,
                  segment_ids: jax.Array | None = None) -> jax.Array:
+        segment_ids = document_ids(segment_ids)  # a document: a maximal run of equal ids
         return self._parallel(h, vocab_logits, tokens, self._keys(h, segment_ids), segment_ids)
 
     def _parallel(self, h: jax.Array, vocab_logits: jax.Array, tokens: jax.Array,

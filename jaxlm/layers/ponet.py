@@ -56,7 +56,7 @@ class PoNet(nnx.Module):
         PoNetConfig(n_heads, segment_size, window, causal, impl)
         if d_model % n_heads:
             raise ValueError(f"ponet: n_heads={n_heads} must divide d_model={d_model}")
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.segment_size, self.window, self.causal, self.impl = (segment_size, window, causal,
                                                                   impl)
         self.in_proj = nnx.Linear(d_model, 6 * d_model, rngs=rngs)  # H_Q, H_K, H_V, H_O, H_S, H_L

@@ -64,6 +64,7 @@ class RNN(nnx.Module):
             raise ValueError(f"{cell}: n_heads={n_heads} must divide d_model={d_model}")
         gates = CELLS[cell][0]
         self.cell, self.impl = cell, impl
+        self.d_model = d_model
         self.n_heads, self.head_dim, self.n_gates = n_heads, d_model // n_heads, len(gates)
         self.in_proj = nnx.Linear(d_model, len(gates) * d_model, rngs=rngs)
         bias = np.zeros((n_heads, len(gates), self.head_dim), np.float32)

@@ -19,7 +19,8 @@ from jaxlm.ops.s4 import bilinear_lower, dense_ssm, dense_ssm_step, s4_discrete,
 def _complex_param(x: np.ndarray, channels: int) -> nnx.Param:
     """[N/2] complex -> a real [2, channels, N/2] parameter (real and imaginary parts)."""
     parts = np.stack([x.real, x.imag]).astype(np.float32)[:, None]
-    return nnx.Param(jnp.asarray(np.broadcast_to(parts, (2, channels, x.shape[-1]))))
+    return nnx.Param(jnp.asarray(np.broadcast_to(parts, (2, channels, x.shape[-1]))),
+                     weight_decay=False)
 
 
 class NPLRSSM(nnx.Module):
@@ -31,15 +32,17 @@ class NPLRSSM(nnx.Module):
                  dt_max: float = 0.1, impl: str = "auto", rngs: nnx.Rngs):
         Lambda, P, B, _ = nplr_legs(d_state)
         half = d_state // 2
+        # Λ, P, B and Δ get no weight decay (S4's reference registers them with
+        # weight_decay 0; C is decayed)
         self.lambda_log_re = nnx.Param(jnp.full((channels, half), np.log(-Lambda.real[0]),
-                                                jnp.float32))
+                                                jnp.float32), weight_decay=False)
         self.lambda_im = nnx.Param(jnp.asarray(np.broadcast_to(
-            Lambda.imag.astype(np.float32), (channels, half))))
+            Lambda.imag.astype(np.float32), (channels, half))), weight_decay=False)
         self.p, self.b = _complex_param(P, channels), _complex_param(B, channels)
         key = rngs.params()
         self.c = nnx.Param(jax.random.normal(key, (2, channels, half)) * 0.5 ** 0.5)
         self.log_dt = nnx.Param(log_uniform_dt(jax.random.fold_in(key, 1), channels, dt_min,
-                                               dt_max))
+                                               dt_max), weight_decay=False)
         self.channels, self.d_state, self.impl = channels, d_state, impl
 
     def params(self):

@@ -24,11 +24,14 @@ class DiagonalSSM(nnx.Module):
                  dt_max: float = 0.1, discretization: str = "zoh", impl: str = "auto",
                  rngs: nnx.Rngs):
         log_re, im = s4d_init(init, channels, d_state)
-        self.a_log_re, self.a_im = nnx.Param(log_re), nnx.Param(im)
+        # A and Δ get no weight decay (S4D's reference registers them with weight_decay 0;
+        # C is decayed)
+        self.a_log_re = nnx.Param(log_re, weight_decay=False)
+        self.a_im = nnx.Param(im, weight_decay=False)
         key = rngs.params()
         self.c = nnx.Param(jax.random.normal(key, (2, channels, d_state)) * 0.5 ** 0.5)
         self.log_dt = nnx.Param(log_uniform_dt(jax.random.fold_in(key, 1), channels, dt_min,
-                                               dt_max))
+                                               dt_max), weight_decay=False)
         self.channels, self.d_state, self.impl = channels, d_state, impl
         self.discretization = discretization
 
@@ -64,6 +67,7 @@ class SSMBlock(nnx.Module):
     same."""
 
     def __init__(self, ssm: nnx.Module, d_model: int, *, rngs: nnx.Rngs):
+        self.d_model = d_model
         self.ssm = ssm
         self.d_skip = nnx.Param(jax.random.normal(rngs.params(), (d_model,)))
         self.out_proj = nnx.Linear(d_model, 2 * d_model, rngs=rngs)
@@ -142,6 +146,7 @@ class H3(nnx.Module):
         H3Config(head_dim, d_state, shift_width, dt_min, dt_max, impl)
         if d_model % head_dim:
             raise ValueError(f"H3: head_dim={head_dim} must divide d_model={d_model}")
+        self.d_model = d_model
         self.n_heads, self.head_dim = d_model // head_dim, head_dim
         self.qkv_proj = nnx.Linear(d_model, 3 * d_model, use_bias=False, rngs=rngs)
         self.shift = ShortConv(d_model, shift_width, rngs=rngs)

@@ -1,6 +1,10 @@
 """Autoregressive sampling: the prompt is read by ``prefill`` (each mixer's parallel form where
 it has one), new tokens come from the recurrent ``step`` path (O(1) state per token for
-recurrent mixers, a KV cache for attention)."""
+recurrent mixers, a KV cache for attention).
+
+Generation always runs the model in evaluation mode (no dropout, MrT5's hard deletion,
+lexinvariant models' fixed tables), on a view of the model: a model in training mode stays in
+training mode (see :func:`eval_view`)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jaxlm.models.lm import DecoderLM
 
@@ -15,17 +20,33 @@ if TYPE_CHECKING:
     from jaxlm.data.subword import Subwords
 
 
+def eval_view(model: nnx.Module) -> nnx.Module:
+    """``model`` in evaluation mode (``model.eval()``: dropout off, every ``deterministic``
+    attribute True) as a new module over the same arrays; ``model`` itself keeps its mode.
+    Works inside ``jax.jit`` (nnx.split / nnx.merge)."""
+    graphdef, state = nnx.split(model)
+    view = nnx.merge(graphdef, state)
+    view.eval()
+    return view
+
+
 def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
              key: jax.Array | None = None, temperature: float = 0.0) -> jax.Array:
     """Continues ``prompt`` by ``max_new_tokens`` tokens.
 
-    prompt: [batch, prompt_length] int. ``temperature=0`` is greedy (argmax); otherwise tokens are
-    sampled from softmax(logits / temperature) with ``key``. Returns
+    prompt: [batch, prompt_length] int (any array-like). ``temperature=0`` is greedy (argmax);
+    otherwise tokens are sampled from softmax(logits / temperature) with ``key``. Returns
     [batch, prompt_length + max_new_tokens] (the prompt, then the new tokens). Jit-compatible.
+    The model runs in evaluation mode (:func:`eval_view`), also when it is in training mode;
+    its mode is left as it was.
     """
+    prompt = jnp.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"generate: prompt must have shape [batch, prompt_length >= 1], "
                          f"got {tuple(prompt.shape)}")
+    if not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(f"generate: prompt must hold integer token ids, got dtype "
+                         f"{prompt.dtype}")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0:
@@ -33,6 +54,7 @@ def generate(model: DecoderLM, prompt: jax.Array, *, max_new_tokens: int,
     if temperature > 0 and key is None:
         raise ValueError("generate: a key is required when temperature > 0")
     key = jax.random.key(0) if key is None else key
+    model = eval_view(model)
     prompt_length = prompt.shape[1]
     logits, state = model.prefill(prompt, max_length=prompt_length + max_new_tokens)
 
@@ -66,7 +88,8 @@ def generate_text(model, prompt: str, *, max_new_bytes: int, key: jax.Array | No
     take their tokenizer as ``subwords`` (a ``jaxlm.data.subword.Subwords``, e.g.
     ``jaxlm.data.text.subwords(path, max_bytes, vocab)``, which relearns the training run's
     merges deterministically); they generate up to ``max_new_bytes`` pieces and the continuation
-    is cut at ``max_new_bytes`` bytes. The prompt is read after a BOS, as in training."""
+    is cut at ``max_new_bytes`` bytes. The prompt is read after a BOS, as in training. The model
+    runs in evaluation mode; its own mode is left as it was."""
     from jaxlm.data.text import BOS, decode, encode
     from jaxlm.models.words import WordLM, generate_words
 

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.ops.checks import accepts_numpy
+
 
 class LinearSelfAttention(nnx.Module):
     """f(E) = E + W_PV E (E^T W_KQ E) / N; ``__call__(xs [batch, N+1, d], ys [batch, N+1])``
@@ -44,6 +46,7 @@ class LinearSelfAttention(nnx.Module):
         return lsa_predict(self.w_pv[...], self.w_kq[...], xs, ys)
 
 
+@accepts_numpy
 def lsa_predict(w_pv: jax.Array, w_kq: jax.Array, xs: jax.Array, ys: jax.Array) -> jax.Array:
     """The bottom-right entry of f(E): xs [batch, N+1, d], ys [batch, N+1] -> [batch]."""
     n = xs.shape[1] - 1

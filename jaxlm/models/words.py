@@ -32,6 +32,7 @@ from flax import nnx
 from jaxlm.data.mqar import IGNORE
 from jaxlm.data.text import EOW, PAD
 from jaxlm.models.config import ModelConfig
+from jaxlm.models.generate import eval_view
 from jaxlm.models.lm import Block
 from jaxlm.ops.words import WordLayout, word_layout
 
@@ -164,6 +165,8 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
     by byte, until ``EOW`` or ``max_word_len`` bytes. The prompt's last word is continued first
     (it may not be finished). It stops after ``max_new_words`` words, after the word that
     reaches ``max_new_bytes`` new bytes, or at an empty word. ``temperature=0`` is greedy.
+    The model runs in evaluation mode (``jaxlm.models.generate.eval_view``); its own mode is
+    left as it was.
     """
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim != 1 or prompt.shape[0] < 1:
@@ -182,7 +185,7 @@ def generate_words(model: WordLM, prompt: jax.Array, *, max_new_words: int,
     table[0, :count], lengths[0, :count] = layout.words[0, :count], layout.lengths[0, :count]
     index = count - 1  # the word being spelled: first the prompt's last one
     word = [int(b) for b in table[0, index, :lengths[0, index]]]
-    graphdef, state = nnx.split(model)
+    graphdef, state = nnx.split(eval_view(model))
 
     @jax.jit
     def context_of(state, table, lengths, index):  # the decoder input of word ``index``

@@ -10,7 +10,7 @@ from jaxlm.ops.linear_attention import (gated_linear_attention, gated_linear_att
 from jaxlm.ops.ngram import context_matches
 from jaxlm.ops.pointer import pointer_sentinel_log_probs
 from jaxlm.ops.rope import apply_rope
-from jaxlm.ops.segments import segment_positions, segment_starts
+from jaxlm.ops.segments import document_ids, segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
 from jaxlm.ops.hippo import hippo_legs, hippo_legt, nplr_legs
 from jaxlm.ops.lmu import legt_zoh, lmu_memory, lmu_memory_step
@@ -29,7 +29,7 @@ __all__ = [
     "Impl", "apply_rope", "attention", "attention_mask", "attention_plan", "bilinear",
     "bilinear_lower", "bilinear_nplr", "block_sparse_attention", "causal_conv1d",
     "causal_conv1d_step", "context_matches", "cudnn_attention", "delta_rule", "dense_ssm",
-    "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step", "fft_causal_conv",
+    "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step", "document_ids", "fft_causal_conv",
     "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
     "gated_linear_attention_step", "hippo_legs", "hippo_legt", "krylov_kernel",
     "lambda_attention", "lambda_mask", "legt_zoh", "linear_attention", "lmu_memory",

@@ -22,18 +22,22 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import Impl, check_positive, check_qkv, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_positive, check_qkv,
+                              check_shape, nonfinite_reach, poison, resolve_impl, split_nonfinite)
+from jaxlm.ops.segments import document_ids
 
 _OP = "attention"
 
 
+@accepts_numpy
 def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: int | None,
                    q_segment: jax.Array | None = None,
                    k_segment: jax.Array | None = None) -> jax.Array:
     """Which keys each query may read.
 
     q_pos: [..., q_len] and k_pos: [..., k_len] integer positions (broadcastable leading axes);
-    q_segment / k_segment: matching document ids or None.
+    q_segment / k_segment: matching canonical document ids
+    (:func:`jaxlm.ops.segments.document_ids`: equal ids mean one document) or None.
     Returns bool [..., q_len, k_len]. With ``causal``, query i reads keys j <= i; with
     ``window=w``, also i - w < j (and, when not causal, j < i + w); keys of another document
     are never read.
@@ -50,6 +54,7 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, *, causal: bool, window: 
     return mask
 
 
+@accepts_numpy
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                      scale: float, bias: jax.Array | None = None) -> jax.Array:
     """Materialized attention for an explicit mask (also the KV-cache decode path and the
@@ -60,7 +65,12 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     batch or heads may be 1 to broadcast). A query whose row allows no key gets 0.
     bias: float [batch, q_len, k_len] added to every head's scores (e.g. MrT5's soft deletion).
     Returns [batch, q_len, heads, dv] in q's dtype; scores and softmax run in at least float32.
+    A non-finite q, k or v entry sets NaN only in the outputs whose mask reads it (the mask is
+    applied with ``where``, never as a product with zeros, forward and backward).
     """
+    q, q_bad = split_nonfinite(q, 3)  # [batch, q_len, heads]
+    k, k_bad = split_nonfinite(k, 3)
+    v, v_bad = split_nonfinite(v, 3)
     batch, q_len, heads, _ = q.shape
     kv_heads = k.shape[2]
     acc = jnp.promote_types(q.dtype, jnp.float32)
@@ -77,9 +87,15 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     scores = jnp.where(mask, scores, jnp.finfo(acc).min)
     probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), jax.nn.softmax(scores, axis=-1), 0)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(acc))
-    return out.reshape(batch, q_len, heads, v.shape[-1]).astype(q.dtype)
+    kv_bad = jnp.moveaxis(k_bad | v_bad, 1, 2)[:, :, None, None, :]  # [batch, kvh, 1, 1, k]
+    reach = jnp.any(mask & kv_bad, axis=-1)  # [batch, kvh, g, q] (g, kvh may be 1)
+    reach = jnp.broadcast_to(reach, (batch, kv_heads, heads // kv_heads, q_len))
+    reach = jnp.moveaxis(reach, 3, 1).reshape(batch, q_len, heads) | q_bad
+    out = out.reshape(batch, q_len, heads, v.shape[-1])
+    return poison(out, reach).astype(q.dtype)
 
 
+@accepts_numpy
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
               window: int | None = None, segment_ids: jax.Array | None = None,
               scale: float | None = None, bias: jax.Array | None = None,
@@ -93,7 +109,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
       causal: query i reads keys j <= i.
       window: sliding window ``w``: query i reads keys with i - w < j <= i (``|i - j| < w`` when
         not causal). None means unlimited.
-      segment_ids: [batch, length] document ids of packed rows; no token reads another document.
+      segment_ids: [batch, length] ids of packed rows; no token reads another document, a
+        document being a maximal run of equal ids ([0, 1, 0] are three documents).
       scale: multiplies q·k; defaults to head_dim ** -0.5.
       bias: [batch, length (queries), length (keys)] float added to every head's scores (e.g.
         MrT5's soft deletion); only the reference form takes one ("auto" picks it).
@@ -107,8 +124,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         (padded inside).
 
     Returns:
-      [batch, length, heads, v_head_dim] in q's dtype.
+      [batch, length, heads, v_head_dim] in q's dtype (integer inputs are promoted to the
+      default float); empty for length 0 or batch 0. Causal also under non-finite inputs: a
+      NaN or Inf in q, k or v at position s sets NaN only in the outputs that read s (with
+      ``causal``, never an earlier one), in every form.
     """
+    q, k, v, bias = as_floats(q, k, v, bias)
     check_qkv(_OP, q, k, v)
     batch, length, heads, head_dim = q.shape
     check_positive(_OP, "window", window)
@@ -126,24 +147,36 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         chosen = Impl.REFERENCE
     if chosen is Impl.AUTO:
         chosen = _auto_form(q, v, causal=causal, window=window, segment_ids=segment_ids)
+    if batch == 0 or length == 0:
+        return jnp.zeros((batch, length, heads, v.shape[-1]), q.dtype)
+    doc = document_ids(segment_ids)
+    if chosen is Impl.REFERENCE:
+        pos = jnp.arange(length)
+        mask = attention_mask(pos, pos, causal=causal, window=window, q_segment=doc,
+                              k_segment=doc)
+        mask = jnp.broadcast_to(mask, (batch, length, length))
+        return masked_attention(q, k, v, mask, scale, bias=bias)
+    # The blocks multiply masked weights by values: run them on finite inputs and set NaN
+    # where a non-finite input is read (O(length): only the nearest one matters).
+    q, q_bad = split_nonfinite(q, 3)
+    k, k_bad = split_nonfinite(k, 3)
+    v, v_bad = split_nonfinite(v, 3)
+    kv_bad = jnp.repeat(k_bad | v_bad, heads // k.shape[2], axis=2)
+    reach = q_bad | nonfinite_reach(kv_bad, doc, causal=causal, window=window)
     if chosen in (Impl.SPLASH, Impl.CUDNN):
         from jaxlm.ops.attention_backends import library_attention
 
-        return library_attention(chosen.value, q, k, v, causal=causal, window=window,
-                                 segment_ids=segment_ids, scale=scale)
-    if chosen.is_pallas:
+        out = library_attention(chosen.value, q, k, v, causal=causal, window=window,
+                                segment_ids=doc, scale=scale)
+    elif chosen.is_pallas:
         from jaxlm.kernels.flash_attention import flash_attention
 
-        return flash_attention(q, k, v, causal=causal, window=window, segment_ids=segment_ids,
-                               scale=scale, block_size=block_size, interpret=chosen.interpret)
-    if chosen is Impl.REFERENCE:
-        pos = jnp.arange(length)
-        mask = attention_mask(pos, pos, causal=causal, window=window,
-                              q_segment=segment_ids, k_segment=segment_ids)
-        mask = jnp.broadcast_to(mask, (batch, length, length))
-        return masked_attention(q, k, v, mask, scale, bias=bias)
-    return _blockwise_attention(q, k, v, segment_ids, causal=causal, window=window,
-                                scale=scale, block_size=block_size)
+        out = flash_attention(q, k, v, causal=causal, window=window, segment_ids=doc,
+                              scale=scale, block_size=block_size, interpret=chosen.interpret)
+    else:
+        out = _blockwise_attention(q, k, v, doc, causal=causal, window=window, scale=scale,
+                                   block_size=block_size)
+    return poison(out, reach)
 
 
 def _auto_form(q, v, *, causal, window, segment_ids) -> Impl:

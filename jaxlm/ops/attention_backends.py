@@ -42,6 +42,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import accepts_numpy
+
 # The XLA forms, as ``auto`` picked them before library kernels: on CPU the materialized
 # reference below this many positions; on accelerators wherever its [batch, heads, length,
 # length] float32 scores fit this budget; else the blockwise form.
@@ -169,6 +171,7 @@ def splash_block(length: int) -> int:
     return next(b for b in _SPLASH_BLOCKS if lanes % b == 0)
 
 
+@accepts_numpy
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                      window: int | None = None, segment_ids: jax.Array | None = None,
                      scale: float | None = None, block_size: int | None = None,
@@ -239,6 +242,7 @@ def _splash_kernel(heads: int, length: int, causal: bool, window: int | None, bl
 # cuDNN (GPU).
 
 
+@accepts_numpy
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                     window: int | None = None, segment_ids: jax.Array | None = None,
                     scale: float | None = None, implementation: str = "cudnn") -> jax.Array:

@@ -3,7 +3,7 @@
 Inputs arrive channels-last, ``[batch, length, heads, ...]``; inside, the ops work on
 ``[chunks, batch, heads, chunk, ...]`` so that a ``lax.scan`` over the leading axis passes the
 state from chunk to chunk. Ragged lengths are padded with positions that leave the state
-unchanged (zero keys, zero log-gates, the last segment id). :func:`linear_recurrence` is the
+unchanged (zero keys, zero log-gates, no cuts). :func:`linear_recurrence` is the
 parallel scan of h_t = a_t h_{t-1} + b_t shared by the diagonal and selective state spaces.
 """
 
@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import check_positive, check_rank, check_shape
-from jaxlm.ops.segments import pad_segments
+from jaxlm.ops.checks import check_positive, check_rank, check_shape, guard_scan
 
 
 def heads_first(x: jax.Array) -> jax.Array:
@@ -45,21 +44,17 @@ def from_chunks(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
 
 
-def prepare_segments(segment_ids: jax.Array | None, batch: int, padded: int,
-                     chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Per-chunk segment ids and the id each chunk's incoming state belongs to.
-
-    Returns (seg [n, batch, chunk], seg_prev [n, batch]): ``seg_prev[c]`` is the id of the
-    position just before chunk c (for the first chunk, the id of position 0, so an initial
-    state belongs to the row's first document). Padding repeats the last id.
-    """
-    if segment_ids is None:
-        seg = jnp.zeros((batch, padded), jnp.int32)
-    else:
-        seg = pad_segments(segment_ids.astype(jnp.int32), padded)
-    prev = jnp.concatenate([seg[:, :1], seg[:, chunk - 1:-1:chunk]], axis=1)  # [batch, n]
-    seg = jnp.moveaxis(seg.reshape(batch, padded // chunk, chunk), 1, 0)
-    return seg, prev.T
+def chunk_cuts(starts: jax.Array, log_decay: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Where nothing earlier reaches: a document start or a decay exp(log_decay) that is exactly
+    0 (a log-gate of -inf, or below about -104 in float32). starts: bool [batch, length];
+    log_decay: [batch, heads, length, ...] (per head or per channel). Returns (cuts, bool as
+    log_decay; log_decay with 0 at the cuts): every partial sum of the cleaned log-decays is
+    finite, so exp of a difference of two never meets inf - inf, and products across a cut
+    are masked by comparing cut counts (``jnp.cumsum(cuts)``) instead."""
+    starts = starts.reshape(starts.shape[:1] + (1,) + starts.shape[1:]
+                            + (1,) * (log_decay.ndim - 3))
+    cuts = starts | (jnp.exp(log_decay) == 0)
+    return cuts, jnp.where(cuts, jnp.zeros((), log_decay.dtype), log_decay)
 
 
 def check_recurrent_inputs(op: str, q, k, v, *, chunk_size: int, segment_ids,
@@ -101,3 +96,32 @@ def linear_recurrence(decay: jax.Array, inputs: jax.Array, initial: jax.Array) -
         return left[0] * right[0], right[0] * left[1] + right[1]
 
     return jax.lax.associative_scan(combine, (decay, inputs), axis=1)[1]
+
+
+def empty_result(q: jax.Array, v: jax.Array, initial_state: jax.Array | None
+                 ) -> tuple[jax.Array, jax.Array]:
+    """What a recurrent op returns for batch 0 or length 0: (o zeros [batch, length, heads,
+    d_v] in v's dtype, the initial state, zeros when None, in the accumulation dtype)."""
+    batch, length, heads, dk = q.shape
+    acc = jnp.promote_types(jnp.result_type(q, v), jnp.float32)
+    state = (jnp.zeros((batch, heads, dk, v.shape[-1]), acc) if initial_state is None
+             else initial_state.astype(acc))
+    return jnp.zeros((batch, length, heads, v.shape[-1]), v.dtype), state
+
+
+def guard_nonfinite(run, q, k, v, gates, initial_state, doc):
+    """``run(q, k, v, gates, initial_state) -> (out [batch, length, heads, d_v], final state
+    [batch, heads, ...])`` on inputs whose non-finite entries are zeroed, with NaN set where a
+    non-finite input reaches, per head, as in the recurrence itself
+    (:func:`jaxlm.ops.checks.guard_scan`). So outputs before a NaN stay exact, in every form
+    (a chunk's products would otherwise multiply later NaNs by masked zeros).
+
+    q, k, v: [batch, length, heads, ...]; gates: ((array [batch, length, heads(, ...)] or None,
+    allow_neg_inf), ...), where a log-gate of -inf is a valid full reset; doc: [batch, length]
+    canonical document ids or None."""
+    plain = [g if not neg_inf else None for g, neg_inf in gates]
+    logs = [g if neg_inf else None for g, neg_inf in gates]
+    (k, v, *plain), (q,), logs, initial_state, finish = guard_scan(
+        [k, v, *plain], [q], logs, initial_state, doc, keep=3)
+    cleaned = tuple(p if not neg_inf else g for p, g, (_, neg_inf) in zip(plain, logs, gates))
+    return finish(*run(q, k, v, cleaned, initial_state))

@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_shape, resolve_impl
-from jaxlm.ops.segments import segment_starts
+from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_shape, resolve_impl
+from jaxlm.ops.segments import document_ids, segment_starts
 
 DEFAULT_CHUNK = 64
 
 
+@accepts_numpy
 def delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, *,
                scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
                initial_state: jax.Array | None = None, return_final_state: bool = False,
@@ -40,6 +41,7 @@ def delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, *,
                             segment_ids=segment_ids, impl=impl)
 
 
+@accepts_numpy
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
                      log_alpha: jax.Array | None, *, scale: float | None = None,
                      chunk_size: int = DEFAULT_CHUNK, initial_state: jax.Array | None = None,
@@ -51,21 +53,28 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
       q, k: [batch, length, heads, d_k] (DeltaNet L2-normalises k; the op does not).
       v: [batch, length, heads, d_v].
       beta: [batch, length, heads] write strengths (in [0, 1] for a contraction).
-      log_alpha: [batch, length, heads] log-decays <= 0, or None (no decay).
+      log_alpha: [batch, length, heads] log-decays in [-inf, 0] (-inf: a full reset), or None
+        (no decay). A decay exp(log_alpha) of exactly 0 is a cut, like a document start, and
+        only the log-decays between cuts are summed, so every value in [-inf, 0] is exact.
       scale: multiplies q; default d_k ** -0.5.
       chunk_size: chunk length of the xla form; the result does not depend on it.
       initial_state: [batch, heads, d_k, d_v]; zeros when None.
       return_final_state: also return the state after the last token.
-      segment_ids: [batch, length]; the state resets to zero where a new document starts.
+      segment_ids: [batch, length]; the state resets to zero where a new document (a maximal
+        run of equal ids: [0, 1, 0] are three documents) starts.
       impl: "reference" (sequential scan), "xla" (chunkwise WY/UT), "pallas" (the chunked
         kernel of :mod:`jaxlm.kernels.delta_rule`; "pallas_interpret" runs it interpreted) or
         "auto" (xla).
 
     Returns:
-      o [batch, length, heads, d_v] in v's dtype; with ``return_final_state`` also the state
-      [batch, heads, d_k, d_v] in the accumulation dtype (at least float32).
+      o [batch, length, heads, d_v] in v's dtype (integer inputs are promoted to the default
+      float); with ``return_final_state`` also the state [batch, heads, d_k, d_v] in the
+      accumulation dtype (at least float32). Causal also under non-finite inputs: a NaN or Inf
+      at s sets NaN in the outputs from s on of its document and head, never earlier ones.
+      Length 0 or batch 0 gives the empty result.
     """
     op = "gated_delta_rule"
+    q, k, v, beta, log_alpha, initial_state = as_floats(q, k, v, beta, log_alpha, initial_state)
     ch.check_recurrent_inputs(op, q, k, v, chunk_size=chunk_size, segment_ids=segment_ids,
                               initial_state=initial_state, state_dv=v.shape[-1])
     batch, length, heads, dk = q.shape
@@ -73,24 +82,37 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     if log_alpha is not None:
         check_shape(op, "log_alpha", log_alpha, (batch, length, heads), "[batch, length, heads]")
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    if batch == 0 or length == 0:
+        out, state = ch.empty_result(q, v, initial_state)
+        return (out, state) if return_final_state else out
+    doc = document_ids(segment_ids)
+    starts = segment_starts(doc, batch, length)
     out_dtype = v.dtype
-    q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
-    beta = jnp.moveaxis(beta, 2, 1).astype(acc)
-    a = (jnp.zeros_like(beta) if log_alpha is None
-         else jnp.moveaxis(log_alpha, 2, 1).astype(acc))
-    if chosen is Impl.REFERENCE:
-        out, state = _reference(q, k, v, beta, a, segment_ids, state)
-    elif chosen.is_pallas:
-        from jaxlm.kernels.delta_rule import gated_delta_rule as kernel
 
-        out, state = kernel(q, k, v, beta, a, segment_starts(segment_ids, batch, length), state,
-                            chunk=chunk_size, interpret=chosen.interpret)
-    else:
-        out, state = _chunked(q, k, v, beta, a, segment_ids, state, min(chunk_size, length))
-    out = ch.heads_last(out).astype(out_dtype)
+    def run(q, k, v, gates, initial_state):
+        beta, log_alpha = gates
+        q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
+        beta = jnp.moveaxis(beta, 2, 1).astype(acc)
+        a = (jnp.zeros_like(beta) if log_alpha is None
+             else jnp.moveaxis(log_alpha, 2, 1).astype(acc))
+        if chosen is Impl.REFERENCE:
+            out, state = _reference(q, k, v, beta, a, starts, state)
+        elif chosen.is_pallas:
+            from jaxlm.kernels.delta_rule import gated_delta_rule as kernel
+
+            out, state = kernel(q, k, v, beta, a, starts, state, chunk=chunk_size,
+                                interpret=chosen.interpret)
+        else:
+            out, state = _chunked(q, k, v, beta, a, starts, state,
+                                  max(1, min(chunk_size, length)))
+        return ch.heads_last(out).astype(out_dtype), state
+
+    out, state = ch.guard_nonfinite(run, q, k, v, ((beta, False), (log_alpha, True)),
+                                    initial_state, doc)
     return (out, state) if return_final_state else out
 
 
+@accepts_numpy
 def gated_delta_rule_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
                           beta: jax.Array, log_alpha: jax.Array | None = None, *,
                           scale: float | None = None) -> tuple[jax.Array, jax.Array]:
@@ -107,10 +129,8 @@ def gated_delta_rule_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.A
     return jnp.einsum("bhk,bhkv->bhv", q * scale, state).astype(state.dtype), state
 
 
-def _reference(q, k, v, beta, a, segment_ids, state):
-    """Token by token: the definition (q arrives scaled)."""
-    batch, _, length, _ = q.shape
-    resets = segment_starts(segment_ids, batch, length)
+def _reference(q, k, v, beta, a, resets, state):
+    """Token by token: the definition (q arrives scaled; resets: bool [batch, length])."""
 
     def step(s, inputs):
         q_t, k_t, v_t, beta_t, a_t, reset = inputs
@@ -169,22 +189,22 @@ def _unit_lower_inverse_bwd(masked, t, g):
 unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
 
 
-def _chunked(q, k, v, beta, a, segment_ids, state, chunk):
+def _chunked(q, k, v, beta, a, starts, state, chunk):
     batch, heads, length, dk = q.shape
     padded = -(-length // chunk) * chunk
-    q, k, v, beta, a = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk)
-                        for x in (q, k, v, beta, a))
-    seg, seg_prev = ch.prepare_segments(segment_ids, batch, padded, chunk)
+    cuts, a = ch.chunk_cuts(starts, a)  # document starts and zero decays
+    q, k, v, beta, a, cuts = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk)
+                              for x in (q, k, v, beta, a, cuts))
     causal = jnp.tril(jnp.ones((chunk, chunk), bool))
     strict = jnp.tril(jnp.ones((chunk, chunk), bool), -1)
 
-    def within_chunk(q_c, k_c, v_c, beta_c, a_c, seg_c, prev_c):
+    def within_chunk(q_c, k_c, v_c, beta_c, a_c, cuts_c):
         """The state-independent WY factors of one chunk."""
-        b = jnp.cumsum(a_c, axis=-1)  # [batch, heads, chunk], non-increasing
-        same = (seg_c[:, :, None] == seg_c[:, None, :])[:, None] & causal  # [b, 1, t, s]
+        b = jnp.cumsum(a_c, axis=-1)  # [batch, heads, chunk], non-increasing, finite
+        runs = jnp.cumsum(cuts_c, axis=-1)  # cuts so far: equal counts, nothing cut between
+        same = (runs[..., :, None] == runs[..., None, :]) & causal  # [b, h, t, s]
         gamma_ts = jnp.exp(jnp.where(same, b[..., :, None] - b[..., None, :], -jnp.inf))
-        from_prev = (seg_c == prev_c[:, None])[:, None]  # [batch, 1, chunk]
-        gamma = jnp.where(from_prev, jnp.exp(b), 0.0)  # decay since the chunk start
+        gamma = jnp.where(runs == 0, jnp.exp(b), 0.0)  # decay since the chunk start
         kk = jnp.einsum("bhtk,bhsk->bhts", k_c, k_c)
         t = unit_lower_inverse(jnp.where(strict, beta_c[..., None] * gamma_ts * kk, 0.0))
         rhs = beta_c[..., None] * jnp.concatenate([v_c, gamma[..., None] * k_c], axis=-1)
@@ -196,7 +216,7 @@ def _chunked(q, k, v, beta, a, segment_ids, state, chunk):
         keep = gamma[:, :, -1, None, None]  # γ_C: [batch, heads, 1, 1]
         return u_tilde, w, attn, q_in, k_out, keep
 
-    factors = jax.vmap(jax.checkpoint(within_chunk))(q, k, v, beta, a, seg, seg_prev)
+    factors = jax.vmap(jax.checkpoint(within_chunk))(q, k, v, beta, a, cuts)
 
     def across_chunks(s, chunk_factors):
         u_tilde, w, attn, q_in, k_out, keep = chunk_factors

@@ -10,7 +10,14 @@ Linear Attention Transformers with Hardware-Efficient Training". With state S ``
 linear attention. Forms: ``reference`` (a sequential scan over tokens) and ``xla`` (chunkwise:
 quadratic attention-like products inside a chunk, a scan over chunk states between chunks).
 Decays are only ever formed as exp(b_t − b_s) for s ≤ t inside a chunk, so exp never sees a
-positive argument, whatever the log-gates.
+positive argument. A gate whose decay exp(log_g) is exactly 0 (log_g = -inf, a full reset, or
+below about -104 in float32) is a cut, like a document start (per channel), and only the gates
+between cuts are summed: every log-gate in [-inf, 0] gives exact results, never inf - inf.
+
+Contracts shared by every form: a document of a packed row is a maximal run of equal
+``segment_ids`` (ids [0, 1, 0] are three documents; :func:`jaxlm.ops.segments.document_ids`);
+the op is causal also under non-finite inputs (a NaN or Inf at position s makes the outputs
+from s on in its document NaN, never an earlier one); integer inputs are promoted to float.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_shape, resolve_impl
-from jaxlm.ops.segments import segment_starts
+from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_shape, resolve_impl
+from jaxlm.ops.segments import document_ids, segment_starts
 
 DEFAULT_CHUNK = 64
 
 
+@accepts_numpy
 def linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, normalize: bool = False,
                      scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
                      initial_state: jax.Array | None = None, return_final_state: bool = False,
@@ -68,6 +76,7 @@ def linear_attention_through(gla: Callable, q: jax.Array, k: jax.Array, v: jax.A
     return (out, state) if return_final_state else out
 
 
+@accepts_numpy
 def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.Array | None,
                            *, scale: float | None = None, chunk_size: int = DEFAULT_CHUNK,
                            initial_state: jax.Array | None = None,
@@ -77,23 +86,26 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
 
     Args:
       q, k: [batch, length, heads, d_k]; v: [batch, length, heads, d_v].
-      log_g: log-gates <= 0, [batch, length, heads, d_k] (per channel) or [batch, length, heads]
-        (per head), or None (no decay: linear attention).
+      log_g: log-gates in [-inf, 0] (-inf: a full reset), [batch, length, heads, d_k] (per
+        channel) or [batch, length, heads] (per head), or None (no decay: linear attention).
       scale: multiplies q; default d_k ** -0.5.
       chunk_size: chunk length of the xla form; the result does not depend on it.
       initial_state: [batch, heads, d_k, d_v]; zeros when None.
       return_final_state: also return the state after the last token.
-      segment_ids: [batch, length]; the state resets to zero where a new document starts (the
-        initial state belongs to the row's first document).
+      segment_ids: [batch, length]; the state resets to zero where a new document (a maximal
+        run of equal ids) starts (the initial state belongs to the row's first document).
       impl: "reference" (sequential scan), "xla" (chunkwise), "pallas" (the chunked kernel of
         :mod:`jaxlm.kernels.linear_attention`; "pallas_interpret" runs it interpreted) or
         "auto" (xla).
 
     Returns:
-      o [batch, length, heads, d_v] in v's dtype; with ``return_final_state`` also the state
-      [batch, heads, d_k, d_v] in the accumulation dtype (at least float32).
+      o [batch, length, heads, d_v] in v's dtype (integer inputs: the default float); with
+      ``return_final_state`` also the state [batch, heads, d_k, d_v] in the accumulation dtype
+      (at least float32). A non-finite input at s sets NaN in the outputs from s on of its
+      document (and head), never earlier ones. Length 0 or batch 0 gives the empty result.
     """
     op = "gated_linear_attention"
+    q, k, v, log_g, initial_state = as_floats(q, k, v, log_g, initial_state)
     ch.check_recurrent_inputs(op, q, k, v, chunk_size=chunk_size, segment_ids=segment_ids,
                               initial_state=initial_state, state_dv=v.shape[-1])
     batch, length, heads, dk = q.shape
@@ -104,23 +116,33 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
         check_shape(op, "log_g", log_g, (batch, length, heads, dk),
                     "[batch, length, heads, d_k] or [batch, length, heads]")
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    if batch == 0 or length == 0:
+        out, state = ch.empty_result(q, v, initial_state)
+        return (out, state) if return_final_state else out
+    doc = document_ids(segment_ids)
+    starts = segment_starts(doc, batch, length)
     out_dtype = v.dtype
-    q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
-    g = (jnp.zeros((batch, heads, length, 1), acc) if log_g is None
-         else ch.heads_first(log_g).astype(acc))
-    if chosen is Impl.REFERENCE:
-        out, state = _reference(q, k, v, g, segment_ids, state)
-    elif chosen.is_pallas:
-        from jaxlm.kernels.linear_attention import gated_linear_attention as kernel
 
-        out, state = kernel(q, k, v, g, segment_starts(segment_ids, batch, length), state,
-                            chunk=chunk_size, interpret=chosen.interpret)
-    else:
-        out, state = _chunked(q, k, v, g, segment_ids, state, min(chunk_size, length))
-    out = ch.heads_last(out).astype(out_dtype)
+    def run(q, k, v, gates, initial_state):
+        q, k, v, state, acc = ch.prepare_qkv_state(q, k, v, scale, initial_state)
+        g = (jnp.zeros((batch, heads, length, 1), acc) if gates[0] is None
+             else ch.heads_first(gates[0]).astype(acc))
+        if chosen is Impl.REFERENCE:
+            out, state = _reference(q, k, v, g, starts, state)
+        elif chosen.is_pallas:
+            from jaxlm.kernels.linear_attention import gated_linear_attention as kernel
+
+            out, state = kernel(q, k, v, g, starts, state, chunk=chunk_size,
+                                interpret=chosen.interpret)
+        else:
+            out, state = _chunked(q, k, v, g, starts, state, max(1, min(chunk_size, length)))
+        return ch.heads_last(out).astype(out_dtype), state
+
+    out, state = ch.guard_nonfinite(run, q, k, v, ((log_g, True),), initial_state, doc)
     return (out, state) if return_final_state else out
 
 
+@accepts_numpy
 def gated_linear_attention_step(state: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array,
                                 log_g: jax.Array | None = None, *, scale: float | None = None
                                 ) -> tuple[jax.Array, jax.Array]:
@@ -138,10 +160,8 @@ def gated_linear_attention_step(state: jax.Array, q: jax.Array, k: jax.Array, v:
     return jnp.einsum("bhk,bhkv->bhv", q * scale, state).astype(state.dtype), state
 
 
-def _reference(q, k, v, g, segment_ids, state):
-    """Token by token: the definition (q arrives scaled)."""
-    batch, _, length, _ = q.shape
-    resets = segment_starts(segment_ids, batch, length)
+def _reference(q, k, v, g, resets, state):
+    """Token by token: the definition (q arrives scaled; resets: bool [batch, length])."""
 
     def step(s, inputs):
         q_t, k_t, v_t, g_t, reset = inputs
@@ -154,37 +174,37 @@ def _reference(q, k, v, g, segment_ids, state):
     return jnp.moveaxis(out, 0, 2), state
 
 
-def _chunked(q, k, v, g, segment_ids, state, chunk):
+def _chunked(q, k, v, g, starts, state, chunk):
     batch, heads, length, dk = q.shape
     padded = -(-length // chunk) * chunk
-    q, k, v, g = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk) for x in (q, k, v, g))
-    seg, seg_prev = ch.prepare_segments(segment_ids, batch, padded, chunk)
-    causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+    cuts, g = ch.chunk_cuts(starts, g)  # document starts and zero decays, per channel
+    q, k, v, g, cuts = (ch.to_chunks(ch.pad_length(x, padded, 2), chunk)
+                        for x in (q, k, v, g, cuts))
+    causal = jnp.tril(jnp.ones((chunk, chunk), bool))[:, :, None]
 
     @jax.checkpoint
     def within_chunk(inputs):
         """Everything that does not depend on the incoming state, for one chunk."""
-        q_c, k_c, v_c, g_c, seg_c, prev_c = inputs
-        b = jnp.cumsum(g_c, axis=2)  # [batch, heads, chunk, dg], non-increasing
-        same = (seg_c[:, :, None] == seg_c[:, None, :]) & causal  # [batch, t, s]
+        q_c, k_c, v_c, g_c, cuts_c = inputs
+        b = jnp.cumsum(g_c, axis=2)  # [batch, heads, chunk, dg], non-increasing, finite
+        runs = jnp.cumsum(cuts_c, axis=2)  # cuts so far: equal counts, nothing cut between
+        same = (runs[:, :, :, None] == runs[:, :, None, :]) & causal  # [b, h, t, s, dg]
         expo = b[:, :, :, None, :] - b[:, :, None, :, :]  # b_t - b_s: [b, h, t, s, dg]
-        decay = jnp.exp(jnp.where(same[:, None, :, :, None], expo, -jnp.inf))
+        decay = jnp.exp(jnp.where(same, expo, -jnp.inf))
         if g_c.shape[-1] == 1:  # one decay per head: a [t, s] matrix
             scores = jnp.einsum("bhtk,bhsk->bhts", q_c, k_c) * decay[..., 0]
         else:
             scores = jnp.einsum("bhtk,bhsk,bhtsk->bhts", q_c, k_c, decay)
         out = jnp.einsum("bhts,bhsv->bhtv", scores, v_c)
-        from_prev = (seg_c == prev_c[:, None])[:, None, :, None]  # [batch, 1, chunk, 1]
-        q_in = jnp.where(from_prev, q_c * jnp.exp(b), 0.0)  # reads the incoming state
-        to_end = (seg_c == seg_c[:, -1:])[:, None, :, None]
+        q_in = jnp.where(runs == 0, q_c * jnp.exp(b), 0.0)  # reads the incoming state
+        to_end = runs == runs[:, :, -1:]
         k_out = jnp.where(to_end, k_c * jnp.exp(b[:, :, -1:] - b), 0.0)  # writes the outgoing
         chunk_state = jnp.einsum("bhsk,bhsv->bhkv", k_out, v_c)
-        keep = (seg_c[:, -1] == prev_c)[:, None, None, None]
-        carry = jnp.where(keep, jnp.exp(b[:, :, -1])[..., None], 0.0)  # [b, h, dg, 1]
-        return out, q_in, chunk_state, carry
+        carry = jnp.where(runs[:, :, -1] == 0, jnp.exp(b[:, :, -1]), 0.0)[..., None]
+        return out, q_in, chunk_state, carry  # carry: [b, h, dg, 1]
 
     per_channel = g.shape[-1] > 1
-    inputs = (q, k, v, g, seg, seg_prev)
+    inputs = (q, k, v, g, cuts)
     # Per-channel decays hold a [chunk, chunk, d_k] tensor: visit chunks one at a time.
     out, q_in, chunk_state, carry = (jax.lax.map(within_chunk, inputs) if per_channel
                                      else jax.vmap(within_chunk)(inputs))

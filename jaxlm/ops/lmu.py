@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from jaxlm.ops.checks import Impl, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, accepts_numpy, check_rank, check_shape, resolve_impl
 from jaxlm.ops.hippo import hippo_legt
 from jaxlm.ops.s4 import krylov_columns
 from jaxlm.ops.segments import segment_starts
@@ -55,6 +55,7 @@ def _check(op, u, a_bar, b_bar, initial_state, segment_ids):
         check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
 
 
+@accepts_numpy
 def lmu_memory(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, *,
                initial_state: jax.Array | None = None, return_final_state: bool = False,
                segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
@@ -102,6 +103,7 @@ def lmu_memory(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, *,
     return (memory, state) if return_final_state else memory
 
 
+@accepts_numpy
 def lmu_memory_step(state: jax.Array, u_t: jax.Array, a_bar: jax.Array, b_bar: jax.Array
                     ) -> jax.Array:
     """One token: state [batch, channels, order], u_t [batch, channels] -> the new state

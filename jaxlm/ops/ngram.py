@@ -8,14 +8,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import accepts_numpy
+from jaxlm.ops.segments import document_ids
 
+
+
+@accepts_numpy
 def context_matches(tokens: jax.Array, orders: int, *, query_positions: jax.Array | None = None,
                     segment_ids: jax.Array | None = None) -> jax.Array:
     """Which earlier contexts match each query's last n tokens, stated for a pointer (pointing
     at position j reads what token j says: the token that followed the matched context).
 
     tokens: [batch, length] int; query_positions: [q_len] positions of the queries (default
-    every position); segment_ids: [batch, length] document ids of a packed row, or None.
+    every position); segment_ids: [batch, length] ids of a packed row (a document is a
+    maximal run of equal ids: [0, 1, 0] are three documents), or None.
     Returns bool [batch, orders, q_len, length]: entry (b, n - 1, q, j) is True when the n
     tokens ending at query position q equal the n tokens ending at position j - 1, all of them
     inside the document of q (respectively j). So a match of order n implies every lower
@@ -27,6 +33,7 @@ def context_matches(tokens: jax.Array, orders: int, *, query_positions: jax.Arra
                          f"got {tuple(tokens.shape)}")
     if orders < 1:
         raise ValueError(f"context_matches: orders must be >= 1, got {orders}")
+    segment_ids = document_ids(segment_ids)
     length = tokens.shape[1]
     keys = jnp.arange(length)
     queries = keys if query_positions is None else query_positions

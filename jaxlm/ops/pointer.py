@@ -20,9 +20,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import check_shape
+from jaxlm.ops.checks import accepts_numpy, check_shape
 
 
+@accepts_numpy
 def pointer_sentinel_log_probs(vocab_logits: jax.Array, scores: jax.Array, sentinel: jax.Array,
                                tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """Log-probabilities of the pointer-sentinel mixture.

@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, accepts_numpy, check_positive, check_rank, check_shape, resolve_impl
 from jaxlm.ops.chunking import linear_recurrence
 from jaxlm.ops.segments import segment_positions, segment_starts
 
@@ -64,6 +64,7 @@ def _check(op, tensors, segment_ids, segment_size, window, causal):
                          f"token, window // 2 on each side), got {window}")
 
 
+@accepts_numpy
 def multi_granularity_pooling(q: jax.Array, k: jax.Array, v: jax.Array, o: jax.Array,
                               s: jax.Array, l: jax.Array, *, causal: bool = True,
                               segment_size: int = 16, window: int = 3,
@@ -232,6 +233,7 @@ def multi_granularity_pooling_state(batch: int, heads: int, head_dim: int, *, wi
             "recent": jnp.full((batch, window - 1, heads, head_dim), -jnp.inf, dtype)}
 
 
+@accepts_numpy
 def multi_granularity_pooling_step(state: dict[str, jax.Array], q_t, k_t, v_t, o_t, s_t, l_t,
                                    *, segment_size: int = 16, scale: float | None = None
                                    ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import attention_mask
+from jaxlm.ops.checks import accepts_numpy
 
 
 def _scores(q, k, scale):
@@ -37,6 +38,7 @@ def _scores(q, k, scale):
     return jnp.einsum("bjgd,bnjd->bjgn", qg, k.astype(acc)) * scale
 
 
+@accepts_numpy
 def select_recycled_keys(q: jax.Array, cache_k: jax.Array, slot_pos: jax.Array,
                          mask: jax.Array, scale: float, top_k: int) -> jax.Array:
     """The full step's choice: the positions of the ``top_k`` cached tokens with the largest
@@ -56,6 +58,7 @@ def select_recycled_keys(q: jax.Array, cache_k: jax.Array, slot_pos: jax.Array,
     return jnp.where(chosen, slot_pos[slots], -1).astype(jnp.int32)
 
 
+@accepts_numpy
 def recycled_attention(q: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                        slot_pos: jax.Array, positions: jax.Array, pos: jax.Array,
                        scale: float, *, window: int | None = None) -> jax.Array:

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.ops.checks import Impl, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import Impl, accepts_numpy, check_rank, check_shape, resolve_impl
 from jaxlm.ops.segments import segment_starts
 
 # cell -> (gate names, state names)
@@ -89,6 +89,7 @@ def _cell(cell: str, pre: jax.Array, rec: jax.Array, state: dict[str, jax.Array]
     return {"h": jax.nn.sigmoid(o) * c / n, "c": c, "n": n, "m": m}
 
 
+@accepts_numpy
 def rnn_step(cell: str, state: dict[str, jax.Array], gate_inputs_t: jax.Array,
              recurrent_weights: jax.Array, recurrent_bias: jax.Array | None = None
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -126,6 +127,7 @@ def _check(op, cell, gate_inputs, recurrent_weights, recurrent_bias, initial_sta
         check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
 
 
+@accepts_numpy
 def rnn(cell: str, gate_inputs: jax.Array, recurrent_weights: jax.Array,
         recurrent_bias: jax.Array | None = None, *,
         initial_state: dict[str, jax.Array] | None = None, return_final_state: bool = False,

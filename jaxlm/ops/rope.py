@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.ops.checks import accepts_numpy
+
 ROPE_SCALINGS = ("default", "linear", "llama3")
 
 
@@ -42,6 +44,7 @@ def rope_frequencies(head_dim: int, *, theta: float = 10_000.0, scaling: str = "
     return freqs
 
 
+@accepts_numpy
 def apply_rope(x: jax.Array, positions: jax.Array, *, theta: float = 10_000.0,
                frequencies: jax.Array | np.ndarray | None = None) -> jax.Array:
     """Rotates channel pairs (i, i + head_dim/2) of ``x`` by position-dependent angles.

@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import attention_mask, masked_attention
-from jaxlm.ops.checks import check_positive, check_qkv, check_rank, check_shape
+from jaxlm.ops.checks import (accepts_numpy, as_floats, check_positive, check_qkv, check_rank,
+                              check_shape)
+from jaxlm.ops.segments import document_ids
 from jaxlm.ops.sparse_attention import repeat_kv_heads
 
 _OP = "routing_attention"
@@ -55,7 +57,9 @@ def _check(q, k, v, centroids, segment_ids):
 def routing_mask(q: jax.Array, k: jax.Array, centroids: jax.Array,
                  segment_ids: jax.Array | None = None) -> jax.Array:
     """The nearest-centroid pattern of queries q [batch, length, heads, d] and keys k
-    [batch, length, kv_heads, d]: bool [batch, heads, length, length], causal, per document."""
+    [batch, length, kv_heads, d]: bool [batch, heads, length, length], causal, per document
+    (a maximal run of equal ``segment_ids``)."""
+    segment_ids = document_ids(segment_ids)
     length, heads = q.shape[1], q.shape[2]
     q_cluster = jnp.moveaxis(route(q, centroids), 1, 2)  # [batch, heads, length]
     k_cluster = jnp.moveaxis(route(repeat_kv_heads(k, heads, axis=2), centroids), 1, 2)
@@ -109,6 +113,7 @@ def _balanced_attention(q, k, v, q_route, k_route, centroids, size, segment_ids,
     return jnp.moveaxis(out, 1, 2).astype(q.dtype)
 
 
+@accepts_numpy
 def routing_attention(q: jax.Array, k: jax.Array, v: jax.Array, centroids: jax.Array, *,
                       cluster_size: int | None = None, segment_ids: jax.Array | None = None,
                       scale: float | None = None, q_route: jax.Array | None = None,
@@ -121,15 +126,21 @@ def routing_attention(q: jax.Array, k: jax.Array, v: jax.Array, centroids: jax.A
       centroids: [heads, n_clusters, head_dim], unit vectors (from :func:`update_centroids`).
       cluster_size: None for nearest-centroid routing, or w for balanced clusters of the w
         nearest queries and keys per centroid (min(w, length) is used).
-      segment_ids: [batch, length] document ids of packed rows.
+      segment_ids: [batch, length] ids of packed rows; a document is a maximal run of equal
+        ids ([0, 1, 0] are three documents).
       scale: multiplies q·k; defaults to head_dim ** -0.5.
       q_route, k_route: the vectors routed, shaped as q and k (default: q and k themselves),
         e.g. the projections before rotary positions, so clusters follow content, not position.
 
     Returns:
-      [batch, length, heads, v_head_dim] in q's dtype.
+      [batch, length, heads, v_head_dim] in q's dtype (integer inputs are promoted to the
+      default float); empty for length 0 or batch 0.
     """
+    q, k, v, centroids, q_route, k_route = as_floats(q, k, v, centroids, q_route, k_route)
     _check(q, k, v, centroids, segment_ids)
+    segment_ids = document_ids(segment_ids)
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        return jnp.zeros(q.shape[:3] + v.shape[-1:], q.dtype)
     q_route = q if q_route is None else q_route
     k_route = k if k_route is None else k_route
     check_shape(_OP, "q_route", q_route, q.shape, "q.shape")
@@ -149,6 +160,7 @@ def init_centroids(key: jax.Array, heads: int, n_clusters: int, head_dim: int,
     return unit_norm(jax.random.normal(key, (heads, n_clusters, head_dim), dtype))
 
 
+@accepts_numpy
 def update_centroids(centroids: jax.Array, q: jax.Array, k: jax.Array, *, decay: float
                      ) -> jax.Array:
     """One step of online spherical k-means: each centroid moves to

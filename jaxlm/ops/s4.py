@@ -20,12 +20,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_float, as_floats, check_positive, check_rank,
+                              check_shape, resolve_impl)
 from jaxlm.ops.delta_rule import unit_lower_inverse
 from jaxlm.ops.segments import segment_starts
 from jaxlm.ops.ssm import fft_causal_conv
 
 
+@accepts_numpy
 def bilinear_lower(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Bilinear discretization of a lower-triangular A (HiPPO-LegS), by forward substitution
     (no LAPACK call: XLA:CPU's LAPACK custom calls can deadlock inside large fused programs).
@@ -41,6 +43,7 @@ def bilinear_lower(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array
     return inverse @ (eye + half), jnp.einsum("cnm,cm->cn", inverse, dt[:, None] * B)
 
 
+@accepts_numpy
 def bilinear_nplr(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array
                   ) -> tuple[jax.Array, jax.Array]:
     """Bilinear discretization of A = diag(Λ) − P P*, inverting I − ΔA/2 = D + (Δ/2) P P*
@@ -66,6 +69,7 @@ def bilinear_nplr(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array
     return solved[..., :-1], solved[..., -1]
 
 
+@accepts_numpy
 def krylov_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int) -> jax.Array:
     """K [length, channels], K_l = Re(C Ā^l B̄), by doubling: [B̄, ĀB̄] then
     [.., Ā²(..)], so log₂(length) matrix products. a_bar: [channels, N, N]; b_bar, C:
@@ -99,6 +103,7 @@ def _check_nplr(op, channels, dt, Lambda, P, B, C):
         check_shape(op, name, x, (channels, Lambda.shape[1]), "[channels, d_state / 2]")
 
 
+@accepts_numpy
 def s4_kernel(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array, C: jax.Array,
               length: int) -> jax.Array:
     """The S4 convolution kernel K [length, channels] by the Cauchy-kernel method.
@@ -110,6 +115,10 @@ def s4_kernel(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array, C: j
     This is S4's formula multiplied through by (1 + z), so z = −1 needs no special case.
     dt: [channels]; Lambda, P, B, C: [channels, N/2] complex. Ā^length costs log₂(length)
     products of [N, N] matrices; the sums cost channels·(length/2 + 1)·N.
+
+    Precision: as Δ|Λ| grows, Ā's eigenvalues approach −1 and C̃ = C(I − Ā^length) cancels
+    (relative error about eps·Δ|Λ| near z = −1): at Δ|Λ| ~ 1e3 the float32 kernel is off by
+    ~1e-3 relative. Values stay finite; :func:`dense_ssm` (the reference form) has no such loss.
     """
     check_rank("s4_kernel", "dt", dt, "[channels]")
     _check_nplr("s4_kernel", dt.shape[0], dt, Lambda, P, B, C)
@@ -154,6 +163,7 @@ def _check_dense(op, u, a_bar, b_bar, C, initial_state, segment_ids):
         check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
 
 
+@accepts_numpy
 def dense_ssm(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, *,
               initial_state: jax.Array | None = None, return_final_state: bool = False,
               segment_ids: jax.Array | None = None, impl: str | Impl = "auto"):
@@ -163,21 +173,25 @@ def dense_ssm(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, *,
       u: [batch, length, channels] real.
       a_bar: [channels, N, N]; b_bar, C: [channels, N] (real, or complex for S4's basis).
       initial_state: [batch, channels, N] (a_bar's dtype); zeros when None.
-      segment_ids: [batch, length]; the state resets where a packed document starts.
+      segment_ids: [batch, length]; the state resets where a packed document (a maximal run
+        of equal ids: [0, 1, 0] are three documents) starts.
       impl: "reference" (sequential scan of x_t = Ā x_{t-1} + B̄ u_t), "xla" (FFT convolution
         with the Krylov kernel; the scan when a state goes in or out or rows are packed, since a
         convolution cannot reset), "auto" (= "xla").
 
     Returns:
-      y [batch, length, channels] in u's dtype, and the final state when asked.
+      y [batch, length, channels] in u's dtype (integer u: the default float), and the final
+      state when asked. The FFT convolution is causal for finite inputs only: a NaN or Inf in
+      u makes every output of its row and channel NaN; the scan forms stay causal.
     """
     op = "dense_ssm"
+    u = as_float(u)
     _check_dense(op, u, a_bar, b_bar, C, initial_state, segment_ids)
     batch, length, channels = u.shape
     chosen = resolve_impl(op, impl, ("reference", "xla"))
     stateful = initial_state is not None or return_final_state or segment_ids is not None
     real = jnp.promote_types(u.dtype, jnp.float32)
-    if chosen is not Impl.REFERENCE and not stateful:
+    if chosen is not Impl.REFERENCE and not stateful and length:
         kernel = krylov_kernel(a_bar, b_bar, C, length)
         return fft_causal_conv(u.astype(real), kernel.astype(real)).astype(u.dtype)
     state = (jnp.zeros((batch, *b_bar.shape), a_bar.dtype) if initial_state is None
@@ -194,6 +208,7 @@ def dense_ssm(u: jax.Array, a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, *,
     return (y, state) if return_final_state else y
 
 
+@accepts_numpy
 def dense_ssm_step(state: jax.Array, u_t: jax.Array, a_bar: jax.Array, b_bar: jax.Array,
                    C: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One token: state [batch, channels, N], u_t [batch, channels] ->
@@ -209,6 +224,7 @@ def s4_discrete(dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array, C:
     return (*bilinear_nplr(dt.astype(lam.real.dtype), lam, p, b), c)
 
 
+@accepts_numpy
 def s4_ssm(u: jax.Array, dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.Array,
            C: jax.Array, *, initial_state: jax.Array | None = None,
            return_final_state: bool = False, segment_ids: jax.Array | None = None,
@@ -220,15 +236,19 @@ def s4_ssm(u: jax.Array, dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.
       dt: [channels] positive; Lambda, P, B, C: [channels, N/2] complex, one of each conjugate
         pair (Re Λ < 0 for stability), A = Λ − P P* in that basis.
       initial_state: [batch, channels, N] complex (the conjugate-completed state).
-      segment_ids: [batch, length]; the state resets where a packed document starts.
+      segment_ids: [batch, length]; the state resets where a packed document (a maximal run
+        of equal ids: [0, 1, 0] are three documents) starts.
       impl: "reference" (sequential scan of the discretized full system), "xla" (FFT
         convolution with the Cauchy kernel of :func:`s4_kernel`; the scan when a state goes in
         or out or rows are packed), "auto" (= "xla").
 
     Returns:
-      y [batch, length, channels] in u's dtype, and the final state when asked.
+      y [batch, length, channels] in u's dtype (integer u: the default float), and the final
+      state when asked. The FFT convolution is causal for finite inputs only: a NaN or Inf in
+      u makes every output of its row and channel NaN; the scan forms stay causal.
     """
     op = "s4_ssm"
+    u, dt = as_floats(u, dt)
     check_rank(op, "u", u, "[batch, length, channels]")
     batch, length, channels = u.shape
     _check_nplr(op, channels, dt, Lambda, P, B, C)
@@ -238,7 +258,7 @@ def s4_ssm(u: jax.Array, dt: jax.Array, Lambda: jax.Array, P: jax.Array, B: jax.
     cplx = jnp.promote_types(real, jnp.complex64)
     dt = dt.astype(real)
     Lambda, P, B, C = (x.astype(cplx) for x in (Lambda, P, B, C))
-    if chosen is not Impl.REFERENCE and not stateful:
+    if chosen is not Impl.REFERENCE and not stateful and length:
         kernel = s4_kernel(dt, Lambda, P, B, C, length)
         return fft_causal_conv(u.astype(real), kernel).astype(u.dtype)
     return dense_ssm(u, *s4_discrete(dt, Lambda, P, B, C), initial_state=initial_state,

@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_positive, check_rank, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_positive, check_rank,
+                              check_shape, guard_scan, resolve_impl)
 from jaxlm.ops.linear_attention import gated_linear_attention
-from jaxlm.ops.segments import segment_starts
+from jaxlm.ops.segments import document_ids, segment_starts
 
 DEFAULT_CHUNK = 64
 
@@ -23,6 +24,7 @@ DEFAULT_CHUNK = 64
 _AUTO_REFERENCE_MAX_LENGTH = 1024
 
 
+@accepts_numpy
 def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array,
                    D: jax.Array | None = None, z: jax.Array | None = None,
                    delta_bias: jax.Array | None = None, delta_softplus: bool = False, *,
@@ -42,7 +44,8 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         d // (d_inner / groups).
       D, delta_bias: [d_inner].
       initial_state: [batch, d_inner, d_state]; zeros when None.
-      segment_ids: [batch, length]; the state resets where a packed document starts.
+      segment_ids: [batch, length]; the state resets where a packed document (a maximal run of
+        equal ids: [0, 1, 0] are three documents) starts.
       chunk_size: chunk length of the xla form (a parallel associative scan inside each chunk,
         recomputed in the backward pass, so memory grows with one chunk's
         [batch, chunk, d_inner, d_state], not with the sequence).
@@ -52,10 +55,16 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         is cheaper forward and backward; else xla).
 
     Returns:
-      y [batch, length, d_inner] in u's dtype, and the final state [batch, d_inner, d_state]
-      (accumulation dtype) when ``return_final_state``.
+      y [batch, length, d_inner] in u's dtype (integer inputs are promoted to the default
+      float), and the final state [batch, d_inner, d_state] (accumulation dtype) when
+      ``return_final_state``. Δ·A = -inf (a full reset) is exact in every form. Causal also
+      under non-finite inputs: a NaN or Inf at s sets NaN in the outputs from s on of its
+      document, never earlier ones, and their gradients stay finite. Length 0 or batch 0
+      gives the empty result.
     """
     op = "selective_scan"
+    u, delta, A, B, C, D, z, delta_bias, initial_state = as_floats(
+        u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_rank(op, "u", u, "[batch, length, d_inner]")
     batch, length, d_inner = u.shape
     check_shape(op, "delta", delta, (batch, length, d_inner), "[batch, length, d_inner]")
@@ -83,13 +92,19 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         short_on_cpu = jax.default_backend() == "cpu" and length <= _AUTO_REFERENCE_MAX_LENGTH
         chosen = Impl.REFERENCE if short_on_cpu else Impl.XLA
 
+    doc = document_ids(segment_ids)
+    (u, delta, B), (C, z), _, initial_state, finish = guard_scan(
+        [u, delta, B], [C, z], [], initial_state, doc, keep=2)
     acc = jnp.promote_types(jnp.result_type(u, delta, A, B, C), jnp.float32)
     dt = delta.astype(acc) + (0 if delta_bias is None else delta_bias.astype(acc))
     if delta_softplus:
         dt = jax.nn.softplus(dt)
     state = (jnp.zeros((batch, d_inner, d_state), acc) if initial_state is None
              else initial_state.astype(acc))
-    starts = segment_starts(segment_ids, batch, length)
+    if batch == 0 or length == 0:
+        y = jnp.zeros(u.shape, u.dtype)
+        return (y, state) if return_final_state else y
+    starts = segment_starts(doc, batch, length)
     # Per-token decay and input: [batch, length, d_inner, d_state] (formed a chunk at a time).
     parts = (dt, u.astype(acc), B.astype(acc), C.astype(acc), starts)
     if chosen is Impl.REFERENCE:
@@ -100,11 +115,12 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         y, state = kernel(u, dt, A, B[:, :, 0], C[:, :, 0], starts, state,
                           interpret=chosen.interpret)
     else:
-        y, state = _scan_chunked(parts, A.astype(acc), state, min(chunk_size, length))
+        y, state = _scan_chunked(parts, A.astype(acc), state, max(1, min(chunk_size, length)))
     if D is not None:
         y = y + D.astype(acc) * u.astype(acc)
     if z is not None:
         y = y * jax.nn.silu(z.astype(acc))
+    y, state = finish(y, state)
     y = y.astype(u.dtype)
     return (y, state) if return_final_state else y
 
@@ -133,6 +149,7 @@ def _decay_and_input(dt, u, B, A):
     return jnp.exp(dt[..., None] * A), (dt * u)[..., None] * _expand(B, u.shape[-1])
 
 
+@accepts_numpy
 def selective_scan_step(state: jax.Array, u: jax.Array, dt: jax.Array, A: jax.Array,
                         B: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One token: state [batch, d_inner, d_state]; u, dt: [batch, d_inner] (dt already
@@ -180,6 +197,7 @@ def _scan_chunked(parts, A, state, chunk):
     return y, state
 
 
+@accepts_numpy
 def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *,
         chunk_size: int = DEFAULT_CHUNK, D: jax.Array | None = None,
         initial_state: jax.Array | None = None, return_final_state: bool = False,
@@ -193,17 +211,23 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
       A: [heads] (negative); B, C: [batch, length, groups, d_state], groups dividing heads
       (head h reads group h // (heads / groups)); D: [heads].
       chunk_size, initial_state [batch, heads, head_dim, d_state], return_final_state,
-      segment_ids [batch, length]: as in :func:`gated_linear_attention`.
+      segment_ids [batch, length]: as in :func:`gated_linear_attention` (a document is a
+      maximal run of equal ids).
       impl: "reference" (sequential scan) or "xla" (chunked: quadratic inside a chunk, a scan
         over chunk states; it is gated linear attention with q = C, k = B, v = dt·x and one
         log-decay dt·A per head), "pallas" / "pallas_interpret" (that gated linear attention
         as a kernel) or "auto" (xla).
 
     Returns:
-      y [batch, length, heads, head_dim] in x's dtype, and the final state
-      [batch, heads, head_dim, d_state] when ``return_final_state``.
+      y [batch, length, heads, head_dim] in x's dtype (integer inputs: the default float),
+      and the final state [batch, heads, head_dim, d_state] when ``return_final_state``.
+      dt·A = -inf (a full reset) or any value down to it is exact in every form; causal also
+      under non-finite inputs (as :func:`gated_linear_attention`). Length 0 or batch 0 gives
+      the empty result.
     """
     op = "ssd"
+    x, dt, A, B, C, D, initial_state = as_floats(x, dt, A, B, C, D, initial_state)
+    segment_ids = document_ids(segment_ids)
     check_rank(op, "x", x, "[batch, length, heads, head_dim]")
     batch, length, heads, head_dim = x.shape
     check_shape(op, "dt", dt, (batch, length, heads), "[batch, length, heads]")
@@ -221,6 +245,8 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
         check_shape(op, "initial_state", initial_state, (batch, heads, head_dim, d_state),
                     "[batch, heads, head_dim, d_state]")
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    (x, dt, B), (C,), _, initial_state, finish = guard_scan(
+        [x, dt, B], [C], [], initial_state, segment_ids, keep=2)
     acc = jnp.promote_types(jnp.result_type(x, dt, A, B, C), jnp.float32)
     q = jnp.repeat(C, heads // groups, axis=2).astype(acc)
     k = jnp.repeat(B, heads // groups, axis=2).astype(acc)
@@ -237,6 +263,7 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
         state = swap(state)
     if D is not None:
         y = y + D.astype(acc)[:, None] * x.astype(acc)
+    y, state = finish(y, state)
     y = y.astype(x.dtype)
     return (y, state) if return_final_state else y
 

@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import masked_attention
-from jaxlm.ops.checks import Impl, check_positive, check_qkv, check_shape, resolve_impl
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_bool, check_positive,
+                              check_qkv, check_shape, nonfinite_reach, poison, resolve_impl,
+                              split_nonfinite)
 
 METHODS = ("mean", "max", "hierarchical")
 
@@ -142,6 +144,7 @@ def lambda_blocks(window: int, sink_tokens: int, block_size: int) -> tuple[int, 
     return -(-(window - 1) // block_size) + 1, -(-sink_tokens // block_size)
 
 
+@accepts_numpy
 def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
                   local_blocks: int = 1, sink_blocks: int = 1, method: str = "mean",
                   branch: int = 4) -> jax.Array:
@@ -162,7 +165,10 @@ def select_blocks(q: jax.Array, k: jax.Array, *, block_size: int, top_k: int,
             raise ValueError(f"{op}: {name} must be a non-negative integer, got {value!r}")
     if method not in METHODS:
         raise ValueError(f"{op}: method={method!r} is unknown; expected one of {METHODS}")
-    heads = q.shape[2]
+    batch, length, heads = q.shape[:3]
+    if batch == 0 or length == 0:
+        n = -(-length // block_size)
+        return jnp.zeros((batch, heads, n, n), bool)
     pooled = "max" if method == "max" else "mean"
     summaries = repeat_kv_heads(block_summaries(k, block_size, pooled), heads)
     coarse = group_summaries(summaries, branch)
@@ -200,8 +206,12 @@ def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
     n_blocks, block_size, d]; indices, valid: [batch, heads, n, S]; q_pos: [n, m] positions.
     Key j is read when its block is a valid slot, j < length, j <= the query's position (if
     causal), and, with ``window``, when i − j < window or j < sink_tokens (the Λ mask).
-    Returns [batch, heads, n, m, d] in at least float32; a query that reads nothing gets 0.
+    Returns [batch, heads, n, m, d] in at least float32; a query that reads nothing gets 0. A
+    non-finite q, k or v entry sets NaN only in the outputs whose mask reads it.
     """
+    q, q_bad = split_nonfinite(q, 4)  # [b, h, n, m]
+    k_blocks, k_bad = split_nonfinite(k_blocks, 4)
+    v_blocks, v_bad = split_nonfinite(v_blocks, 4)
     heads = q.shape[1]
     block_size = k_blocks.shape[3]
     acc = jnp.promote_types(q.dtype, jnp.float32)
@@ -211,6 +221,7 @@ def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
         return jax.vmap(jax.vmap(lambda x, ix: x[ix]))(per_head, indices)
 
     kg, vg = gather(k_blocks).astype(acc), gather(v_blocks).astype(acc)
+    bad = gather((k_bad | v_bad)[..., None])[..., 0]  # [b, h, n, S, bs]
     scores = jnp.einsum("bhnmd,bhnskd->bhnmsk", q.astype(acc), kg) * scale
     k_pos = indices[..., None] * block_size + jnp.arange(block_size)  # [b, h, n, S, bs]
     qp = q_pos[None, None, :, :, None, None]
@@ -225,9 +236,11 @@ def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
     any_key = jnp.any(mask.reshape(flat.shape), axis=-1, keepdims=True)
     probs = jax.nn.softmax(jnp.where(any_key, flat, 0.0), axis=-1)
     probs = jnp.where(mask.reshape(flat.shape), probs, 0.0).reshape(shape)
-    return jnp.einsum("bhnmsk,bhnskd->bhnmd", probs, vg)
+    reach = q_bad | jnp.any(mask & bad[:, :, :, None], axis=(-2, -1))
+    return poison(jnp.einsum("bhnmsk,bhnskd->bhnmd", probs, vg), reach)
 
 
+@accepts_numpy
 def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask: jax.Array, *,
                            block_size: int, causal: bool = True, scale: float | None = None,
                            max_blocks: int | None = None, impl: str | Impl = "auto"
@@ -237,8 +250,8 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
     Args:
       q: [batch, length, heads, d]; k, v: [batch, length, kv_heads, d].
       block_mask: bool [batch, heads, n_blocks, n_blocks], n_blocks = ceil(length / block_size)
-        (batch or heads may be 1 to broadcast). Inside a chosen block the causal mask still
-        applies.
+        (batch or heads may be 1 to broadcast); another dtype raises a TypeError naming it.
+        Inside a chosen block the causal mask still applies.
       max_blocks: the most True entries in any row (static). The xla form gathers this many
         blocks per query block; rows with more keep their lowest-index blocks. None: n_blocks
         (exact for every mask, but then the cost is that of dense attention).
@@ -247,9 +260,14 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
         kernel, which skips unchosen blocks and ignores ``max_blocks``: exact for every mask;
         "pallas_interpret" runs it interpreted), "auto" (xla).
 
-    Returns [batch, length, heads, d] in q's dtype; a query that reads nothing gets 0.
+    Returns [batch, length, heads, d] in q's dtype (integer inputs are promoted to the default
+    float); a query that reads nothing gets 0; empty for length 0 or batch 0. A non-finite q,
+    k or v entry at s sets NaN only in the outputs that read s (never an earlier one when
+    ``causal``), in every form.
     """
     op = "block_sparse_attention"
+    q, k, v = as_floats(q, k, v)
+    check_bool(op, "block_mask", block_mask)
     check_qkv(op, q, k, v)
     check_positive(op, "block_size", block_size, allow_none=False)
     batch, length, heads, d = q.shape
@@ -263,11 +281,19 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
     check_positive(op, "max_blocks", max_blocks)
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
     scale = d ** -0.5 if scale is None else float(scale)
+    if batch == 0 or length == 0:
+        return jnp.zeros((batch, length, heads, v.shape[-1]), q.dtype)
     if chosen.is_pallas:
         from jaxlm.kernels.flash_attention import flash_attention
 
-        return flash_attention(q, k, v, causal=causal, block_mask=block_mask, scale=scale,
-                               block_size=block_size, interpret=chosen.interpret)
+        q, q_bad = split_nonfinite(q, 3)
+        k, k_bad = split_nonfinite(k, 3)
+        v, v_bad = split_nonfinite(v, 3)
+        kv_bad = repeat_kv_heads(k_bad | v_bad, heads, axis=2)
+        reach = q_bad | _block_reach(kv_bad, block_mask, block_size, causal)
+        out = flash_attention(q, k, v, causal=causal, block_mask=block_mask, scale=scale,
+                              block_size=block_size, interpret=chosen.interpret)
+        return poison(out, reach)
     block_mask = jnp.broadcast_to(block_mask, (batch, heads, n, n))
     if chosen is Impl.REFERENCE:
         tokens = jnp.repeat(jnp.repeat(block_mask, block_size, 2), block_size, 3)
@@ -285,12 +311,32 @@ def block_sparse_attention(q: jax.Array, k: jax.Array, v: jax.Array, block_mask:
     return _unblock(out, length).astype(q.dtype)
 
 
+def _block_reach(bad: jax.Array, block_mask: jax.Array, block_size: int, causal: bool
+                 ) -> jax.Array:
+    """Which queries read a bad key under ``block_mask`` (and the causal mask): bad bool
+    [batch, length, heads] -> [batch, length, heads], without a [length, length] mask."""
+    length = bad.shape[1]
+    n = block_mask.shape[-1]
+    block = jnp.arange(length) // block_size
+    # Inside the query's own block: a bad key at or before it (anywhere when not causal).
+    inside = nonfinite_reach(bad, jnp.broadcast_to(block, bad.shape[:2]), causal=causal)
+    padded = jnp.pad(bad, [(0, 0), (0, n * block_size - length), (0, 0)])
+    bad_blocks = jnp.any(padded.reshape(bad.shape[0], n, block_size, -1), axis=2)  # [b, n, h]
+    i, j = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
+    other = block_mask & ((j < i) if causal else (j != i))  # [b|1, h|1, n, n]
+    from_other = jnp.any(other & jnp.moveaxis(bad_blocks, 1, 2)[:, :, None, :], axis=-1)
+    diagonal = jnp.diagonal(block_mask, axis1=-2, axis2=-1)  # [b|1, h|1, n]
+    to_tokens = lambda x: jnp.moveaxis(jnp.take(x, block, axis=-1), -1, 1)  # -> [b, L, h]
+    return to_tokens(from_other) | (to_tokens(diagonal) & inside)
+
+
 def _unblock(x: jax.Array, length: int) -> jax.Array:
     """[batch, heads, n, m, d] -> [batch, length, heads, d]."""
     batch, heads, n, m, d = x.shape
     return jnp.moveaxis(x.reshape(batch, heads, n * m, d), 1, 2)[:, :length]
 
 
+@accepts_numpy
 def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
                      sink_tokens: int, block_size: int = 64, scale: float | None = None,
                      impl: str | Impl = "auto") -> jax.Array:
@@ -298,8 +344,11 @@ def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
 
     impl: "reference" (the mask materialized), "xla" (each query block gathers the sink blocks
     and its local blocks only: cost O(length · (sink_tokens + window))), "auto" (xla).
+    Integer inputs are promoted to the default float; length 0 or batch 0 gives the empty
+    result; a non-finite input at s sets NaN only in the outputs that read s.
     """
     op = "lambda_attention"
+    q, k, v = as_floats(q, k, v)
     check_qkv(op, q, k, v)
     check_positive(op, "window", window, allow_none=False)
     check_positive(op, "block_size", block_size, allow_none=False)
@@ -309,6 +358,8 @@ def lambda_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int,
     chosen = resolve_impl(op, impl, ("reference", "xla"))
     batch, length, heads, d = q.shape
     scale = d ** -0.5 if scale is None else float(scale)
+    if batch == 0 or length == 0:
+        return jnp.zeros((batch, length, heads, v.shape[-1]), q.dtype)
     if chosen is Impl.REFERENCE:
         mask = lambda_mask(length, window=window, sink_tokens=sink_tokens)[None, None]
         return masked_attention(q, k, v, mask, scale)

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import Impl, check_rank, check_shape, resolve_impl
-from jaxlm.ops.segments import segment_starts
+from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_rank, check_shape, resolve_impl
+from jaxlm.ops.segments import document_ids, segment_starts
 
 
 def s4d_init(kind: str, channels: int, d_state: int) -> tuple[jax.Array, jax.Array]:
@@ -39,17 +39,32 @@ def s4d_init(kind: str, channels: int, d_state: int) -> tuple[jax.Array, jax.Arr
             jnp.broadcast_to(im, (channels, d_state)))
 
 
+@accepts_numpy
 def zoh(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Zero-order hold: (Ā, B̄) = (exp(ΔA), (exp(ΔA) − 1)/A · B). dt: [channels];
-    A, B: [channels, N] complex."""
+    A, B: [channels, N] complex.
+
+    Exact for any ΔA with Re ΔA ≤ 0: (exp(ΔA) − 1)/A is computed as expm1(ΔA)/A (no
+    cancellation when ΔA is small), and as its series Δ(1 + ΔA/2 + (ΔA)²/6 + (ΔA)³/24) where
+    |ΔA| < eps^(1/4), so A = 0 gives B̄ = ΔB (the limit) and finite gradients; a large ΔA
+    gives Ā = 0 and B̄ = −B/A, never an overflow."""
     dA = dt[:, None] * A
-    a_bar = jnp.exp(dA)
-    return a_bar, (a_bar - 1) / A * B
+    small = jnp.abs(dA) < jnp.finfo(dA.dtype).eps ** 0.25
+    z = jnp.where(small, dA, 0)  # the unused branch stays finite, so do its gradients
+    series = dt[:, None] * (1 + z / 2 * (1 + z / 3 * (1 + z / 4)))
+    factor = jnp.where(small, series, jnp.expm1(dA) / jnp.where(small, 1, A))
+    return jnp.exp(dA), factor * B
 
 
+@accepts_numpy
 def bilinear(dt: jax.Array, A: jax.Array, B: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Bilinear (Tustin) discretization of a diagonal A: Ā = (1 + ΔA/2) / (1 − ΔA/2),
-    B̄ = Δ B / (1 − ΔA/2). dt: [channels]; A, B: [channels, N] complex."""
+    B̄ = Δ B / (1 − ΔA/2). dt: [channels]; A, B: [channels, N] complex.
+
+    With Re ΔA ≤ 0, |1 − ΔA/2| ≥ 1, so nothing overflows; ΔA = −2 is the transform's zero,
+    Ā = 0 (the state keeps only the latest input), which every form of :func:`diagonal_ssm`
+    computes exactly. The pole ΔA = +2 needs Re A > 0 (an unstable system, outside the
+    contract): there Ā and B̄ are inf / nan."""
     half = dt[:, None] / 2 * A
     return (1 + half) / (1 - half), dt[:, None] * B / (1 - half)
 
@@ -66,15 +81,25 @@ def discretize(op: str, discretization: str, dt: jax.Array, A: jax.Array, B: jax
 
 
 def ssm_kernel(a_bar: jax.Array, b_bar: jax.Array, C: jax.Array, length: int) -> jax.Array:
-    """K [length, channels] with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l) (Vandermonde)."""
-    powers = jnp.exp(jnp.arange(length)[:, None, None] * jnp.log(a_bar)[None])  # [L, c, N]
+    """K [length, channels] with K_l = 2 Re(Σ_n C_n B̄_n Ā_n^l) (Vandermonde).
+
+    The powers are exp(l log Ā) for l ≥ 2, Ā itself for l = 1 and 1 for l = 0, with Ā = 0
+    (an underflowed exp(ΔA), or the bilinear zero) giving exactly 0 for l ≥ 1: never
+    0 · log 0, so values and gradients stay finite for any |Ā| ≤ 1."""
+    zero = a_bar == 0
+    log_a = jnp.log(jnp.where(zero, 1, a_bar))
+    l = jnp.arange(length)[:, None, None]
+    powers = jnp.where(zero, 0, jnp.exp(l * log_a[None]))  # [L, c, N]
+    powers = jnp.where(l == 0, 1, jnp.where(l == 1, a_bar[None], powers)).astype(a_bar.dtype)
     return 2 * jnp.real(jnp.einsum("cn,lcn->lc", C * b_bar, powers))
 
 
+@accepts_numpy
 def fft_causal_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
     """y_t = Σ_{s≤t} kernel[t - s] u_s by FFT, zero-padded to 2·length (no circular wrap).
 
-    u: [batch, length, channels]; kernel: [length, channels]. Returns u's shape."""
+    u: [batch, length, channels]; kernel: [length, channels]. Returns u's shape. Causal for
+    finite inputs only: one non-finite input makes every output of its row and channel NaN."""
     length = u.shape[1]
     n = 2 * length
     acc = jnp.promote_types(u.dtype, jnp.float32)
@@ -83,6 +108,7 @@ def fft_causal_conv(u: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.fft.irfft(spectrum, n=n, axis=1)[:, :length].astype(u.dtype)
 
 
+@accepts_numpy
 def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *,
                  initial_state: jax.Array | None = None, return_final_state: bool = False,
                  segment_ids: jax.Array | None = None, discretization: str = "zoh",
@@ -91,17 +117,25 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
 
     Args:
       u: [batch, length, channels] real.
-      dt: [channels] positive steps; A, B, C: [channels, N] complex (Re A < 0 for stability).
+      dt: [channels] positive steps; A, B, C: [channels, N] complex (Re A ≤ 0 for stability).
+        Every form is exact and has finite gradients for any such ΔA, however large (Ā
+        underflowing to 0, the bilinear zero ΔA = −2; see :func:`zoh`, :func:`bilinear`).
       initial_state: [batch, channels, N] complex; zeros when None.
-      segment_ids: [batch, length]; the state resets where a packed document starts.
+      segment_ids: [batch, length]; the state resets where a packed document (a maximal run
+        of equal ids: [0, 1, 0] are three documents) starts.
       discretization: "zoh" (S4D's default) or "bilinear".
       impl: "reference" (sequential scan), "xla" (FFT convolution with the Vandermonde
         kernel; an associative scan when a state goes in or out or rows are packed), "auto".
 
     Returns:
-      y [batch, length, channels] in u's dtype, and the final state when asked.
+      y [batch, length, channels] in u's dtype (integer u: the default float), and the final
+      state when asked. The FFT convolution is causal for finite inputs only: a NaN or Inf in
+      u at any position makes every output of its row NaN (each output frequency sums every
+      input). The scan forms stay causal; use them (impl="reference", or a segment_ids or
+      state argument) where later inputs may be non-finite.
     """
     op = "diagonal_ssm"
+    u, dt, initial_state = as_floats(u, dt, initial_state)
     check_rank(op, "u", u, "[batch, length, channels]")
     batch, length, channels = u.shape
     check_shape(op, "dt", dt, (channels,), "[channels]")
@@ -121,12 +155,15 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
     a_bar, b_bar = discretize(op, discretization, dt.astype(real), A.astype(cplx), B.astype(cplx))
     C = C.astype(cplx)
     stateful = initial_state is not None or return_final_state or segment_ids is not None
-    if chosen is Impl.XLA and not stateful:
+    if chosen is Impl.XLA and not stateful and length:
         return fft_causal_conv(u.astype(real), ssm_kernel(a_bar, b_bar, C, length)).astype(
             u.dtype)
     state = (jnp.zeros((batch, channels, d_state), cplx) if initial_state is None
              else initial_state.astype(cplx))
-    starts = segment_starts(segment_ids, batch, length)
+    if batch == 0 or length == 0:
+        y = jnp.zeros(u.shape, u.dtype)
+        return (y, state) if return_final_state else y
+    starts = segment_starts(document_ids(segment_ids), batch, length)
     decay = jnp.where(starts[..., None, None], 0, a_bar)  # [batch, length, c, N]
     decay = jnp.broadcast_to(decay, (batch, length, channels, d_state))
     inputs = u.astype(real)[..., None] * b_bar
@@ -144,6 +181,7 @@ def diagonal_ssm(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax
     return (y, state) if return_final_state else y
 
 
+@accepts_numpy
 def diagonal_ssm_step(state: jax.Array, u_t: jax.Array, dt: jax.Array, A: jax.Array,
                       B: jax.Array, C: jax.Array, *, discretization: str = "zoh"
                       ) -> tuple[jax.Array, jax.Array]:

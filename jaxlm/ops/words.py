@@ -3,7 +3,8 @@ Autoregressive Transformers: Combining Byte- and Word-Level Processing"; "Learn 
 Word-Pooled Tokenization for Language Modeling").
 
 A word is a run of non-whitespace bytes followed by its trailing whitespace ("hello, " then
-"world"). A new word also starts at a document start (``segment_ids`` changes), at and after
+"world"). A new word also starts at a document start (``segment_ids`` changes: a document
+is a maximal run of equal ids), at and after
 every special token (ids >= 256: BOS, EOS, ...) and after ``max_word_len`` bytes. The split
 only looks at the bytes up to each position, so it is causal: whether byte t starts a word is
 known from bytes <= t.
@@ -16,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.segments import segment_starts
+from jaxlm.ops.segments import document_ids, segment_starts
 
 WHITESPACE = (9, 10, 11, 12, 13, 32)
 
@@ -28,7 +29,8 @@ class WordLayout(NamedTuple):
     offset: [batch, length] int32, its position inside the word;
     words: [batch, max_words, max_word_len] int32, the bytes of each word (``pad`` after it);
     lengths: [batch, max_words] int32, bytes per word (0 for the unused slots);
-    segment_ids: [batch, max_words] int32, the document of each word (unused slots: the last).
+    segment_ids: [batch, max_words] int32, the canonical document id of each word (the run
+      index of :func:`jaxlm.ops.segments.document_ids`; unused slots: the last).
     """
     word: jax.Array
     offset: jax.Array
@@ -66,6 +68,7 @@ def word_layout(tokens: jax.Array, segment_ids: jax.Array | None, *, max_word_le
                 max_words: int, pad: int) -> WordLayout:
     """Splits tokens [batch, length] into words; see ``WordLayout``."""
     batch, length = tokens.shape
+    segment_ids = document_ids(segment_ids)
     starts, offset = word_offsets(natural_word_starts(tokens, segment_ids), max_word_len)
     word = jnp.cumsum(starts, axis=1, dtype=jnp.int32) - 1
     rows = jnp.arange(batch)[:, None]

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxlm.parallel.mesh import axis_size, batch_axes
 from jaxlm.ops.checks import check_qkv, check_shape
-from jaxlm.ops.segments import pad_segments
+from jaxlm.ops.segments import document_ids, pad_segments
 from jaxlm.parallel.sequence import pad_rows
 
 LAYOUTS = ("contiguous", "zigzag")
@@ -151,7 +151,8 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
     computed with the length split over ``mesh`` axis ``axis`` and the batch over (data, fsdp).
 
     q: [batch, length, heads, d]; k, v: [batch, length, kv_heads, d(v)]; segment_ids:
-    [batch, length] or None; layout: "contiguous" or "zigzag" (see the module docstring).
+    [batch, length] or None (a document is a maximal run of equal ids, numbered over the whole
+    row before the split); layout: "contiguous" or "zigzag" (see the module docstring).
     Lengths that 2 x the axis size does not divide are padded at the end (a causal mask never
     lets a real query read a padded key). Returns [batch, length, heads, dv].
     """
@@ -168,8 +169,8 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
     scale = d ** -0.5 if scale is None else float(scale)
     padded = -(-length // (2 * n)) * 2 * n
     q, k, v = (pad_rows(x, padded) for x in (q, k, v))
-    seg = (jnp.zeros((batch, padded), jnp.int32) if segment_ids is None
-           else pad_segments(segment_ids, padded))
+    seg = (jnp.zeros((batch, padded), jnp.int32) if segment_ids is None  # whole-row numbering
+           else pad_segments(document_ids(segment_ids), padded))
     chunk = padded // n
     half = chunk // 2
     hops = ring_hops(n, chunk, window, layout)

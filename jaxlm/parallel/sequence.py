@@ -17,7 +17,9 @@ Gradients flow through the same path (the all-gather's transpose is a reduce-sca
 cost is about three local passes, against one pass on one device for the whole length: the
 price of a generic, exact correction (LASP-2's closed-form correction for decay-only ops would
 save the rerun). Lengths that P does not divide are padded at the end with inputs that leave
-the state unchanged.
+the state unchanged. In packed rows a document is a maximal run of equal ``segment_ids``
+(:func:`jaxlm.ops.segments.document_ids`), numbered over the whole row before the split, so an
+id that comes back on a later device still starts a new document.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from jaxlm.ops.chunking import pad_length
 from jaxlm.ops.delta_rule import gated_delta_rule
 from jaxlm.ops.linear_attention import gated_linear_attention
-from jaxlm.ops.segments import pad_segments
+from jaxlm.ops.segments import document_ids, pad_segments
 from jaxlm.ops.selective import selective_scan, ssd
 from jaxlm.parallel.mesh import axis_size, batch_axes
 
@@ -94,6 +96,9 @@ def _sharded(mesh, axis, body, seq_args, segment_ids, initial, replicated, lengt
     n = axis_size(mesh, axis)
     padded = -(-length // n) * n
     seq_args = tuple(pad_rows(x, padded) for x in seq_args)
+    # Documents (maximal runs of equal ids) are numbered over the whole row before the split,
+    # so an id that comes back on a later device still starts a new document.
+    segment_ids = document_ids(segment_ids)
     segment_ids = None if segment_ids is None else pad_segments(segment_ids, padded)
     batch = batch_axes(mesh)
     seq_spec = lambda x: None if x is None else P(batch, axis)

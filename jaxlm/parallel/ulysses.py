@@ -19,7 +19,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxlm.ops.attention import attention
 from jaxlm.ops.checks import check_qkv, check_shape
-from jaxlm.ops.segments import pad_segments
+from jaxlm.ops.segments import document_ids, pad_segments
 from jaxlm.parallel.mesh import axis_size, batch_axes
 from jaxlm.parallel.sequence import pad_rows
 
@@ -33,7 +33,7 @@ def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
     (data, fsdp).
 
     q: [batch, length, heads, d]; k, v: [batch, length, kv_heads, d(v)]; segment_ids:
-    [batch, length] or None. Lengths the axis size does not divide are padded at the end.
+    [batch, length] or None (a document is a maximal run of equal ids). Lengths the axis size does not divide are padded at the end.
     Returns [batch, length, heads, dv].
     """
     check_qkv("ulysses_attention", q, k, v)
@@ -49,7 +49,8 @@ def ulysses_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, mesh: Mesh,
         k, v = (jnp.repeat(x, heads // k.shape[2], axis=2) for x in (k, v))
     padded = -(-length // n) * n
     q, k, v = (pad_rows(x, padded) for x in (q, k, v))
-    seg = None if segment_ids is None else pad_segments(segment_ids, padded)
+    seg = document_ids(segment_ids)  # numbered over the whole row before the split
+    seg = None if seg is None else pad_segments(seg, padded)
     spec = P(batch_axes(mesh), axis)
 
     def to_heads(x):  # [b, L/P, h, d] -> [b, L, h/P, d]

@@ -30,8 +30,16 @@ class Experiment:
     best_of: tuple[str, ...] = ()
 
     def configs(self) -> list[Config]:
-        """Every run's config, validated (all before any run starts)."""
-        return [apply_overrides(self.base, point) for point in self.points]
+        """Every run's config, validated (all before any run starts); an invalid one raises
+        ``ConfigError`` naming its sweep point."""
+        configs = []
+        for i, point in enumerate(self.points):
+            try:
+                configs.append(apply_overrides(self.base, point))
+            except ConfigError as e:
+                raise ConfigError(f"{self.path.name}: sweep point {i + 1} of "
+                                  f"{len(self.points)} ({run_name(point)}): {e}") from None
+        return configs
 
 
 def grid(axes: Mapping[str | tuple[str, ...], Sequence[Any]]) -> list[dict[str, Any]]:
@@ -91,9 +99,9 @@ def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = (),
     points = list(module.sweep()) if hasattr(module, "sweep") else [{}]
     for key, values in best_of.items():
         points = with_axis(points, key, values, f"{path}: preset {preset!r}'s {BEST_OF}")
-    experiment = Experiment(path, base, points, presets, tuple(best_of))
-    experiment.configs()
-    return experiment
+    # The sweep's points are validated where they run (``Experiment.configs``), so ``jaxlm
+    # train`` can train a base config that some point of the sweep would not accept.
+    return Experiment(path, base, points, presets, tuple(best_of))
 
 
 BEST_OF = "best_of"  # a preset's entry {config key: values}: a swept axis reported as its best

@@ -14,7 +14,8 @@ from typing import Any
 
 from flax import nnx
 
-from jaxlm.config import Config, ConfigError, apply_overrides, load_config, save_config
+from jaxlm.config import (Config, ConfigError, apply_overrides, load_config, save_config,
+                          to_dict)
 from jaxlm.models import pretrained_config
 from jaxlm.probes import evaluate
 from jaxlm.runner.experiment import Experiment, run_name
@@ -94,9 +95,9 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    configs = experiment.configs()  # every point validated before anything trains
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    configs = experiment.configs()  # every point validated before anything trains
     names = [run_name(p) for p in experiment.points]
     if len(set(names)) != len(names):
         names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
@@ -127,18 +128,21 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
 
 
 def _run_in_processes(runs, out_dir: pathlib.Path, workers: int, log) -> None:
-    """Runs each (name, config) in ``python -m jaxlm.runner.worker`` with one XLA thread."""
+    """Runs each (name, config) in ``python -m jaxlm.runner.worker`` with one XLA thread. The
+    config goes to the worker on its standard input (the run directory's ``config.json`` stays
+    the record of what its checkpoints were trained with); each worker dies with this process."""
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + _ONE_THREAD).strip()}
 
     def launch(run):
         name, config = run
         run_dir = out_dir / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.json")
         log(f"started {name}")
-        with open(run_dir / "worker.log", "w") as out:
+        with open(run_dir / "worker.log", "a") as out:
             code = subprocess.run([sys.executable, "-m", "jaxlm.runner.worker", str(run_dir),
-                                   name], stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+                                   name, str(os.getpid())], input=json.dumps(to_dict(config)),
+                                  text=True, stdout=out, stderr=subprocess.STDOUT,
+                                  env=env).returncode
         if code:
             tail = (run_dir / "worker.log").read_text().splitlines()[-20:]
             raise RuntimeError(f"sweep run {name} failed (exit {code}); end of "

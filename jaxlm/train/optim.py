@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 
 def make_schedule(cfg) -> optax.Schedule:
@@ -60,15 +61,23 @@ def _stable_then_decay(cfg, warmup: int, end: float) -> optax.Schedule:
         [warmup, decay_start])
 
 
-def _decay_mask(params):
-    """Weight decay on matrices only (not on norm scales or biases)."""
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+def decay_mask(params):
+    """Which parameters weight decay applies to: matrices (not norm scales or biases), except
+    those a layer marks ``nnx.Param(..., weight_decay=False)`` (e.g. Mamba's A_log and D, as
+    the reference implementations exclude them). A pytree of bools over the ``nnx.Param``
+    variables of ``params``."""
+    def decays(variable):
+        value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
+        marked = (variable.get_metadata().get("weight_decay", True)
+                  if isinstance(variable, nnx.Variable) else True)
+        return bool(marked) and value.ndim >= 2
+    return jax.tree.map(decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
     """AdamW ("Decoupled Weight Decay Regularization") with global-norm clipping."""
     adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
-                        weight_decay=cfg.weight_decay, mask=_decay_mask)
+                        weight_decay=cfg.weight_decay, mask=decay_mask)
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
     return adamw

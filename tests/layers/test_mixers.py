@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -158,3 +159,40 @@ def test_bidirectional_ponet_has_no_step():
     assert mixer(jnp.zeros((1, 5, D_MODEL))).shape == (1, 5, D_MODEL)
     with pytest.raises(ValueError, match="causal=True"):
         mixer.init_state(1, jnp.float64)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_step_checks_its_inputs(name):
+    """A state made for another batch, or x_t of another width, is a ValueError naming the
+    mixer, the argument, the leaf and both shapes (not a silent broadcast or a raw JAX error)."""
+    mixer = build_mixer(name, D_MODEL, getattr(ModelConfig(), name), rngs=nnx.Rngs(0))
+    state = mixer.init_state(1, jnp.float32, max_length=4)
+    op = rf"{type(mixer).__name__}\.step"
+    with pytest.raises(ValueError, match=rf"{op}: state.* must have shape \(2, .*"
+                                         rf"init_state\(batch_size=2\).*got shape \(1, "):
+        mixer.step(jnp.zeros((2, D_MODEL)), state)
+    with pytest.raises(ValueError, match=rf"{op}: x_t must have shape \[batch, d_model=16\], "
+                                         rf"got shape \(1, 15\)"):
+        mixer.step(jnp.zeros((1, D_MODEL - 1)), state)
+
+
+def test_step_checks_the_state_structure_under_jit():
+    mixer = make_mixer("attention")
+    state = mixer.init_state(2, jnp.float64, max_length=6)
+    y, _ = jax.jit(lambda m, x, s: m.step(x, s))(mixer, jnp.zeros((2, D_MODEL)), state)
+    assert y.shape == (2, D_MODEL)
+    del state["pos"]
+    with pytest.raises(ValueError, match=r"Attention\.step: state must have init_state's "
+                                         r"structure \[.*\['pos'\].*\], got"):
+        jax.jit(lambda m, x, s: m.step(x, s))(mixer, jnp.zeros((2, D_MODEL)), state)
+
+
+@pytest.mark.parametrize("name", ["attention", "gla"])
+def test_step_takes_numpy_arrays(name):
+    """x_t and the state may be NumPy arrays (the KV cache is updated with ``.at``)."""
+    mixer = make_mixer(name)
+    state = mixer.init_state(2, jnp.float64, max_length=3)
+    x_t = np.random.default_rng(0).standard_normal((2, D_MODEL))
+    y, new = jax.jit(lambda m: m.step(x_t, jax.tree.map(np.asarray, state)))(mixer)
+    expected, _ = jax.jit(lambda m, x, s: m.step(x, s))(mixer, jnp.asarray(x_t), state)
+    assert rel_err(y, expected) < TOL

@@ -118,3 +118,18 @@ def test_dropout_config_errors_are_named():
         dataclasses.replace(CONFIG, dropout=1.0)
     with pytest.raises(ValueError, match="'dropout'.*stream"):
         DecoderLM(dataclasses.replace(CONFIG, dropout=0.1), rngs=nnx.Rngs(params=0))
+
+
+def test_generation_runs_in_evaluation_mode_and_leaves_the_mode():
+    """A model in training mode generates as in evaluation mode (no dropout, which would
+    draw masks inside the decoding scan), eagerly and under jit, and stays in training mode."""
+    config = ModelConfig(vocab_size=8, d_model=8, n_layers=1, dropout=0.1)
+    m = DecoderLM(config, rngs=nnx.Rngs(params=0, dropout=1))
+    expected = generate(m, [[1, 2]], max_new_tokens=3)
+    m.train()
+    assert jnp.array_equal(generate(m, [[1, 2]], max_new_tokens=3), expected)
+    jitted = jax.jit(lambda m, p: generate(m, p, max_new_tokens=3))(m, jnp.array([[1, 2]]))
+    assert jnp.array_equal(jitted, expected)
+    assert m.blocks[0].dropout.deterministic is False
+    with pytest.raises(ValueError, match="prompt must hold integer token ids"):
+        generate(m, [[1.0, 2.0]], max_new_tokens=1)

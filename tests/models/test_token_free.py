@@ -278,3 +278,15 @@ def test_subword_bits_per_byte_count_the_bytes_of_each_piece():
     assert "bits_per_byte_cipher" not in metrics  # the cipher is for byte tokens
     assert metrics["reduction"] == pytest.approx(nbytes / counted.sum(), rel=1e-6)
     assert metrics["in_context_unigram"] > 0 and metrics["unigram"] < metrics["bits_per_byte"]
+
+
+def test_generate_text_in_training_mode_is_evaluation_mode():
+    """Training mode (dropout, soft deletion) does not reach generation: MrT5's prefill, a scan
+    of its step, would draw dropout masks inside the scan. The text equals the
+    evaluation-mode text, and the model stays in training mode."""
+    m = build_lm(dataclasses.replace(SMALL, kind="mrt5", dropout=0.1, n_layers=2),
+                 rngs=nnx.Rngs(params=0, dropout=1))
+    expected = generate_text(m, "Hello wor", max_new_bytes=3)
+    m.train()
+    assert generate_text(m, "Hello wor", max_new_bytes=3) == expected
+    assert any(getattr(x, "deterministic", True) is False for _, x in nnx.iter_graph(m))

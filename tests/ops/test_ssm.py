@@ -10,7 +10,7 @@ import pytest
 
 from jaxlm.ops.ssm import (diagonal_ssm, diagonal_ssm_step, fft_causal_conv, s4d_init,
                            ssm_kernel, zoh)
-from tests.helpers import rel_err
+from tests.helpers import assert_forms_agree, forms_and_grads, normal, rel_err
 
 TOL = 1e-9
 
@@ -99,3 +99,46 @@ def test_bad_arguments_are_named():
         diagonal_ssm(u, dt, a, b, c, discretization="euler")
     with pytest.raises(ValueError, match="kind='hippo' is unknown"):
         s4d_init("hippo", 3, 4)
+
+
+@pytest.mark.parametrize("discretization, real, tol", [("zoh", jnp.float32, 1e-5),
+                                                      ("bilinear", jnp.float64, 1e-12)])
+def test_extreme_steps_match_the_reference(discretization, real, tol):
+    """ΔA from 0 (A = 0: B̄ = ΔB) through the bilinear zero ΔA = −2 (Ā = 0) to ΔA = −1e30
+    (exp(ΔA) underflows): the FFT form equals the sequential reference, values and gradients,
+    all finite. (A = 0 with Δ = 1e30 is left out: its true gradient, Δ²/2, overflows.)"""
+    cplx = jnp.promote_types(real, jnp.complex64)
+    dt = jnp.array([1e-3, 2.0, 90.0, 1e6, 1e30], real)
+    a = jnp.array([[-1, -0.5 + 3j, 0]] * 4 + [[-1, -0.5 + 3j, -2]])
+    floats = {"dt": dt, "a_re": a.real.astype(real), "a_im": a.imag.astype(real),
+              "u": normal(0, (1, 7, 5), real)}
+    c = (normal(1, (5, 3)) + 1j * normal(2, (5, 3))).astype(cplx)
+
+    def op(f, impl):
+        a = (f["a_re"] + 1j * f["a_im"]).astype(cplx)
+        return diagonal_ssm(f["u"], f["dt"], a, jnp.ones_like(a), c, impl=impl,
+                            discretization=discretization), jnp.zeros((), real)
+
+    results = forms_and_grads(op, floats, normal(3, (1, 7, 5), real))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(results))
+    assert_forms_agree(results, tol)
+
+
+def test_large_step_gives_the_limit():
+    """dt·|Re A| = 90 (exp(ΔA) = 0 in float32): x_t = B̄ u_t with B̄ = −B/A = 1, so y = 2u."""
+    u = jnp.ones((1, 4, 1), jnp.float32)
+    for impl in ("reference", "xla"):
+        y = diagonal_ssm(u, jnp.array([90.0], jnp.float32), jnp.array([[-1 + 0j]]),
+                         jnp.array([[1 + 0j]]), jnp.array([[1 + 0j]]), impl=impl)
+        np.testing.assert_allclose(y, 2 * u, rtol=1e-6)
+
+
+def test_zoh_input_factor_near_zero():
+    """B̄ = (exp(ΔA) − 1)/A · B is continuous through A = 0 (its limit ΔB) on both sides of
+    the series' threshold."""
+    dt = jnp.array([0.5, 0.5, 0.5])
+    a = jnp.array([[0j], [-1e-9 + 1e-9j], [-1e-2 + 1e-2j]])
+    _, b_bar = zoh(dt, a, jnp.ones_like(a))
+    exact = np.expm1(0.5 * np.asarray(a)) / np.where(a == 0, 1, np.asarray(a))
+    exact[0] = 0.5
+    np.testing.assert_allclose(b_bar, exact, rtol=1e-15)

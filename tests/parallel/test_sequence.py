@@ -1,7 +1,7 @@
 """LASP-2 sequence parallelism on 8 simulated CPU devices equals the single-device op, values,
 final states and gradients (float64: the same sums regrouped, relative error < 1e-10), at
 lengths the device count divides and does not (padded), with packed rows whose documents start
-inside a chunk and exactly at a chunk boundary."""
+inside a chunk and exactly at a chunk boundary, and whose ids come back (a document is a run)."""
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +23,12 @@ def mesh():
 
 
 def segments(batch, length):
-    """Row 0: documents start inside chunks; row 1 (for length 16 on 4 devices): at position 8,
-    a chunk boundary."""
+    """Row 0: documents start inside chunks, and the last one has the first one's id again
+    ([0, 1, 0]: three documents, the first and last on different devices); row 1 (for length
+    16 on 4 devices): at position 8, a chunk boundary."""
     ids = np.zeros((batch, length), np.int32)
     ids[0, length // 3:] = 1
-    ids[0, 2 * length // 3:] = 2
+    ids[0, 2 * length // 3:] = 0
     if batch > 1:
         ids[1, length // 2:] = 1
     return jnp.asarray(ids)

@@ -152,3 +152,14 @@ def test_in_context_ppm_is_unchanged_by_relabelling_and_learns_repeats():
     rows = {"inputs": periodic[:, :-1], "targets": periodic[:, 1:],
             "segment_ids": np.zeros_like(periodic[:, 1:])}
     assert in_context_ppm_bits([rows], order=3) < 1.0 < in_context_ppm_bits([rows], order=0)
+
+
+def test_lsa_takes_numpy_arrays():
+    config = LinearRegressionConfig(n_dims=3, num_points=5)
+    xs, ys, _ = jax.vmap(lambda k: regression_prompt(k, config))(
+        jax.random.split(jax.random.key(0), 2))
+    w_pv, w_kq = lsa_optimum(config.eigenvalues(), 4)
+    expected = lsa_predict(w_pv, w_kq, xs, ys)
+    got = lsa_predict(*(np.asarray(x) for x in (w_pv, w_kq, xs, ys)))
+    assert isinstance(got, jax.Array)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)

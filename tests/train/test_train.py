@@ -115,3 +115,20 @@ def test_schedule_with_warmup_as_long_as_the_run():
                                           learning_rate=1.0))
         values = [float(sched(i)) for i in range(6)]
         assert values[0] == 0.0 and max(values) > 0.5 and all(v >= 0 for v in values)
+
+
+def test_weight_decay_skips_the_parameters_layers_mark():
+    """Mamba's A_log [d_inner, d_state] and D, Mamba-2's A_log, dt_bias and D, S4D's A and Δ
+    are not decayed (as in the reference implementations); projection matrices are."""
+    from jaxlm.train.optim import decay_mask
+    expected = {"mamba": ["a_log", "d_skip"], "mamba2": ["a_log", "d_skip", "dt_bias"],
+                "s4d": ["a_im", "a_log_re", "log_dt"]}
+    for pattern, marked in expected.items():
+        model = build_model(apply_overrides(TINY, [f"model.pattern={pattern}"]))
+        mask = decay_mask(nnx.state(model, nnx.Param))
+        flags = {jax.tree_util.keystr(path): flag
+                 for path, flag in jax.tree_util.tree_leaves_with_path(mask)}
+        mixer = "['blocks'][0]['mixer']"
+        ssm = mixer + ("['ssm']" if pattern == "s4d" else "")
+        assert not any(flags[f"{ssm}['{name}']"] for name in marked), pattern
+        assert flags[f"{mixer}['out_proj']['kernel']"], pattern
