@@ -18,6 +18,7 @@ number of members).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -36,9 +37,12 @@ from jaxlm.config import Config, ConfigError, save_config
 from jaxlm.data import make_source
 from jaxlm.models import count_params
 from jaxlm.train.checkpoint import Checkpointer
-from jaxlm.train.loop import TrainResult, build_model, environment, evaluate_params
+from jaxlm.train.loop import TrainResult, build_model, check_finite, check_run_dir, environment, \
+    evaluate_params, resume_config
 from jaxlm.train.metrics import MetricWriter
 from jaxlm.train.optim import make_optimizer, make_schedule
+from jaxlm.train.rundir import RunLock
+from jaxlm.train.signals import StopRequests, TrainingInterrupted
 from jaxlm.train.state import TrainState, init_train_state, make_eval_step, make_train_step, \
     merge_model
 
@@ -204,15 +208,45 @@ def train_stacked(configs: Sequence[Config], run_dirs: Sequence[str | pathlib.Pa
     separate steps, the sequential one faster than them; see ``experiments/bench_sweep.py``);
     None picks the sequential form on a single CPU device and vmap elsewhere.
     Returns one :class:`TrainResult` per member; ``seconds`` is the whole stack's wall time.
+
+    Every member keeps the promises of :func:`jaxlm.train.train`: its run directory is locked
+    for the whole call (another process raises :class:`~jaxlm.train.rundir.RunDirBusy` naming
+    the holder; every lock is released on exit); on resume its config is checked against its
+    ``config.json`` (``ConfigError`` naming each changed key that is not in
+    ``RESUME_SAFE_KEYS``; safe changes are recorded in its ``resumes.jsonl``); a NaN or
+    infinite loss or gradient of any member raises
+    :class:`~jaxlm.train.loop.NonFiniteTraining` naming that member's run directory and step,
+    before any member saves that step; SIGTERM or SIGINT finishes the current step,
+    checkpoints every member, waits for the checkpoints and raises
+    :class:`~jaxlm.train.signals.TrainingInterrupted`.
+
     Raises ``ConfigError`` naming the field when two configs cannot share a stack,
-    ``FileExistsError`` when a run directory holds checkpoints and ``resume`` is False.
+    ``FileExistsError`` when a run directory holds checkpoints and ``resume`` is False (or is a
+    file), ``ValueError`` when two members share a run directory.
     """
     configs = list(configs)
     run_dirs = [pathlib.Path(d) for d in run_dirs]
     if len(run_dirs) != len(configs):
         raise ValueError(f"train_stacked: {len(configs)} configs but {len(run_dirs)} run_dirs; "
                          f"expected one run directory per config")
+    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
+        raise ValueError(f"train_stacked: run_dirs {[str(d) for d in run_dirs]} name a "
+                         f"directory more than once; expected one directory per member")
     _check_stackable(configs)
+    for run_dir in run_dirs:
+        check_run_dir(run_dir)
+    with contextlib.ExitStack() as locks:  # every member's lock, released on any exit
+        for run_dir in run_dirs:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if jax.process_index() == 0:
+                locks.enter_context(RunLock(run_dir))
+        return _train_stacked(configs, run_dirs, resume=resume, stop_after=stop_after,
+                              progress=progress, vectorize=vectorize)
+
+
+def _train_stacked(configs: list[Config], run_dirs: list[pathlib.Path], *, resume: bool,
+                   stop_after: int | None, progress: bool,
+                   vectorize: bool | None) -> list[TrainResult]:
     tcs = [config.train for config in configs]
     tc = tcs[0]
     models = [build_model(config) for config in configs]
@@ -223,18 +257,20 @@ def train_stacked(configs: Sequence[Config], run_dirs: Sequence[str | pathlib.Pa
         states.append(state)
     checkpointers = []
     for run_dir, member_tc in zip(run_dirs, tcs):
-        run_dir.mkdir(parents=True, exist_ok=True)
         checkpointers.append(Checkpointer(run_dir / "checkpoints",
                                           keep=member_tc.keep_checkpoints))
     try:
-        held = [c.latest_step() for c in checkpointers]
-        if any(step is not None for step in held) and not resume:
-            taken = [str(d) for d, step in zip(run_dirs, held) if step is not None]
+        saved = [c.latest_step() for c in checkpointers]
+        if any(step is not None for step in saved) and not resume:
+            taken = [str(d) for d, step in zip(run_dirs, saved) if step is not None]
             raise FileExistsError(f"{taken} already hold checkpoints; pass resume=True "
                                   f"(--resume) to continue those runs, or choose other "
                                   f"run directories")
-        held = [0 if step is None else step for step in held]
+        held = [0 if step is None else step for step in saved]
         common = min(held)
+        for config, run_dir, step in zip(configs, run_dirs, saved):
+            if step is not None:
+                resume_config(config, run_dir, common)
         if common:
             states = [_restore(c, state, common) for c, state in zip(checkpointers, states)]
     except BaseException:
@@ -260,7 +296,8 @@ def train_stacked(configs: Sequence[Config], run_dirs: Sequence[str | pathlib.Pa
     mask_keys = _place(jnp.stack([jax.random.fold_in(jax.random.key(t.seed), 2) for t in tcs]),
                        mesh)
     eval_step = make_eval_step(graphdef)
-    writers = [MetricWriter(d, tensorboard=t.tensorboard) for d, t in zip(run_dirs, tcs)]
+    writers = [MetricWriter(d, tensorboard=t.tensorboard, resume_step=step)
+               for d, t, step in zip(run_dirs, tcs, saved)]
     schedules = [make_schedule(t) for t in tcs]
     start = common
     end = tc.steps if stop_after is None else min(stop_after, tc.steps)
@@ -286,42 +323,69 @@ def train_stacked(configs: Sequence[Config], run_dirs: Sequence[str | pathlib.Pa
             results.append(metrics)
         return results
 
+    def check(step, metrics):  # before any member saves ``step``
+        values = jax.device_get({name: metrics[name] for name in ("loss", "grad_norm")
+                                 if name in metrics})
+        for i, (config, checkpointer) in enumerate(zip(configs, checkpointers)):
+            check_finite(step, {name: v[i] for name, v in values.items()}, config, checkpointer)
+
     eval_metrics = [{} for _ in configs]
+    interrupted = None
     t_start = time.perf_counter()
     bar = tqdm(range(start, end), desc=f"{configs[0].name} x{len(configs)}",
                disable=not progress or jax.process_index())
     try:
-        for step in bar:
-            state, metrics = train_step(hyper, mask_keys, state, batch_at(step))
-            done = step + 1
-            if done % tc.log_every == 0 or done == end:
-                metrics = jax.device_get(metrics)
-                for i, writer in enumerate(writers):
-                    if done > held[i]:
-                        writer.write(done, {**{k: v[i] for k, v in metrics.items()},
-                                            "learning_rate": float(schedules[i](done - 1))})
-            evaluating = tc.eval_every and done % tc.eval_every == 0 and done != end
-            saving = tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != end
-            if evaluating or saving:
-                members = [unstack(state, i) for i in range(len(configs))]
-                if evaluating:
-                    evaluate(done, members)
+        with StopRequests() as stop:
+            unchecked = None  # the previous step's metrics, checked once the next is queued
+            for step in bar:
+                state, metrics = train_step(hyper, mask_keys, state, batch_at(step))
+                done = step + 1
+                if unchecked is not None:
+                    check(*unchecked)
+                unchecked = (done, metrics)
+                if done % tc.log_every == 0 or done == end:
+                    metrics = jax.device_get(metrics)
+                    for i, writer in enumerate(writers):
+                        if done > held[i]:
+                            writer.write(done, {**{k: v[i] for k, v in metrics.items()},
+                                                "learning_rate": float(schedules[i](done - 1))})
+                stopping = stop.reason is not None and done != end
+                evaluating = tc.eval_every and done % tc.eval_every == 0 and done != end
+                saving = stopping or (tc.checkpoint_every and done % tc.checkpoint_every == 0
+                                      and done != end)
                 if saving:
-                    save(done, members)
-        jax.block_until_ready(state)
-        seconds = time.perf_counter() - t_start
-        members = [unstack(state, i) for i in range(len(configs))]
-        final = int(members[0].step)
-        if end > start or any(c.latest_step() is None for c in checkpointers):
-            save(final, members)
-        if end == tc.steps:
-            eval_metrics = evaluate(final, members)
+                    check(done, metrics)
+                if evaluating or saving:
+                    members = [unstack(state, i) for i in range(len(configs))]
+                    if evaluating:
+                        evaluate(done, members)
+                    if saving:
+                        save(done, members)
+                if stopping:
+                    interrupted = TrainingInterrupted(stop.reason, done, tc.steps,
+                                                      ", ".join(str(d) for d in run_dirs))
+                    break
+            else:
+                if unchecked is not None:
+                    check(*unchecked)
+                jax.block_until_ready(state)
+                seconds = time.perf_counter() - t_start
+                members = [unstack(state, i) for i in range(len(configs))]
+                final = int(members[0].step)
+                if end > start or any(c.latest_step() is None for c in checkpointers):
+                    save(final, members)
+                if end == tc.steps:
+                    eval_metrics = evaluate(final, members)
+            for checkpointer in checkpointers:  # on disk before a signal can stop us
+                checkpointer.wait()
     finally:
         bar.close()
         for writer in writers:
             writer.close()
         for checkpointer in checkpointers:
             checkpointer.close()
+    if interrupted is not None:
+        raise interrupted
     return [TrainResult(model=merge_model(graphdef, member), state=member, eval_metrics=metrics,
                         num_params=num_params, seconds=seconds)
             for member, metrics in zip(members, eval_metrics)]

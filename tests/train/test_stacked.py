@@ -1,12 +1,20 @@
 """Stacked training: a member of a stack equals the same point trained alone, its run directory
-holds what a separate run writes, and a stack resumes (also after an uneven interruption)."""
+holds what a separate run writes, a stack resumes (also after an uneven interruption), and it
+keeps a separate run's promises for every member (locks, resume checks, non-finite stops,
+SIGINT checkpoints)."""
+
+import os
+import signal
 
 import jax
 import numpy as np
 import pytest
 
-from jaxlm.config import ConfigError, apply_overrides
-from jaxlm.train import read_metrics, train
+from jaxlm.config import ConfigError, apply_overrides, load_config
+from jaxlm.train import (Checkpointer, NonFiniteTraining, RunDirBusy, RunLock,
+                         TrainingInterrupted, build_model, init_train_state, make_optimizer,
+                         read_metrics, train)
+from jaxlm.train.metrics import MetricWriter
 from jaxlm.train.stacked import group_stackable, member_mesh, train_stacked
 from tests.train.test_train import TINY, leaves
 
@@ -90,3 +98,69 @@ def test_grouping_and_bad_stacks(tmp_path):
         train_stacked([TINY, wide], [tmp_path / "a", tmp_path / "b"], progress=False)
     with pytest.raises(ValueError, match="2 configs but 1 run_dirs"):
         train_stacked([TINY, TINY], [tmp_path / "a"], progress=False)
+
+
+def test_member_run_dirs_are_locked(tmp_path):
+    """A member's run directory held by another writer is refused, naming the holder; the
+    locks the stack took are released (and nothing was trained)."""
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    dirs[1].mkdir()
+    with RunLock(dirs[1]):
+        with pytest.raises(RunDirBusy, match=f"m1 is in use: .*pid {os.getpid()} on host"):
+            train_stacked(MEMBERS, dirs, progress=False)
+    with RunLock(dirs[0]), RunLock(dirs[1]):  # both free again
+        pass
+    assert not any((d / "checkpoints").exists() for d in dirs)
+    with pytest.raises(ValueError, match="more than once"):
+        train_stacked(MEMBERS, [dirs[0], dirs[0]], progress=False)
+
+
+def test_sigint_checkpoints_every_member_and_resume_checks_each_config(tmp_path, monkeypatch):
+    """Ctrl-C at step 5 finishes the step, checkpoints both members and raises; resuming with
+    a changed (unsafe) key of one member is refused naming it and its run directory; resuming
+    unchanged finishes with one metrics row per step."""
+    configs = [apply_overrides(c, ["train.log_every=1"]) for c in MEMBERS]
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    write, sent = MetricWriter.write, []
+
+    def write_then_interrupt(self, step, metrics, split="train"):
+        write(self, step, metrics, split)
+        if step == 5 and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(MetricWriter, "write", write_then_interrupt)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT after step 5 of 8"):
+        train_stacked(configs, dirs, progress=False)
+    monkeypatch.setattr(MetricWriter, "write", write)
+    for run_dir in dirs:
+        checkpointer = Checkpointer(run_dir / "checkpoints")
+        assert checkpointer.all_steps() == [5]
+        checkpointer.close()
+    changed = [configs[0], apply_overrides(configs[1], ["train.learning_rate=0.01"])]
+    with pytest.raises(ConfigError, match=r"m1: .*train.learning_rate: 0.003 -> 0.01"):
+        train_stacked(changed, dirs, resume=True, progress=False)
+    assert load_config(dirs[1] / "config.json") == configs[1]  # the record is untouched
+    resumed = train_stacked(configs, dirs, resume=True, progress=False)
+    for result, run_dir in zip(resumed, dirs):
+        assert int(result.state.step) == 8
+        assert [m["step"] for m in read_metrics(run_dir) if m["split"] == "train"] == \
+            list(range(1, 9))
+
+
+def test_a_diverging_member_stops_the_stack_before_saving_it(tmp_path):
+    """Member 1's learning rate makes its loss non-finite: the stack stops naming its run
+    directory and step, and no member holds a non-finite checkpoint."""
+    overrides = ["train.grad_clip=0", "train.warmup_steps=0", "train.checkpoint_every=1"]
+    configs = [apply_overrides(MEMBERS[0], overrides),
+               apply_overrides(MEMBERS[1], overrides + ["train.learning_rate=1e30"])]
+    dirs = [tmp_path / "m0", tmp_path / "m1"]
+    with pytest.raises(NonFiniteTraining, match=r"non-finite .* at step \d+ .* in .*m1: "):
+        train_stacked(configs, dirs, progress=False)
+    for config, run_dir in zip(configs, dirs):
+        checkpointer = Checkpointer(run_dir / "checkpoints")
+        _, like = init_train_state(build_model(config), make_optimizer(config.train))
+        assert checkpointer.all_steps()  # the finite steps before it were saved
+        for step in checkpointer.all_steps():  # restore checks every value is finite
+            checkpointer.restore(like, step)
+        checkpointer.close()
