@@ -23,8 +23,14 @@ from jaxlm.runner import grid
 
 import quickstart
 
-PRESETS = {"full": {"model.vocab_size": 8192, "data.mqar.vocab_size": 8192,
-                    "train.steps": 12_500, "train.batch_size": 512}}
+# Zoology's protocol: every (model, width) is trained at the four learning rates
+# np.logspace(-4, -2, 4) (here to three digits) and the table reports the best, with its rate
+# (``jaxlm sweep experiments/mqar_width.py --preset zoology --stack``: the four rates of a
+# cell train as one program).
+ZOOLOGY = {"best_of": {"train.learning_rate": [1e-4, 4.64e-4, 2.15e-3, 1e-2]}}
+PRESETS = {"zoology": ZOOLOGY,
+           "full": {"model.vocab_size": 8192, "data.mqar.vocab_size": 8192,
+                    "train.steps": 12_500, "train.batch_size": 512, **ZOOLOGY}}
 
 
 def config():

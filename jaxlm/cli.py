@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once, each in its own process (default 1); helps on machines "
                         "with many cores, not on 2")
+    p.add_argument("--stack", action="store_true",
+                   help="train the points that share the model's shapes (learning rates, "
+                        "seeds, weight decay, data seeds) as one vmapped program each")
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 
@@ -127,7 +130,8 @@ def _run(args: argparse.Namespace) -> int:
         experiment = runner.load_experiment(args.config, args.overrides, args.preset)
         experiment = runner.with_seeds(experiment, args.seeds)
         out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
-        runner.run_sweep(experiment, out, progress=not args.no_progress, workers=args.workers)
+        runner.run_sweep(experiment, out, progress=not args.no_progress, workers=args.workers,
+                         stack=args.stack)
         print()
         print((out / "results.md").read_text())
         print(f"\ntable and plot written to {out}/results.{{md,csv,png}}")

@@ -42,7 +42,7 @@ PROBE_COLUMNS = {
     "selective_copy": ("accuracy", "exact", "baseline"),
     "passkey": ("accuracy", "exact", "baseline"),
     "set_disjointness": ("accuracy_a_first", "accuracy_b_first", "baseline"),
-    "regular_language": ("accuracy", "ngram_1", "ngram_2", "ngram_3"),
+    "regular_language": ("accuracy", "ngram_1", "ngram_2", "ngram_3", "tv_distance"),
     "linear_regression": (),  # error@n and baseline@n columns, named by the prompt length
     "text": ("bits_per_byte", "bits_per_byte_cipher", "unigram", "in_context_unigram",
              "in_context_ppm", "decipher", "frequency", "bytes_per_second", "reduction"),

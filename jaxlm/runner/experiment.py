@@ -25,6 +25,9 @@ class Experiment:
     points: list[dict[str, Any]]  # overrides of each run of the sweep
     # the file's PRESETS (name -> overrides), whichever one was applied to ``base``
     presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # config keys of sweep axes whose best run per setting the report shows (a preset's
+    # "best_of", e.g. Zoology's learning rates)
+    best_of: tuple[str, ...] = ()
 
     def configs(self) -> list[Config]:
         """Every run's config, validated (all before any run starts); an invalid one raises
@@ -85,15 +88,36 @@ def load_experiment(path: str | pathlib.Path, overrides: Sequence[str] = (),
         raise ConfigError(f"{path}: config() must return a jaxlm.config.Config, "
                           f"got {type(base).__name__}")
     presets = getattr(module, "PRESETS", {})
+    best_of: Mapping[str, Sequence[Any]] = {}
     if preset is not None:
         if preset not in presets:
             raise ConfigError(f"{path} has no preset {preset!r}; presets: {sorted(presets)}")
-        base = apply_overrides(base, presets[preset])
+        chosen = dict(presets[preset])
+        best_of = chosen.pop(BEST_OF, {})
+        base = apply_overrides(base, chosen)
     base = apply_overrides(base, overrides)
     points = list(module.sweep()) if hasattr(module, "sweep") else [{}]
+    for key, values in best_of.items():
+        points = with_axis(points, key, values, f"{path}: preset {preset!r}'s {BEST_OF}")
     # The sweep's points are validated where they run (``Experiment.configs``), so ``jaxlm
     # train`` can train a base config that some point of the sweep would not accept.
-    return Experiment(path, base, points, presets)
+    return Experiment(path, base, points, presets, tuple(best_of))
+
+
+BEST_OF = "best_of"  # a preset's entry {config key: values}: a swept axis reported as its best
+
+
+def with_axis(points: Sequence[Mapping[str, Any]], key: str, values: Sequence[Any],
+              where: str) -> list[dict[str, Any]]:
+    """Every point repeated with ``key`` set to each of ``values`` (an innermost axis); raises
+    ``ConfigError`` naming ``where`` if a point already sets ``key`` or ``values`` is empty."""
+    if not values:
+        raise ConfigError(f"{where}: {key} needs at least one value, got {values!r}")
+    swept = [point for point in points if key in point]
+    if swept:
+        raise ConfigError(f"{where}: the sweep already sets {key} (e.g. {swept[0]}); remove "
+                          f"one of the two")
+    return [{**point, key: value} for point in points for value in values]
 
 
 def with_seeds(experiment: Experiment, seeds: int) -> Experiment:

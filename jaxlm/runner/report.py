@@ -82,6 +82,34 @@ def over_seeds(rows: Sequence[dict]) -> list[dict] | None:
     return merged
 
 
+LOWER_IS_BETTER = ("bits_per_byte", "error", "loss", "tv_distance")
+PROTOCOL = "protocol.json"  # beside results.jsonl: the sweep axes the report takes the best of
+
+
+def best_over(rows: Sequence[dict], keys: Sequence[str]) -> list[dict] | None:
+    """One row per setting: of the runs whose names differ only in the axes ``keys`` (config
+    keys, e.g. ``("train.learning_rate",)``), the one with the best main metric (highest, or
+    lowest for the metrics of :data:`LOWER_IS_BETTER`), with the chosen value of each axis in a
+    column named by its last part (``learning_rate``, the value as the run name spells it) and
+    the number of candidates in ``candidates``. Rows that are means over seeds (:func:`over_seeds`) compare by their means.
+    None when ``keys`` is empty."""
+    if not keys or not rows:
+        return None
+    names = [key.split(".")[-1] for key in keys]
+    axis = re.compile(r"(^|,)(" + "|".join(map(re.escape, names)) + r")=([^,]*)")
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(axis.sub("", row.get("run", "")).strip(","), []).append(row)
+    main = _main_metric(rows)
+    sign = -1.0 if main in LOWER_IS_BETTER else 1.0
+    best = []
+    for key, group in groups.items():
+        row = max(group, key=lambda r: sign * r.get(main, float("-inf") * sign))
+        chosen = {m.group(2): m.group(3) for m in axis.finditer(row.get("run", ""))}
+        best.append({**row, "run": key or "run", **chosen, "candidates": len(group)})
+    return best
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
@@ -115,16 +143,31 @@ def read_rows(out_dir: str | pathlib.Path) -> list[dict]:
 
 
 def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *,
-                 title: str = "results") -> str:
+                 title: str = "results", best_of: Sequence[str] | None = None) -> str:
     """Writes ``results.md`` (the table, then the papers' findings), ``results.csv`` and
-    ``results.png``; returns the Markdown."""
+    ``results.png``; returns the Markdown. ``best_of`` (config keys of sweep axes, e.g. the
+    learning rate of Zoology's protocol) adds a first table with the best run per setting
+    (:func:`best_over`); it is saved in ``protocol.json`` and read from there when None."""
     out_dir = pathlib.Path(out_dir)
+    if best_of is None:
+        saved = out_dir / PROTOCOL
+        best_of = json.loads(saved.read_text())["best_of"] if saved.exists() else ()
+    elif best_of:
+        (out_dir / PROTOCOL).write_text(json.dumps({"best_of": list(best_of)}))
     rows = with_published(rows)
     columns = table_columns(rows)
     text = markdown_table(rows, columns)
     merged = over_seeds(rows)
     if merged is not None:
         text = (f"Mean over seeds:\n\n{markdown_table(merged)}\n\nEvery run:\n\n{text}")
+    best = best_over(rows if merged is None else merged, best_of)
+    if best is not None:
+        chosen = [key.split(".")[-1] for key in best_of]
+        best_columns = table_columns(best)
+        at = best_columns.index("model") + 1
+        best_columns[at:at] = chosen + ["candidates"]
+        text = (f"Best of {', '.join(chosen)} per setting (by {_main_metric(rows)}):\n\n"
+                f"{markdown_table(best, best_columns)}\n\n{text}")
     notes = notes_markdown(rows)
     text = f"{text}\n\n{notes}" if notes else text
     (out_dir / "results.md").write_text(f"# {title}\n\n{text}\n")
@@ -132,7 +175,8 @@ def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *,
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    plot_results(rows if merged is None else merged, out_dir / "results.png", title=title)
+    plot_results(best or (rows if merged is None else merged), out_dir / "results.png",
+                 title=title)
     return text
 
 

@@ -66,23 +66,31 @@ def run_one(config: Config, run_dir: str | pathlib.Path, *, name: str = "run",
     if init_from is not None:
         config = dataclasses.replace(config, model=pretrained_config(init_from))
     result = train(config, run_dir, resume=resume, progress=progress, init_from=init_from)
-    probe = _probe(result.model, config)
-    row = {"run": name, **describe(config), "params": result.num_params, **probe,
-           "train_s": round(result.seconds, 1),
-           **{f"val_{k}": v for k, v in result.eval_metrics.items()}}
+    row = result_row(config, name, result)
     (run_dir / RESULT).write_text(json.dumps(row, indent=2))
     return row
 
 
+def result_row(config: Config, name: str, result) -> dict[str, Any]:
+    """The table row of a trained run (a ``jaxlm.train.TrainResult``): its description, the
+    probe of its model, the training time and the final validation metrics."""
+    return {"run": name, **describe(config), "params": result.num_params,
+            **_probe(result.model, config), "train_s": round(result.seconds, 1),
+            **{f"val_{k}": v for k, v in result.eval_metrics.items()}}
+
+
 def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
-              progress: bool = True, workers: int = 1, log=print) -> list[dict[str, Any]]:
+              progress: bool = True, workers: int = 1, stack: bool = False,
+              log=print) -> list[dict[str, Any]]:
     """Runs every point of ``experiment`` into ``out_dir/<run name>/``.
 
     Finished runs (those with a ``result.json``) are skipped and interrupted ones resume from
     their latest checkpoint, so rerunning a sweep after an interruption finishes it. With
     ``workers > 1`` the pending runs go to that many processes at once, each asked to keep XLA's
     CPU matrix products on one thread (worth it with many cores; on 2 cores it measured no
-    faster than one run at a time). The rows go
+    faster than one run at a time). With ``stack=True`` the pending points that share the
+    model's shapes train together as one program (:func:`jaxlm.runner.stacked.run_stacked`),
+    each into its own run directory as a separate run would. The rows go
     to ``out_dir/results.jsonl`` and the table to ``results.{md,csv,png}``.
     """
     if workers < 1:
@@ -99,7 +107,14 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
             log(f"[{i + 1}/{len(configs)}] {name}: done earlier, skipped")
         else:
             pending.append(i)
-    if workers > 1 and len(pending) > 1:
+    if stack:
+        if workers > 1:
+            raise ConfigError(f"workers={workers} with stack=True: a stack is one process; "
+                              f"choose one of them")
+        from jaxlm.runner.stacked import run_stacked
+        run_stacked([(names[i], configs[i]) for i in pending], out_dir, progress=progress,
+                    log=log)
+    elif workers > 1 and len(pending) > 1:
         _run_in_processes([(names[i], configs[i]) for i in pending], out_dir, workers, log)
     else:
         for i in pending:
@@ -108,7 +123,7 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
     rows = [json.loads((out_dir / name / RESULT).read_text()) for name in names]
     with open(out_dir / RESULTS, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    write_report(rows, out_dir, title=experiment.base.name)
+    write_report(rows, out_dir, title=experiment.base.name, best_of=experiment.best_of)
     return rows
 
 

@@ -168,7 +168,10 @@ class NonFiniteTraining(FloatingPointError):
     the damaged state."""
 
 
-def _check_finite(step: int, metrics: dict, config: Config, checkpointer: Checkpointer) -> None:
+def check_finite(step: int, metrics: dict, config: Config, checkpointer: Checkpointer) -> None:
+    """Raises :class:`NonFiniteTraining` naming the run directory (``checkpointer``'s parent),
+    ``step`` and the values when ``metrics``' ``loss`` or ``grad_norm`` (scalars) is NaN or
+    infinite; call it before saving the state of ``step``."""
     values = jax.device_get({name: metrics[name] for name in ("loss", "grad_norm")
                              if name in metrics})
     bad = [name for name, value in values.items() if not math.isfinite(float(value))]
@@ -178,25 +181,30 @@ def _check_finite(step: int, metrics: dict, config: Config, checkpointer: Checkp
         kept = (f"the checkpoint of step {latest} is kept" if latest is not None
                 else "no checkpoint was written")
         raise NonFiniteTraining(
-            f"non-finite {' and '.join(bad)} at step {step} ({shown}): training stopped and "
+            f"non-finite {' and '.join(bad)} at step {step} ({shown}) in "
+            f"{checkpointer.directory.parent}: training stopped and "
             f"nothing after it was saved ({kept}); lower train.learning_rate="
             f"{config.train.learning_rate} or set train.grad_clip (now "
             f"{config.train.grad_clip})")
 
 
-def _check_run_dir(run_dir: pathlib.Path) -> None:
+def check_run_dir(run_dir: pathlib.Path) -> None:
+    """Raises ``FileExistsError`` when ``run_dir`` exists and is not a directory."""
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"run directory {str(run_dir)!r} is a file; give a directory (or "
                               f"a path that does not exist yet)")
 
 
-def _resume_config(config: Config, run_dir: pathlib.Path, step: int) -> None:
+def resume_config(config: Config, run_dir: pathlib.Path, step: int) -> None:
     """Refuses a resumed run whose config changed anything but the keys safe to change on
     resume (``RESUME_SAFE_KEYS``); records those in ``resumes.jsonl``."""
     saved_path = run_dir / "config.json"
     if not saved_path.exists():
         return
-    changes = resume_changes(load_config(saved_path), config)
+    try:
+        changes = resume_changes(load_config(saved_path), config)
+    except ConfigError as e:
+        raise ConfigError(f"resuming {run_dir}: {e}") from None
     if changes and jax.process_index() == 0:
         record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "changed": {key: {"old": old, "new": new}
@@ -239,7 +247,7 @@ def train(config: Config, run_dir: str | pathlib.Path, *, resume: bool = False,
       :class:`~jaxlm.train.rundir.RunDirBusy` naming the holder.
     """
     run_dir = pathlib.Path(run_dir)
-    _check_run_dir(run_dir)
+    check_run_dir(run_dir)
     initialize_distributed(config.distributed)
     mesh = make_training_mesh(config)
     rows = None if mesh is None else local_rows(mesh, config.train.batch_size)
@@ -266,7 +274,7 @@ def _train(config: Config, run_dir: pathlib.Path, mesh: Mesh | None, rows, *, re
                                   f"(--resume) to continue that run, or choose another "
                                   f"run_dir")
         if saved_step is not None:
-            _resume_config(config, run_dir, saved_step)
+            resume_config(config, run_dir, saved_step)
         model = build_model(config) if init_from is None else _pretrained(config, init_from)
         num_params = count_params(model)
         tx = make_optimizer(tc)
@@ -317,7 +325,7 @@ def _train(config: Config, run_dir: pathlib.Path, mesh: Mesh | None, rows, *, re
                 state, metrics = train_step(state, batch)
                 done = step + 1
                 if unchecked is not None:
-                    _check_finite(*unchecked, config, checkpointer)
+                    check_finite(*unchecked, config, checkpointer)
                 unchecked = (done, metrics)
                 if done % tc.log_every == 0 or done == end:
                     metrics = jax.device_get(metrics)
@@ -330,16 +338,16 @@ def _train(config: Config, run_dir: pathlib.Path, mesh: Mesh | None, rows, *, re
                                          and checkpointer.reached_preemption(done)
                                          and "a preemption notice")
                 if reason and done != end:
-                    _check_finite(done, metrics, config, checkpointer)
+                    check_finite(done, metrics, config, checkpointer)
                     save(done, elapsed())
                     interrupted = TrainingInterrupted(reason, done, tc.steps, run_dir)
                     break
                 if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != end:
-                    _check_finite(done, metrics, config, checkpointer)
+                    check_finite(done, metrics, config, checkpointer)
                     save(done, elapsed())
             else:
                 if unchecked is not None:
-                    _check_finite(*unchecked, config, checkpointer)
+                    check_finite(*unchecked, config, checkpointer)
                 jax.block_until_ready(state)
                 seconds = round(elapsed(), 3)
                 if end > start or checkpointer.latest_step() is None:

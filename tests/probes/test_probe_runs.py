@@ -47,7 +47,9 @@ def test_probe_run(task, tmp_path):
         assert len(row["curve"]["model"]) == 7 and "error@3" in row and "least_squares@3" in row
         assert "| n_dims |" in text
     elif task == "regular_language":
-        assert all(0 <= row[k] <= 1 for k in ("accuracy", "ngram_1", "ngram_2", "ngram_3"))
+        assert all(0 <= row[k] <= 1 for k in ("accuracy", "ngram_1", "ngram_2", "ngram_3",
+                                              "tv_distance"))
+        assert "| tv_distance |" in text
         assert row["baseline"] == max(row["ngram_1"], row["ngram_2"], row["ngram_3"])
     elif task == "set_disjointness":
         assert 0 <= row["accuracy_a_first"] <= 1 and 0 <= row["accuracy_b_first"] <= 1
