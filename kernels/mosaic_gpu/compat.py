@@ -41,8 +41,13 @@ def interpret_params(detect_races: bool = False):
 
 
 def mosaic_gpu_available() -> bool:
-    """Whether this JAX has Pallas' Mosaic GPU front end (``plgpu.kernel``, ``wgmma``)."""
-    return plgpu is not None and hasattr(plgpu, "kernel") and hasattr(plgpu, "wgmma")
+    """Whether this JAX has the Mosaic GPU front end the kernels are written against
+    (``plgpu.kernel`` taking ``out_type``, ``wgmma``): JAX 0.10.2 and later. JAX 0.10.0 and
+    0.10.1 name ``plgpu.kernel``'s arguments otherwise and their interpreter cannot run these
+    kernels, so there the GPU path falls back to the Triton-lowered kernels."""
+    if plgpu is None or not (hasattr(plgpu, "kernel") and hasattr(plgpu, "wgmma")):
+        return False
+    return "out_type" in inspect.signature(plgpu.kernel).parameters
 
 
 def check_available(kernel: str) -> None:
