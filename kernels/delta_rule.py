@@ -44,11 +44,12 @@ def delta_chunk(state, consts, xs, *, inverse=blocks.unit_lower_inverse):
     b = blocks.dot(inclusive, a)
     gamma = jnp.where(from_prev, jnp.exp(b), 0.0)  # [C, 1]
     s_in = blocks.finite_or_zero(state)
-    n = strict * beta * gamma_ts * blocks.dot_nt(k, k)
+    # masks by where, not by products with 0: an overflowing q·k of a masked pair stays out
+    n = jnp.where(same & (strict > 0), beta * gamma_ts * blocks.dot_nt(k, k), 0.0)
     t = inverse(n)
     w = blocks.dot(t, beta * gamma * k)
     u = blocks.dot(t, beta * v) - blocks.dot(w, s_in)
-    qk = blocks.dot_nt(q, k) * gamma_ts
+    qk = jnp.where(same, blocks.dot_nt(q, k) * gamma_ts, 0.0)
     out = blocks.dot(gamma * q, s_in) + blocks.dot(qk, u)
     b_last = blocks.last_row(b)
     k_out = jnp.where(to_end, jnp.exp(b_last - b), 0.0) * k  # Γ[C, s] k_s

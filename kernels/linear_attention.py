@@ -50,14 +50,15 @@ def gla_chunk(state, consts, xs):
     b_last = blocks.last_row(b)
     if per_head:  # a [C, C] decay matrix; the scores on the matrix units
         decay = jnp.exp(jnp.where(same, blocks.range_sums(g, inclusive, strict), -jnp.inf))
-        scores = blocks.dot_nt(q, k) * decay
+        scores = jnp.where(same, blocks.dot_nt(q, k) * decay, 0.0)  # inf · 0 stays out
         q_live, k_live, carry_live = from_prev, to_end, keep
     else:  # per channel: [C, C, d_k]; a channel's resets cut only that channel
         cuts = blocks.dot(inclusive, hard)  # resets seen up to t, per channel
         cuts_last = blocks.last_row(cuts)
         live = same[:, :, None] & (cuts[:, None, :] == cuts[None, :, :])
         gap = jnp.where(live, b[:, None, :] - b[None, :, :], -jnp.inf)
-        scores = jnp.sum(q[:, None, :].astype(acc) * k[None, :, :] * jnp.exp(gap), axis=-1)
+        scores = jnp.sum(jnp.where(live, q[:, None, :].astype(acc) * k[None, :, :]
+                                   * jnp.exp(gap), 0.0), axis=-1)
         q_live, k_live = from_prev & (cuts == 0), to_end & (cuts == cuts_last)
         carry_live = keep & (cuts_last == 0)
     s_in = blocks.finite_or_zero(state)

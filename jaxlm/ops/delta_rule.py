@@ -204,11 +204,13 @@ def _chunked(q, k, v, beta, a, starts, state, chunk):
         gamma_ts = jnp.exp(jnp.where(same, b[..., :, None] - b[..., None, :], -jnp.inf))
         gamma = jnp.where(runs == 0, jnp.exp(b), 0.0)  # decay since the chunk start
         kk = jnp.einsum("bhtk,bhsk->bhts", k_c, k_c)
-        t = unit_lower_inverse(jnp.where(strict, beta_c[..., None] * gamma_ts * kk, 0.0))
+        # masks by where, not by products with 0: an overflowing k·k or q·k of a pair that no
+        # output reads stays out
+        t = unit_lower_inverse(jnp.where(strict & same, beta_c[..., None] * gamma_ts * kk, 0.0))
         rhs = beta_c[..., None] * jnp.concatenate([v_c, gamma[..., None] * k_c], axis=-1)
         solved = jnp.einsum("bhts,bhsd->bhtd", t, rhs)
         u_tilde, w = solved[..., :v_c.shape[-1]], solved[..., v_c.shape[-1]:]
-        attn = jnp.einsum("bhtk,bhsk->bhts", q_c, k_c) * gamma_ts  # tril(Q Kᵀ) ⊙ Γ
+        attn = jnp.where(same, jnp.einsum("bhtk,bhsk->bhts", q_c, k_c) * gamma_ts, 0.0)
         q_in = gamma[..., None] * q_c
         k_out = gamma_ts[:, :, -1, :, None] * k_c  # Γ_{C,s} k_s
         keep = gamma[:, :, -1, None, None]  # γ_C: [batch, heads, 1, 1]

@@ -194,10 +194,14 @@ def _chunked(q, k, v, g, starts, state, chunk):
         same = (runs[:, :, :, None] == runs[:, :, None, :]) & causal  # [b, h, t, s, dg]
         expo = b[:, :, :, None, :] - b[:, :, None, :, :]  # b_t - b_s: [b, h, t, s, dg]
         decay = jnp.exp(jnp.where(same, expo, -jnp.inf))
+        # masked by where, not by products with 0: an overflowing q·k of a pair that no output
+        # reads stays out
         if g_c.shape[-1] == 1:  # one decay per head: a [t, s] matrix
-            scores = jnp.einsum("bhtk,bhsk->bhts", q_c, k_c) * decay[..., 0]
+            scores = jnp.where(same[..., 0], jnp.einsum("bhtk,bhsk->bhts", q_c, k_c)
+                               * decay[..., 0], 0.0)
         else:
-            scores = jnp.einsum("bhtk,bhsk,bhtsk->bhts", q_c, k_c, decay)
+            scores = jnp.where(same.any(-1), jnp.einsum("bhtk,bhsk,bhtsk->bhts", q_c, k_c,
+                                                        decay), 0.0)
         out = jnp.einsum("bhts,bhsv->bhtv", scores, v_c)
         q_in = jnp.where(runs == 0, q_c * jnp.exp(b), 0.0)  # reads the incoming state
         to_end = runs == runs[:, :, -1:]

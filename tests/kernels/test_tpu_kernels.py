@@ -116,3 +116,20 @@ def test_kernel_nan_at_a_later_position_stays_there(name, which):
     dirty = run({**x, which: x[which].at[0, bad, 0, 1].set(jnp.nan)})
     np.testing.assert_array_equal(np.asarray(dirty[:, :bad]), np.asarray(clean[:, :bad]))
     assert bool(jnp.isnan(dirty[:, bad:]).all())
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas_interpret"])
+def test_a_later_overflowing_score_reaches_no_earlier_output(impl):
+    """Finite inputs whose q·k overflows float32 only for a pair the mask rules out (q at 2,
+    k at 6): GLA's outputs before 6 equal the run without the large key (masks by where, not
+    by a product with a zero decay). (The delta rule's intermediate u can itself overflow at
+    such inputs, and a product of masked zeros with it is NaN: not covered.)"""
+    name = "gla"
+    length = 8
+    q, k, v = (normal(i, (1, length, 1, 4)).astype(jnp.float32) for i in range(3))
+    q = q.at[0, 2].multiply(1e20)
+    g = -jax.nn.softplus(normal(3, (1, length, 1))).astype(jnp.float32)
+    run = lambda k: GATED[name](q, k, v, g, chunk_size=8, impl=impl)
+    big = run(k.at[0, 6].set(1e20))
+    clean = run(k.at[0, 6].set(0.0))
+    np.testing.assert_array_equal(np.asarray(big[:, :6]), np.asarray(clean[:, :6]))
