@@ -73,25 +73,7 @@ def chunked_recurrence(rec: Recurrence, seqs: tuple[jax.Array, ...],
     float32 or wider. Returns (ys [programs, length, out_width], final state), both in the
     state's dtype.
     """
-    return _recurrence(rec, seqs, consts, state)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence(rec, seqs, consts, state):
-    ys, final, _ = _forward(rec, seqs, consts, state, save_states=False)
-    return ys, final
-
-
-def _recurrence_fwd(rec, seqs, consts, state):
-    ys, final, states = _forward(rec, seqs, consts, state, save_states=True)
-    return (ys, final), (seqs, consts, states)
-
-
-def _recurrence_bwd(rec, residuals, cotangents):
-    seqs, consts, states = residuals
-    d_ys, d_final = cotangents
-    d_seqs, d_consts, d_state = _backward(rec, seqs, consts, states, d_ys, d_final)
-    return fold_repeats(rec, seqs, consts, d_seqs, d_consts) + (d_state,)
+    return _RECURRENCE(rec, seqs, consts, state)
 
 
 def fold_repeats(rec: Recurrence, seqs, consts, d_seqs, d_consts) -> tuple[tuple, tuple]:
@@ -102,7 +84,28 @@ def fold_repeats(rec: Recurrence, seqs, consts, d_seqs, d_consts) -> tuple[tuple
     return d_seqs, tuple(d.astype(c.dtype) for d, c in zip(d_consts, consts))
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+def with_chunk_vjp(forward: Callable, backward: Callable) -> Callable:
+    """The ``jax.custom_vjp`` every chunked-recurrence driver shares: the forward kernel (it
+    also saves the chunk-start states when differentiated) and a backward kernel that walks
+    the chunks in reverse from them. ``forward(rec, seqs, consts, state, save_states=)`` ->
+    (ys, final, states or None); ``backward(rec, seqs, consts, states, d_ys, d_final)`` ->
+    per-program (d_seqs, d_consts, d_state). Returns ``run(rec, seqs, consts, state)``."""
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def run(rec, seqs, consts, state):
+        ys, final, _ = forward(rec, seqs, consts, state, save_states=False)
+        return ys, final
+
+    def run_fwd(rec, seqs, consts, state):
+        ys, final, states = forward(rec, seqs, consts, state, save_states=True)
+        return (ys, final), (seqs, consts, states)
+
+    def run_bwd(rec, residuals, cotangents):
+        seqs, consts, states = residuals
+        d_seqs, d_consts, d_state = backward(rec, seqs, consts, states, *cotangents)
+        return fold_repeats(rec, seqs, consts, d_seqs, d_consts) + (d_state,)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run
 
 
 def _whole(shape, row=lambda g: g):
@@ -203,3 +206,6 @@ def _backward(rec: Recurrence, seqs, consts, states, d_ys, d_final):
         compiler_params=compiler_params(rec.name, rec.interpret, 1, platform=rec.platform),
     )(*seqs, *consts, states, d_ys, d_final)
     return tuple(outs[:n_seq]), tuple(outs[n_seq:n_seq + n_const]), outs[-1]
+
+
+_RECURRENCE = with_chunk_vjp(_forward, _backward)

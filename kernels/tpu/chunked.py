@@ -14,14 +14,12 @@ cotangent in scratch and the per-program constants' gradients accumulated in scr
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxlm.kernels.chunked import Recurrence, fold_repeats
+from jaxlm.kernels.chunked import Recurrence, with_chunk_vjp
 
 
 def chunked_recurrence(rec: Recurrence, seqs: tuple[jax.Array, ...],
@@ -34,28 +32,9 @@ def chunked_recurrence(rec: Recurrence, seqs: tuple[jax.Array, ...],
     (ys [programs, length, out_width] in ``rec.out_dtype`` (default: the state's dtype), final
     state).
     """
-    return _recurrence(rec, seqs, consts, state)
+    return _RECURRENCE(rec, seqs, consts, state)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _recurrence(rec, seqs, consts, state):
-    ys, final, _ = _forward(rec, seqs, consts, state, save_states=False)
-    return ys, final
-
-
-def _recurrence_fwd(rec, seqs, consts, state):
-    ys, final, states = _forward(rec, seqs, consts, state, save_states=True)
-    return (ys, final), (seqs, consts, states)
-
-
-def _recurrence_bwd(rec, residuals, cotangents):
-    seqs, consts, states = residuals
-    d_ys, d_final = cotangents
-    d_seqs, d_consts, d_state = _backward(rec, seqs, consts, states, d_ys, d_final)
-    return fold_repeats(rec, seqs, consts, d_seqs, d_consts) + (d_state,)
-
-
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 def interpret_params(interpret):
@@ -195,3 +174,6 @@ def _backward(rec: Recurrence, seqs, consts, states, d_ys, d_final):
         interpret=interpret_params(rec.interpret), name=f"{rec.name}_bwd",
     )(*seqs, *consts, states, d_ys, d_final)
     return tuple(outs[:n_seq]), tuple(outs[n_seq:n_seq + n_const]), outs[-1]
+
+
+_RECURRENCE = with_chunk_vjp(_forward, _backward)
