@@ -70,8 +70,8 @@ def chunked_recurrence(rec: Recurrence, seqs: tuple[jax.Array, ...],
 
     seqs: arrays [programs // repeat, length, width] (length a multiple of ``rec.chunk``);
     consts: arrays [programs, ...] every chunk of a program reads whole; state: [programs, ...]
-    float32 or wider. Returns (ys [programs, length, out_width], final state), both in the
-    state's dtype.
+    float32 or wider. Returns (ys [programs, length, out_width] in ``rec.out_dtype`` (default:
+    the state's dtype), final state in the state's dtype).
     """
     return _RECURRENCE(rec, seqs, consts, state)
 

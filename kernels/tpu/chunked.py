@@ -49,7 +49,7 @@ def _params(semantics):
     return pltpu.CompilerParams(dimension_semantics=semantics)
 
 
-def _per_program(shape, chunk_axis=None):
+def _per_program(shape):
     """BlockSpec of program g's slice of [programs, ...] (the same block at every chunk)."""
     rest = len(shape) - 1
     return pl.BlockSpec((None, *shape[1:]), lambda g, c: (g,) + (0,) * rest)
