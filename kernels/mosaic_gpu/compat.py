@@ -40,6 +40,21 @@ def interpret_params(detect_races: bool = False):
     return cls(detect_races=detect_races)
 
 
+def reset_races() -> None:
+    """Clears the interpreter's record of shared-memory races (before a checked run)."""
+    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+
+
+def races_found() -> bool:
+    """Whether a run with ``interpret_params(detect_races=True)`` since :func:`reset_races`
+    found a race (the interpreter also prints where)."""
+    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+
+    return bool(interpret_pallas_call.get_races().races_found)
+
+
 def mosaic_gpu_available() -> bool:
     """Whether this JAX has the Mosaic GPU front end the kernels are written against
     (``plgpu.kernel`` taking ``out_type``, ``wgmma``): JAX 0.10.2 and later. JAX 0.10.0 and

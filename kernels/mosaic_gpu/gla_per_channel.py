@@ -421,11 +421,11 @@ def _gla_bwd(stages, interpret, residuals, cotangents):
 _gla.defvjp(_gla_fwd, _gla_bwd)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk", "stages", "interpret"))
+@functools.partial(jax.jit, static_argnames=("chunk", "stages", "interpret", "detect_races"))
 def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.Array,
                            starts: jax.Array, state: jax.Array, *, chunk: int = CHUNK,
-                           stages: int = 2, interpret: bool = False
-                           ) -> tuple[jax.Array, jax.Array]:
+                           stages: int = 2, interpret: bool = False,
+                           detect_races: bool = False) -> tuple[jax.Array, jax.Array]:
     """Gated linear attention with one decay per channel (GLA),
     S_t = diag(e^{log_g_t}) S_{t-1} + k_t v_tᵀ, o_t = q_tᵀ S_t, as Mosaic GPU kernels (Hopper),
     differentiable (custom VJP).
@@ -438,7 +438,8 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     [batch, heads, d_k, d_v] float32 (the initial state, of the row's first document). Any
     length (padded to a multiple of ``chunk`` = 64 with positions that leave the state
     unchanged). ``stages``: the deepest TMA ring wanted (lowered to what shared memory
-    holds); ``interpret``: run in Mosaic GPU's interpreter (any backend). Returns
+    holds); ``interpret``: run in Mosaic GPU's interpreter (any backend), ``detect_races``
+    there checking every shared-memory access (:func:`compat.races_found`). Returns
     (o [batch, heads, length, d_v] in q's dtype, final state float32). Raises ValueError for
     other dtypes, widths or shapes. Inputs must be finite apart from -inf gates (the op's
     :func:`~jaxlm.ops.chunking.guard_nonfinite` sees to that).
@@ -463,5 +464,5 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     itemsize = jnp.dtype(q.dtype).itemsize
     depth = (_stages(dk, dv, itemsize, stages, False), _stages(dk, dv, itemsize, stages, True))
     o, final = _gla(flat(q), flat(k), flat(v), b, seg, c, state.reshape(programs, dk, dv),
-                    depth, compat.interpret_params() if interpret else None)
+                    depth, compat.interpret_params(detect_races) if interpret else None)
     return o[:, :length].reshape(batch, heads, length, dv), final.reshape(state.shape)
