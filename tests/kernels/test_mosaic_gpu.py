@@ -4,8 +4,9 @@ On CPU they run in Mosaic GPU's interpreter (threads, barriers, shared memory an
 simulated) at tiny shapes: batch 1, 2 heads, 2-3 chunks of 64, head width 64 (wgmma's smallest
 tile), bfloat16 inputs against the op's float64 sequential reference. The interpreter is slow
 (about 5 s a forward, 10-20 s a gradient; per-channel decay twice that), so each test covers
-several features at once: ragged length, packed rows, a -inf gate, initial and final states. Lowering tests run the
-Mosaic GPU compiler front end for CUDA at production widths on the CPU host. Tests marked
+several features at once: ragged length, packed rows, a -inf gate, initial and final states.
+Lowering tests run the Mosaic GPU compiler front end for CUDA at production widths on the CPU
+host. Tests marked
 ``gpu`` compile for a real GPU and compare with the XLA forms; they skip without one.
 
 Tolerances: bfloat16 operands (q, k, v, the probabilities and the state as read by the
