@@ -295,10 +295,13 @@ def _backward(q, k, v, b, seg, c, states, d_o, d_final, *, stages, interpret):
             q_s, k_s, v_s, do_s = q_r.at[slot], k_r.at[slot], v_r.at[slot], do_r.at[slot]
             s = _load_state(st_g.at[p, rows_k], interpret)
             ch = _Chunk(q_s, k_s, b_r.at[slot], seg_r.at[slot], interpret)
-            # The inter-chunk terms' gradients: d(q ⊙ qd) = dO S16ᵀ, d(k ⊙ kd) = V dS'ᵀ.
+            # The inter-chunk terms' gradients: d(q ⊙ qd) = dO S16ᵀ, d(k ⊙ kd) = V dS'ᵀ, and
+            # dc = the row sums of S ⊙ dS' (S is not needed after this).
             sd16[...] = s.astype(dt)
             raw[...] = ch.k.astype(dt)
+            vec_k[...] = jnp.sum(s * ds, axis=1)
             plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(vec_k, dc_g.at[p, rows_k])
             d_qq = compat.mma(do_s, compat.T(sd16), (CHUNK, dk), interpret)
             plgpu.commit_smem()
             sd16[...] = ds.astype(dt)
@@ -321,6 +324,7 @@ def _backward(q, k, v, b, seg, c, states, d_o, d_final, *, stages, interpret):
                 plgpu.commit_smem()
             within, dq_w = _scores_within(ch, raw, d_a)
             a, dq_a = a + within, dq_a + dq_w
+            plgpu.commit_smem()  # every warp's reads of k in raw precede the overwrite
             raw[...] = ch.q.astype(dt)
             plgpu.commit_smem()
 
@@ -345,10 +349,7 @@ def _backward(q, k, v, b, seg, c, states, d_o, d_final, *, stages, interpret):
             dk_g[p, rows_c] = (dk_a + d_kk * kd).astype(dt)
             dv_g[p, rows_c] = d_v.astype(dt)
             db_g[p, rows_c] = d_b
-            vec_k[...] = jnp.sum(s * ds, axis=1)
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(vec_k, dc_g.at[p, rows_k])
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # vec_k is free again
             c_rows = _rows(compat.load(c_r.at[slot], compat.row_layout(), interpret), (dk, dv))
             ds = ds * c_rows + compat.mma(compat.T(qt16), do_s, (dk, dv), interpret)
             plgpu.commit_smem()
@@ -382,9 +383,7 @@ def _smem_bytes(dk, dv, itemsize, stages, backward):
     ring = (2 * dk + (2 if backward else 1) * dv) * CHUNK * itemsize
     ring += CHUNK * dk * (4 + seg) + dk * 4
     rest = (dk * dv + CHUNK * CHUNK + 3 * CHUNK * dk) * itemsize
-    if backward:
-        return stages * ring + rest + dk * 4
-    return stages * ring + rest + CHUNK * CHUNK * itemsize
+    return stages * ring + rest + (dk * 4 if backward else 0)
 
 
 def _stages(dk, dv, itemsize, want, backward):
