@@ -97,6 +97,16 @@ def load(ref, layout, interpret, *, optimized: bool = True) -> jax.Array:
     return plgpu.load(ref, layout=layout, optimized=optimized)
 
 
+def store(ref, value, interpret, *, optimized: bool = True) -> None:
+    """``ref[...] = value``. ``optimized=False`` lets JAX 0.12's lowering take a store without
+    a bank-conflict-free plan (a register layout into an untransformed SMEM ref); earlier
+    versions' ``ref[...] =`` never asks for one (and have no ``plgpu.store``)."""
+    if interpret is None and not optimized and hasattr(plgpu, "store"):
+        plgpu.store(ref, value, optimized=False)
+    else:
+        ref[...] = value
+
+
 def iota(shape, dim, interpret) -> jax.Array:
     """int32 indices along ``dim`` of a WGMMA-layout array of ``shape``."""
     if interpret is not None:

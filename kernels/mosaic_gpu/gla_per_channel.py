@@ -194,6 +194,12 @@ def _scores_within(ch: _Chunk, raw, d_a=None):
     return jax.lax.fori_loop(jnp.int32(0), jnp.int32(SUB), body, init)
 
 
+def _gmem(interpret):
+    """Stores a WGMMA-layout array straight into a GMEM ref (no SMEM staging: shared memory
+    is spent on the ring)."""
+    return lambda ref, value: compat.store(ref, value, interpret, optimized=False)
+
+
 def _forward(q, k, v, b, seg, c, state, *, save_states, stages, interpret):
     """The forward kernel on [programs, length, d] inputs. Returns (o [programs, length, d_v]
     in q's dtype, final state, chunk-start states [programs, chunks * d_k, d_v] or None)."""
@@ -203,6 +209,7 @@ def _forward(q, k, v, b, seg, c, state, *, save_states, stages, interpret):
     n = length // CHUNK
     stages = min(stages, n)
     mma = compat.mma_transforms(dt)
+    gmem = _gmem(interpret)
 
     def body(q_g, k_g, v_g, b_g, seg_g, c_g, s0_g, o_g, final_g, *rest):
         states_g = rest[0] if save_states else None
@@ -219,7 +226,7 @@ def _forward(q, k, v, b, seg, c, state, *, save_states, stages, interpret):
                 states_g[p, pl.ds(i * dk, dk)] = s
             ch = _Chunk(q_s, k_s, b_r.at[slot], seg_r.at[slot], interpret)
             s16[...] = s.astype(dt)
-            raw[...] = ch.k.astype(dt)
+            compat.store(raw, ch.k.astype(dt), interpret, optimized=False)
             a = jnp.zeros((CHUNK, CHUNK), _F32)
             for j in range(CHUNK // SUB - 1):
                 f, g = ch.across(j)
@@ -236,7 +243,7 @@ def _forward(q, k, v, b, seg, c, state, *, save_states, stages, interpret):
             plgpu.commit_smem()
             o = (compat.mma(qt16, s16, (CHUNK, dv), interpret)
                  + compat.mma(a16, v_s, (CHUNK, dv), interpret))
-            o_g[p, pl.ds(i * CHUNK, CHUNK)] = o.astype(dt)
+            gmem(o_g.at[p, pl.ds(i * CHUNK, CHUNK)], o.astype(dt))
             c_rows = _rows(compat.load(c_r.at[slot], compat.row_layout(), interpret), (dk, dv))
             s = s * c_rows + compat.mma(compat.T(kt16), v_s, (dk, dv), interpret)
             plgpu.commit_smem()  # every read of the step's buffers precedes the next step
@@ -276,6 +283,7 @@ def _backward(q, k, v, b, seg, c, states, d_o, d_final, *, stages, interpret):
     n = length // CHUNK
     stages = min(stages, n)
     mma = compat.mma_transforms(dt)
+    gmem = _gmem(interpret)
 
     def body(q_g, k_g, v_g, do_g, b_g, seg_g, c_g, st_g, dfin_g,
              dq_g, dk_g, dv_g, db_g, dc_g, ds0_g,
@@ -298,7 +306,7 @@ def _backward(q, k, v, b, seg, c, states, d_o, d_final, *, stages, interpret):
             # The inter-chunk terms' gradients: d(q ⊙ qd) = dO S16ᵀ, d(k ⊙ kd) = V dS'ᵀ, and
             # dc = the row sums of S ⊙ dS' (S is not needed after this).
             sd16[...] = s.astype(dt)
-            raw[...] = ch.k.astype(dt)
+            compat.store(raw, ch.k.astype(dt), interpret, optimized=False)
             vec_k[...] = jnp.sum(s * ds, axis=1)
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(vec_k, dc_g.at[p, rows_k])
@@ -325,7 +333,7 @@ def _backward(q, k, v, b, seg, c, states, d_o, d_final, *, stages, interpret):
             within, dq_w = _scores_within(ch, raw, d_a)
             a, dq_a = a + within, dq_a + dq_w
             plgpu.commit_smem()  # every warp's reads of k in raw precede the overwrite
-            raw[...] = ch.q.astype(dt)
+            compat.store(raw, ch.q.astype(dt), interpret, optimized=False)
             plgpu.commit_smem()
 
             def keys(j, dk_a):  # the diagonal blocks' part of dk, one query offset at a time
@@ -345,10 +353,10 @@ def _backward(q, k, v, b, seg, c, states, d_o, d_final, *, stages, interpret):
             d_b = (ch.q * (dq_a + qd * d_qq) - ch.k * dk_a - kk_grad
                    + jnp.where(last, jax.lax.broadcast_in_dim(jnp.sum(kk_grad, axis=0),
                                                               ch.shape, [1]), 0.0))
-            dq_g[p, rows_c] = (dq_a + d_qq * qd).astype(dt)
-            dk_g[p, rows_c] = (dk_a + d_kk * kd).astype(dt)
-            dv_g[p, rows_c] = d_v.astype(dt)
-            db_g[p, rows_c] = d_b
+            gmem(dq_g.at[p, rows_c], (dq_a + d_qq * qd).astype(dt))
+            gmem(dk_g.at[p, rows_c], (dk_a + d_kk * kd).astype(dt))
+            gmem(dv_g.at[p, rows_c], d_v.astype(dt))
+            gmem(db_g.at[p, rows_c], d_b)
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # vec_k is free again
             c_rows = _rows(compat.load(c_r.at[slot], compat.row_layout(), interpret), (dk, dv))
             ds = ds * c_rows + compat.mma(compat.T(qt16), do_s, (dk, dv), interpret)
