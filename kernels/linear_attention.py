@@ -126,6 +126,7 @@ def _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform) -> bool
     if interpret or backend.target_platform(platform, interpret) != "gpu":
         return False
     dims_ok = all(d % 64 == 0 and d <= 256 for d in (q.shape[-1], v.shape[-1]))
-    return (log_g.shape[-1] in (1, q.shape[-1]) and chunk == 64 and dims_ok and state.dtype == jnp.float32
+    return (log_g.shape[-1] in (1, q.shape[-1]) and chunk == 64 and dims_ok
+            and state.dtype == jnp.float32
             and q.dtype == k.dtype == v.dtype and q.dtype in (jnp.bfloat16, jnp.float16)
             and backend.mosaic_gpu_available())

@@ -12,10 +12,11 @@ per-channel segment counts ``seg`` [C, d_k]. The weight of key s in output t, ch
 w[t, s, c] = e^{b_tc - b_sc} for s <= t with seg_tc = seg_sc (no reset of channel c, no document
 start, in (s, t]), 0 otherwise, and
 
-    O  = A V + (Q ⊙ qd) S,       A[t, s] = Σ_c q_tc k_sc w[t, s, c]
-    S' = diag(c) S + (K ⊙ kd)ᵀ V,  qd_tc = e^{b_tc} [seg_tc = 0],  kd_tc = e^{b_Cc - b_tc} [seg_tc = seg_Cc]
+    O  = A V + (Q ⊙ qd) S,          A[t, s] = Σ_c q_tc k_sc w[t, s, c]
+    S' = diag(c) S + (K ⊙ kd)ᵀ V,   qd_tc = e^{b_tc} [seg_tc = 0]
+                                     kd_tc = e^{b_Cc - b_tc} [seg_tc = seg_Cc]
 
-with c = qd_C. Every factor here is <= 1 (b is non-increasing), so nothing overflows.
+with c = qd_C ([x] is 1 where x holds, else 0). Every factor here is <= 1 (b is non-increasing), so nothing overflows.
 
 A is exact in the sense of the portable kernel (every weight is a product of exponentials of
 non-positive differences, so a weight is lost only where it is itself below float32's range):
