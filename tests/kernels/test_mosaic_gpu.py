@@ -150,8 +150,9 @@ def test_gla_on_gpu_matches_xla_form(length):
 
 
 def test_gla_per_channel_forward_matches_reference_in_interpreter():
-    args, _ = inputs(1, 2, 150, 64, per_channel=True)  # 3 chunks, the last ragged
     from jaxlm.kernels.mosaic_gpu import compat
+
+    args, _ = inputs(1, 2, 150, 64, per_channel=True)  # 3 chunks, the last ragged
 
     compat.reset_races()
     out, final = mgpu(True).gated_linear_attention(*args, interpret=True, detect_races=True)
@@ -168,8 +169,12 @@ def test_gla_per_channel_gradients_match_reference_in_interpreter():
     One head: the -inf gate, the strong gates and the reset gate all on it."""
     args, weights = inputs(1, 1, 100, 64, seed=1, dtype=jnp.float16, per_channel=True)
     q, k, v, log_g, starts, state = args
-    kernel = lambda *a: mgpu(True).gated_linear_attention(*a, interpret=True)
+    from jaxlm.kernels.mosaic_gpu import compat
+
+    compat.reset_races()
+    kernel = lambda *a: mgpu(True).gated_linear_attention(*a, interpret=True, detect_races=True)
     grads = jax.grad(loss_of(kernel, weights, starts), argnums=range(5))(q, k, v, log_g, state)
+    assert not compat.races_found()
     ref = jax.grad(loss_of(reference, weights, starts), argnums=range(5))(q, k, v, log_g, state)
     for name, g, r in zip(("q", "k", "v", "log_g", "state"), grads, ref):
         assert bool(jnp.all(jnp.isfinite(g))), name
