@@ -16,10 +16,12 @@ start, in (s, t]), 0 otherwise, and
     S' = diag(c) S + (K ⊙ kd)ᵀ V,   qd_tc = e^{b_tc} [seg_tc = 0]
                                      kd_tc = e^{b_Cc - b_tc} [seg_tc = seg_Cc]
 
-with c = qd_C ([x] is 1 where x holds, else 0). Every factor here is <= 1 (b is non-increasing), so nothing overflows.
+with c = qd_C ([x] is 1 where x holds, else 0). Every factor here is <= 1 (b is
+non-increasing), so nothing overflows.
 
 A is exact in the sense of the portable kernel (every weight is a product of exponentials of
-non-positive differences, so a weight is lost only where it is itself below float32's range):
+non-positive differences, so a weight is lost only where it is itself below float32's range;
+the operands of ``wgmma`` are rounded to the input dtype, as q and k themselves are):
 
 * Off the diagonal of 16 x 16 sub-chunks (t in sub-chunk i > j, s in sub-chunk j), with r the
   row b at the end of sub-chunk j: q̃_t = q_t ⊙ e^{b_t - r} and k̃_s = k_s ⊙ e^{r - b_s} are
@@ -40,7 +42,10 @@ guard_nonfinite` zeroes them and puts the NaNs back); this kernel assumes finite
 state, with gates in [-inf, 0].
 
 Shared memory bounds the ring: at d_k = d_v = 128 in bfloat16 one stage fits (b alone is
-32 KiB a chunk), at 64 three; :func:`_stages` picks the deepest that fits.
+32 KiB a chunk), at 64 up to three; :func:`_stages` picks the deepest that fits. Outputs go
+from registers straight to GMEM (no SMEM staging). Untested on a device so far: at d = 128 one
+warpgroup holds the float32 state (128 registers a thread) beside [C, d_k] float32 operands,
+so expect register spills; splitting d_v across thread blocks is the known remedy.
 """
 
 from __future__ import annotations
