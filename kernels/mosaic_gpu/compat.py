@@ -12,6 +12,11 @@ the shims from here.
   ``scratch_types``, ``grid``, ``grid_names``) and asks for Lane lowering semantics (the
   kernels place layouts explicitly): 0.12 defaults to Warpgroup semantics, whose layout
   search does not finish on these kernels.
+* JAX 0.12 refuses a register-to-memory store it has no bank-conflict-free plan for (into an
+  untransformed SMEM ref, or GMEM) unless it comes through ``plgpu.store(...,
+  optimized=False)``, which 0.10 and 0.11 lack: :func:`store`.
+* The interpreter's race record (``detect_races``) is read through ``jax._src`` in every
+  version: :func:`reset_races`, :func:`races_found`.
 """
 
 from __future__ import annotations
