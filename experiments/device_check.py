@@ -26,6 +26,7 @@ Shapes: bfloat16, batch 4, 16 heads, head dim 128, lengths 4096 and 16384.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -85,17 +86,20 @@ def grad_of(fn, n_diff):
 # impls {name: fn(*args) -> out}, the reference impl name, n_diff, FLOPs and bytes of a forward.
 
 
-def gla_case(batch, heads, length, dim, dtype, *, interpret):
+def gla_case(batch, heads, length, dim, dtype, *, interpret, per_channel=False):
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v = (jax.random.normal(keys[i], (batch, length, heads, dim), dtype) for i in range(3))
-    log_g = -jax.nn.softplus(jax.random.normal(keys[3], (batch, length, heads), jnp.float32))
+    gates = (batch, length, heads) + ((dim,) if per_channel else ())
+    log_g = -jax.nn.softplus(jax.random.normal(keys[3], gates, jnp.float32))
     scale = dim ** -0.5
 
     def mosaic(q, k, v, log_g):
-        from jaxlm.kernels.mosaic_gpu.linear_attention import gated_linear_attention as kern
+        from jaxlm.kernels.mosaic_gpu import gla_per_channel, linear_attention
 
+        kern = (gla_per_channel if per_channel else linear_attention).gated_linear_attention
         t = lambda x: jnp.moveaxis(x, 2, 1)
-        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), t(log_g)[..., None],
+        g = t(log_g) if per_channel else t(log_g)[..., None]
+        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), g,
                       jnp.zeros((batch, length), bool),
                       jnp.zeros((batch, heads, dim, dim), jnp.float32), interpret=interpret)
         return t(out)
@@ -138,8 +142,9 @@ def attention_case(batch, heads, length, dim, dtype, *, interpret):
     return (q, k, v), impls, 3, flops, nbytes
 
 
-CASES = {"gla per head (ssd)": gla_case, "gated delta rule": delta_case,
-         "attention causal": attention_case}
+CASES = {"gla per head (ssd)": gla_case,
+         "gla per channel": functools.partial(gla_case, per_channel=True),
+         "gated delta rule": delta_case, "attention causal": attention_case}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +170,11 @@ def fla_impls(op: str):
             return {}, why
         return {"fla chunk_simple_gla": lambda q, k, v, g: module.chunk_simple_gla(
             q, k, v, g)[0]}, None
+    if op == "gla per channel":
+        module, why = import_peer("fla.ops.gla")
+        if module is None:
+            return {}, why
+        return {"fla chunk_gla": lambda q, k, v, g: module.chunk_gla(q, k, v, g)[0]}, None
     if op == "gated delta rule":
         module, why = import_peer("fla.ops.gated_delta_rule")
         if module is None:

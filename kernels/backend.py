@@ -8,7 +8,7 @@
   ``interpret=True`` runs them in the plain interpreter. Without Triton ``impl="pallas"``
   raises on GPU.
 * GPU, Mosaic GPU (Hopper): hand-placed ``wgmma`` / TMA kernels in
-  :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with one decay per head;
+  :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with per-head or per-channel decay;
   :func:`mosaic_gpu_available`), tested in Mosaic GPU's interpreter.
 * CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
 """
