@@ -109,14 +109,10 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
 
 
 def _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform) -> bool:
-    """Whether a compiled GPU call goes to the Mosaic GPU (Hopper) kernel: one decay per head,
-    16-bit q, k, v with head dims that are multiples of 64 up to 256, a float32 state, chunks
-    of 64, and a JAX with Mosaic GPU. Otherwise the whole-row kernel runs (Triton lowering)."""
+    """Whether a compiled GPU call goes to the Mosaic GPU (Hopper) kernel: one decay per head
+    and the conditions all Mosaic GPU kernels share (:func:`backend.mosaic_gpu_takes`).
+    Otherwise the whole-row kernel runs (Triton lowering)."""
     from jaxlm.kernels import backend
 
-    if interpret or backend.target_platform(platform, interpret) != "gpu":
-        return False
-    dims_ok = all(d % 64 == 0 and d <= 256 for d in (q.shape[-1], v.shape[-1]))
-    return (log_g.shape[-1] == 1 and chunk == 64 and dims_ok and state.dtype == jnp.float32
-            and q.dtype == k.dtype == v.dtype and q.dtype in (jnp.bfloat16, jnp.float16)
-            and backend.mosaic_gpu_available())
+    return log_g.shape[-1] == 1 and backend.mosaic_gpu_takes(q, k, v, state, chunk, interpret,
+                                                             platform)

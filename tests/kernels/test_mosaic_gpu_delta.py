@@ -8,9 +8,9 @@ k is L2-normalised (as DeltaNet does) and β in (0, 1), so the UT solve is well 
 The lowering tests run Mosaic GPU's compiler front end for CUDA at head width 128 on the CPU
 host; tests marked ``gpu`` compile for a real GPU and compare with the op's XLA form.
 
-Tolerances: bfloat16 operands (q, k, v, W, Ũ, U and the state as read by the products) give
-relative errors of a few 1e-3 against float64; the tests allow 1e-2 (2e-2 for the gradients,
-which pass through two more bfloat16 roundings: dU and the scores' gradient).
+Tolerances: bfloat16 operands (q, k, v, W, Ũ, U and the state as read by the products, and in
+the backward dU and the scores' gradient) give relative errors of 2e-3 to 4e-3 against float64,
+values and gradients alike; the tests allow 1e-2.
 """
 
 import jax
@@ -23,7 +23,7 @@ from tests.helpers import rel_err
 
 pytestmark = pytest.mark.skipif(not backend.mosaic_gpu_available(),
                                 reason="this JAX has no Mosaic GPU Pallas front end")
-TOL, GRAD_TOL = 1e-2, 2e-2
+TOL = 1e-2
 ON_GPU = jax.default_backend() == "gpu"
 NAMES = ("q", "k", "v", "beta", "log_a", "state")
 
@@ -94,7 +94,7 @@ def test_delta_gradients_match_reference_in_interpreter():
     ref = jax.grad(loss_of(reference, weights, starts), argnums=range(6))(*diff)
     for name, g, r in zip(NAMES, grads, ref):
         assert bool(jnp.all(jnp.isfinite(g))), name
-        assert rel_err(g, r) < GRAD_TOL, name
+        assert rel_err(g, r) < TOL, name
 
 
 def test_wy_factors_solve_the_ut_system():
@@ -102,7 +102,7 @@ def test_wy_factors_solve_the_ut_system():
     (q, k, v, beta, log_a, starts, _), _ = inputs(1, 1, 64, 64, seed=3)
     flat = lambda x: x.reshape(1, 64, *x.shape[3:]).astype(jnp.float32)
     b, seg, qd, _, _ = mgpu().decay_factors(flat(log_a), starts, 64)
-    w, u = mgpu().wy_factors(flat(k).astype(q.dtype), flat(v).astype(q.dtype),
+    w, u = jax.jit(mgpu().wy_factors)(flat(k).astype(q.dtype), flat(v).astype(q.dtype),
                              flat(beta), b, seg, qd)
     k64, v64, beta64 = (flat(x)[0].astype(jnp.float64) for x in (k, v, beta))
     b64, seg64 = b[0].astype(jnp.float64), seg[0]
@@ -174,4 +174,4 @@ def test_delta_on_gpu_matches_xla_form(length):
     xla = lambda *a: reference(*a, impl="xla")
     ref = jax.jit(jax.grad(loss_of(xla, weights, starts), argnums=range(6)))(*diff)
     for name, g, r in zip(NAMES, grads, ref):
-        assert rel_err(g, r) < GRAD_TOL, name
+        assert rel_err(g, r) < TOL, name
