@@ -273,6 +273,7 @@ def _backward(q, k, w, u, b, seg, qd, kd, c, states, d_o, d_final, *, stages, in
                     - compat.mma(compat.T(w_s), du16, (dk, dv), interpret))
 
         ds = _walk(n, stages, fetch, wait, step, ds)
+        plgpu.wait_smem_to_gmem(0)
         ds0_g[p] = ds
 
     vec = jax.ShapeDtypeStruct((programs, length), _F32)
@@ -353,7 +354,7 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     programs = batch * heads
     pad = lambda x: jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
     flat = lambda x: pad(x.reshape(programs, length, *x.shape[3:]))
-    row_starts = pad(jnp.broadcast_to(starts[:, None], (batch, heads, length))
+    row_starts = pad(jnp.broadcast_to(starts.astype(bool)[:, None], (batch, heads, length))
                      .reshape(programs, length))
     b, seg, qd, kd, c = decay_factors(flat(log_a.astype(_F32)), row_starts, CHUNK)
     k_f = flat(k)
