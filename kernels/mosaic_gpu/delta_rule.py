@@ -10,9 +10,9 @@ elsewhere), γ_t = e^{b_t} while t is in the incoming state's document and the U
 T = (I + tril_strict(diag(β) Γ ⊙ K Kᵀ))⁻¹:
 
 1. A chunk-parallel stage that does not read the state, in XLA for every chunk at once
-   (:func:`wy_factors`): T by :func:`jaxlm.kernels.blocks.unit_lower_inverse` (forward
-   substitution on the 16 x 16 diagonal blocks, then a product series: batched matrix products
-   on the tensor cores), W = T diag(β γ) K and Ũ = T diag(β) V, stored in q's dtype.
+   (:func:`wy_factors`): T in 16 x 16 blocks (forward substitution on the diagonal blocks
+   only, then :func:`jaxlm.kernels.blocks.block_series`' product series: batched matrix
+   products on the tensor cores), W = T diag(β γ) K and Ũ = T diag(β) V, stored in q's dtype.
 2. A sequential Mosaic GPU kernel (one thread block, one warpgroup, per batch row and head) that
    walks the chunks in order with S [d_k, d_v] in float32 registers. The chunk's q, k, w, ũ and
    decay vectors arrive by TMA in a multi-stage shared-memory ring with one barrier per stage
@@ -52,9 +52,26 @@ from jaxlm.kernels.mosaic_gpu.compat import plgpu
 from jaxlm.kernels.mosaic_gpu.linear_attention import (CHUNK, _check, _decay_matrix,
                                                         _load_state, _ring, _rows, _walk,
                                                         decay_factors)
+from jaxlm.ops.delta_rule import forward_substitution, with_closed_form_vjp
 
 _F32 = jnp.float32
 _SMEM_LIMIT = 227 * 1024 - 4096  # leave room for barriers and the compiler's own scratch
+_BLOCK = 16  # the UT solve's diagonal blocks
+
+
+def _ut_inverse(n: jax.Array) -> jax.Array:
+    """(I + N)⁻¹ for strictly lower-triangular N [chunks, C, C] in 16 x 16 blocks: forward
+    substitution on the diagonal blocks alone ([chunks · C / 16, 16, 16], 15 steps), then
+    :func:`jaxlm.kernels.blocks.block_series` (four C x C products per chunk)."""
+    count, size, _ = n.shape
+    nb = size // _BLOCK
+    diag = jnp.einsum("nbibj->nbij", n.reshape(count, nb, _BLOCK, nb, _BLOCK))
+    t_diag = jnp.einsum("nbij,bc->nbicj", forward_substitution(diag),
+                        jnp.eye(nb, dtype=n.dtype)).reshape(count, size, size)
+    return jax.vmap(functools.partial(blocks.block_series, block=_BLOCK))(n, t_diag)
+
+
+_ut_inverse_vjp = with_closed_form_vjp(_ut_inverse)
 
 
 def wy_factors(k: jax.Array, v: jax.Array, beta: jax.Array, b: jax.Array, seg: jax.Array,
@@ -75,8 +92,7 @@ def wy_factors(k: jax.Array, v: jax.Array, beta: jax.Array, b: jax.Array, seg: j
     decay = jnp.exp(jnp.where(same, b_c[:, :, None] - b_c[:, None, :], 0.0))
     kk = jnp.einsum("ntk,nsk->nts", k_c, k_c, preferred_element_type=_F32)
     # masks by where, not by products with 0: an overflowing k·k of a pair no output reads
-    t = jax.vmap(blocks.unit_lower_inverse_vjp)(
-        jnp.where(same, beta_c[:, :, None] * decay * kk, 0.0))
+    t = _ut_inverse_vjp(jnp.where(same, beta_c[:, :, None] * decay * kk, 0.0))
     w = jnp.einsum("nts,nsk->ntk", t, (beta_c * gamma_c)[..., None] * k_c.astype(_F32))
     u = jnp.einsum("nts,nsv->ntv", t, beta_c[..., None] * v_c.astype(_F32))
     return (w.astype(k.dtype).reshape(programs, length, dk),

@@ -112,6 +112,8 @@ def test_wy_factors_solve_the_ut_system():
     system = jnp.eye(64) + beta64[:, None] * decay * (k64 @ k64.T)
     rhs = beta64[:, None] * jnp.concatenate([qd[0, :, None] * k64, v64], axis=1)
     assert rel_err(jnp.concatenate([w[0], u[0]], axis=1), jnp.linalg.solve(system, rhs)) < TOL
+    n = system - jnp.eye(64)  # the blocked solve itself is exact in float64
+    assert rel_err(mgpu()._ut_inverse(n[None])[0], jnp.linalg.inv(system)) < 1e-12
 
 
 @pytest.mark.parametrize("backward", [False, True])
