@@ -159,6 +159,8 @@ def test_dispatch_sends_compiled_gpu_calls_to_mosaic_gpu():
     assert not _mosaic_gpu_takes(q, k, v, state, 32, False, "gpu")
     assert not _mosaic_gpu_takes(q.astype(jnp.float32), k, v, state, 64, False, "gpu")
     assert not _mosaic_gpu_takes(q, k, v, state.astype(jnp.float64), 64, False, "gpu")
+    wide = jax.ShapeDtypeStruct((1, 1, 64, 256), jnp.bfloat16)  # too big for shared memory
+    assert not _mosaic_gpu_takes(wide, wide, wide, state, 64, False, "gpu")
 
 
 @pytest.mark.gpu
