@@ -374,7 +374,8 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
                      .reshape(programs, length))
     b, seg, qd, kd, c = decay_factors(flat(log_a.astype(_F32)), row_starts, CHUNK)
     k_f = flat(k)
-    w, u = wy_factors(k_f, flat(v), flat(beta.astype(_F32)), b, seg, qd)
+    # recomputed in the backward pass rather than storing its [C, C] intermediates per chunk
+    w, u = jax.checkpoint(wy_factors)(k_f, flat(v), flat(beta.astype(_F32)), b, seg, qd)
     itemsize = jnp.dtype(q.dtype).itemsize
     depth = (_stages(dk, dv, itemsize, stages, False), _stages(dk, dv, itemsize, stages, True))
     o, final = _delta(flat(q), k_f, w, u, b, seg, qd, kd, c, state.reshape(programs, dk, dv),
