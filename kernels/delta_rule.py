@@ -102,11 +102,11 @@ def _mosaic_gpu_takes(q, k, v, state, chunk, interpret, platform) -> bool:
     """Whether a compiled GPU call goes to the Mosaic GPU (Hopper) kernel
     (:func:`jaxlm.kernels.mosaic_gpu.delta_rule.gated_delta_rule`): the conditions all Mosaic
     GPU kernels share (:func:`backend.mosaic_gpu_takes`) and buffers that fit in shared memory
-    (head dims up to 128 in 16 bits)."""
+    (d_k up to 192 in 16 bits)."""
     from jaxlm.kernels import backend
 
     if not backend.mosaic_gpu_takes(q, k, v, state, chunk, interpret, platform):
         return False
     from jaxlm.kernels.mosaic_gpu import delta_rule as mosaic_gpu
 
-    return mosaic_gpu.fits(q.shape[-1], v.shape[-1], q.dtype.itemsize)
+    return mosaic_gpu.fits(q.shape[-1], q.dtype.itemsize)

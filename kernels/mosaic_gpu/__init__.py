@@ -5,7 +5,8 @@ shared-memory rings with barriers, ``wgmma`` on the tensor cores, recurrent stat
   decay per head (SSD / RetNet / lightning attention), forward and backward kernels.
 * :mod:`~jaxlm.kernels.mosaic_gpu.delta_rule`: the chunked (gated) delta rule (DeltaNet,
   Gated DeltaNet): the UT transform of every chunk at once in XLA (blocked 16 x 16 solve on
-  the tensor cores), then forward and backward kernels over the chunks, state in registers.
+  the tensor cores), then forward and backward kernels over the chunks, the state in
+  registers split into 64-column blocks, one thread block each.
 * :mod:`~jaxlm.kernels.mosaic_gpu.compat`: the differences between JAX 0.10, 0.11 and 0.12's
   Mosaic GPU APIs and interpreters, in one place.
 

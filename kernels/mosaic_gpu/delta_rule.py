@@ -13,11 +13,13 @@ T = (I + tril_strict(diag(β) Γ ⊙ K Kᵀ))⁻¹:
    (:func:`wy_factors`): T in 16 x 16 blocks (forward substitution on the diagonal blocks
    only, then :func:`jaxlm.kernels.blocks.block_series`' product series: batched matrix
    products on the tensor cores), W = T diag(β γ) K and Ũ = T diag(β) V, stored in q's dtype.
-2. A sequential Mosaic GPU kernel (one thread block, one warpgroup, per batch row and head) that
-   walks the chunks in order with S [d_k, d_v] in float32 registers. The chunk's q, k, w, ũ and
-   decay vectors arrive by TMA in a multi-stage shared-memory ring with one barrier per stage
-   (the ring of :mod:`~jaxlm.kernels.mosaic_gpu.linear_attention`), and every product is a
-   ``wgmma``:
+2. A sequential Mosaic GPU kernel that walks the chunks in order with the state in float32
+   registers. Every equation below is column by column in d_v, so the state is split: one
+   thread block (one warpgroup) per batch row, head and TILE = 64 columns of S, [d_k, 64] in
+   registers (d_v = 128 gives twice the thread blocks of one per head, at half the registers
+   each). The chunk's q, k, w, ũ columns and decay vectors arrive by TMA in a multi-stage
+   shared-memory ring with one barrier per stage (the ring of
+   :mod:`~jaxlm.kernels.mosaic_gpu.linear_attention`), and every product is a ``wgmma``:
 
        U  = Ũ - W S
        O  = diag(γ) Q S + (Q Kᵀ ⊙ Γ) U
@@ -29,10 +31,11 @@ T = (I + tril_strict(diag(β) Γ ⊙ K Kᵀ))⁻¹:
    turned into a document start (it zeroes the state exactly as a reset does) before b is summed.
 
 The backward kernel is the mirror: it walks the chunks in reverse from the chunk-start states
-the forward kernel saved, carries dS in float32 registers, recomputes U, and returns the
-gradients of q, k, W, Ũ, b, γ, kd, c and the initial state; JAX differentiates stage 1 and the
-decay vectors (the solve's gradient in closed form, N̄ = -Tᵀ T̄ Tᵀ, from
-:func:`jaxlm.ops.delta_rule.with_closed_form_vjp`). The products read S, U, W and Ũ in the
+the forward kernel saved, carries its TILE columns of dS in float32 registers, recomputes U,
+and returns the gradients of q, k, W, Ũ, b, γ, kd, c and the initial state (the column
+blocks' partial sums for q, k, W, b, γ, kd and c added in XLA); JAX differentiates stage 1
+(rematerialized, not stored) and the decay vectors (the solve's gradient in closed form,
+N̄ = -Tᵀ T̄ Tᵀ, from :func:`jaxlm.ops.delta_rule.with_closed_form_vjp`). The products read S, U, W and Ũ in the
 input dtype (as flash-linear-attention does); S, its updates and every accumulator are float32.
 Non-finite inputs are not guarded here: the op (:func:`jaxlm.ops.delta_rule.gated_delta_rule`)
 zeroes them and restores NaN causally around any kernel.
@@ -57,6 +60,7 @@ from jaxlm.ops.delta_rule import forward_substitution, with_closed_form_vjp
 _F32 = jnp.float32
 _SMEM_LIMIT = 227 * 1024 - 4096  # leave room for barriers and the compiler's own scratch
 _BLOCK = 16  # the UT solve's diagonal blocks
+TILE = 64  # the columns of the state (of v) one thread block keeps
 
 
 def _ut_inverse(n: jax.Array) -> jax.Array:
@@ -99,8 +103,10 @@ def wy_factors(k: jax.Array, v: jax.Array, beta: jax.Array, b: jax.Array, seg: j
             u.astype(k.dtype).reshape(programs, length, -1))
 
 
-def _smem_bytes(dk, dv, itemsize, stages, backward):
-    """Shared memory the kernels take (to pick the deepest ring that fits)."""
+def _smem_bytes(dk, itemsize, stages, backward):
+    """Shared memory one thread block of the kernels takes (to pick the deepest ring that
+    fits): the block keeps TILE columns of the state, so d_v does not enter."""
+    dv = TILE
     vecs = 4 * CHUNK * 4 + dk * 4
     if backward:  # ring: q, k, w, ũ, dO; then S, dS, U / dO γ, dU, the [C, C] scores, out
         ring = (3 * CHUNK * dk + 2 * CHUNK * dv) * itemsize + vecs
@@ -110,17 +116,18 @@ def _smem_bytes(dk, dv, itemsize, stages, backward):
     return stages * ring + (dk * dv + 3 * CHUNK * dv + CHUNK * CHUNK) * itemsize
 
 
-def fits(dk: int, dv: int, itemsize: int) -> bool:
-    """Whether both kernels fit in an H100's shared memory with a one-stage ring."""
-    return max(_smem_bytes(dk, dv, itemsize, 1, bw) for bw in (False, True)) <= _SMEM_LIMIT
+def fits(dk: int, itemsize: int) -> bool:
+    """Whether both kernels fit in an H100's shared memory with a one-stage ring at key width
+    ``dk`` (up to 192 in 16 bits; any d_v, which is split into TILE-wide blocks)."""
+    return max(_smem_bytes(dk, itemsize, 1, bw) for bw in (False, True)) <= _SMEM_LIMIT
 
 
-def _stages(dk, dv, itemsize, want, backward):
+def _stages(dk, itemsize, want, backward):
     for stages in range(want, 0, -1):
-        if _smem_bytes(dk, dv, itemsize, stages, backward) <= _SMEM_LIMIT:
+        if _smem_bytes(dk, itemsize, stages, backward) <= _SMEM_LIMIT:
             return stages
-    raise ValueError(f"mosaic_gpu.gated_delta_rule: d_k={dk}, d_v={dv} do not fit in shared "
-                     "memory")
+    raise ValueError(f"mosaic_gpu.gated_delta_rule: d_k={dk} does not fit in shared memory "
+                     "(the backward kernel takes d_k up to 192)")
 
 
 def _per_chunk(c, dk):
@@ -137,9 +144,22 @@ def _ring_buffers(stages, mma, dt, widths):
             + [ring(widths[0], (), _F32)])
 
 
+def _tiles(state):
+    """[programs, d_k, d_v] -> [programs, d_v / TILE, d_k, TILE]: one state slice per block."""
+    programs, dk, dv = state.shape
+    return state.reshape(programs, dk, dv // TILE, TILE).transpose(0, 2, 1, 3)
+
+
+def _untiles(state):
+    """The inverse of :func:`_tiles`."""
+    programs, tiles, dk, _ = state.shape
+    return state.transpose(0, 2, 1, 3).reshape(programs, dk, tiles * TILE)
+
+
 def _forward(q, k, w, u, b, seg, qd, kd, c, state, *, save_states, stages, interpret):
-    """The forward kernel on [programs, length, d] inputs. Returns (o [programs, length, d_v]
-    in q's dtype, final state, chunk-start states [programs, chunks * d_k, d_v] or None)."""
+    """The forward kernel on [programs, length, d] inputs, state [programs, d_k, d_v]. Returns
+    (o [programs, length, d_v] in q's dtype, final state, chunk-start states
+    [programs, d_v / TILE, chunks * d_k, TILE] or None)."""
     programs, length, dk = q.shape
     dv = u.shape[-1]
     dt = q.dtype
@@ -152,18 +172,21 @@ def _forward(q, k, w, u, b, seg, qd, kd, c, state, *, save_states, stages, inter
         states_g = rest[0] if save_states else None
         (q_r, k_r, w_r, u_r, b_r, seg_r, qd_r, kd_r, c_r, s16, u16, ud16, p16, o_smem,
          bars) = rest[-15:]
-        p = jax.lax.axis_index("program")
-        s = _load_state(s0_g.at[p], interpret)
-        ins = [(x.at[p], rows) for x, rows in ((q_g, CHUNK), (k_g, CHUNK), (w_g, CHUNK),
-                                                (u_g, CHUNK), (b_g, CHUNK), (seg_g, CHUNK),
-                                                (qd_g, CHUNK), (kd_g, CHUNK), (c_g, dk))]
+        p, j = jax.lax.axis_index("program"), jax.lax.axis_index("tile")
+        cols = pl.ds(j * TILE, TILE)
+        s = _load_state(s0_g.at[p, j], interpret)
+        ins = [(x, rows) for x, rows in ((q_g.at[p], CHUNK), (k_g.at[p], CHUNK),
+                                          (w_g.at[p], CHUNK), (u_g.at[p, :, cols], CHUNK),
+                                          (b_g.at[p], CHUNK), (seg_g.at[p], CHUNK),
+                                          (qd_g.at[p], CHUNK), (kd_g.at[p], CHUNK),
+                                          (c_g.at[p], dk))]
         fetch, wait = _ring(ins, (q_r, k_r, w_r, u_r, b_r, seg_r, qd_r, kd_r, c_r), bars,
                             stages, n)
 
         def step(i, slot, s):
             q_s, k_s, w_s = q_r.at[slot], k_r.at[slot], w_r.at[slot]
             if save_states:
-                states_g[p, pl.ds(i * dk, dk)] = s
+                states_g[p, j, pl.ds(i * dk, dk)] = s
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # o_smem is free again
             s16[...] = s.astype(dt)
             decay = _decay_matrix(b_r.at[slot], seg_r.at[slot], CHUNK, interpret)
@@ -171,51 +194,55 @@ def _forward(q, k, w, u, b, seg, qd, kd, c, state, *, save_states, stages, inter
                         * decay).astype(dt)
             plgpu.commit_smem()
             upd = (compat.load(u_r.at[slot], wgmma, interpret).astype(_F32)
-                   - compat.mma(w_s, s16, (CHUNK, dv), interpret))  # U = Ũ - W S
+                   - compat.mma(w_s, s16, (CHUNK, TILE), interpret))  # U = Ũ - W S
             u16[...] = upd.astype(dt)
-            ud16[...] = (upd * _rows(kd_r.at[slot], (CHUNK, dv), interpret)).astype(dt)
+            ud16[...] = (upd * _rows(kd_r.at[slot], (CHUNK, TILE), interpret)).astype(dt)
             plgpu.commit_smem()
-            o = (compat.mma(q_s, s16, (CHUNK, dv), interpret)
-                 * _rows(qd_r.at[slot], (CHUNK, dv), interpret)
-                 + compat.mma(p16, u16, (CHUNK, dv), interpret))
+            o = (compat.mma(q_s, s16, (CHUNK, TILE), interpret)
+                 * _rows(qd_r.at[slot], (CHUNK, TILE), interpret)
+                 + compat.mma(p16, u16, (CHUNK, TILE), interpret))
             o_smem[...] = o.astype(dt)
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(o_smem, o_g.at[p, pl.ds(i * CHUNK, CHUNK)])
-            return (s * _rows(c_r.at[slot], (dk, dv), interpret)
-                    + compat.mma(compat.T(k_s), ud16, (dk, dv), interpret))
+            plgpu.copy_smem_to_gmem(o_smem, o_g.at[p, pl.ds(i * CHUNK, CHUNK), cols])
+            return (s * _rows(c_r.at[slot], (dk, TILE), interpret)
+                    + compat.mma(compat.T(k_s), ud16, (dk, TILE), interpret))
 
         s = _walk(n, stages, fetch, wait, step, s)
         plgpu.wait_smem_to_gmem(0)
-        final_g[p] = s
+        final_g[p, j] = s
 
+    tiles = dv // TILE
     out_type = [jax.ShapeDtypeStruct((programs, length, dv), dt),
-                jax.ShapeDtypeStruct((programs, dk, dv), _F32)]
+                jax.ShapeDtypeStruct((programs, tiles, dk, TILE), _F32)]
     if save_states:
-        out_type.append(jax.ShapeDtypeStruct((programs, n * dk, dv), _F32))
-    scratch = _ring_buffers(stages, mma, dt, (dk, dk, dk, dv)) + [
-        plgpu.SMEM((dk, dv), dt, transforms=mma),
-        plgpu.SMEM((CHUNK, dv), dt, transforms=mma),
-        plgpu.SMEM((CHUNK, dv), dt, transforms=mma),
+        out_type.append(jax.ShapeDtypeStruct((programs, tiles, n * dk, TILE), _F32))
+    scratch = _ring_buffers(stages, mma, dt, (dk, dk, dk, TILE)) + [
+        plgpu.SMEM((dk, TILE), dt, transforms=mma),
+        plgpu.SMEM((CHUNK, TILE), dt, transforms=mma),
+        plgpu.SMEM((CHUNK, TILE), dt, transforms=mma),
         plgpu.SMEM((CHUNK, CHUNK), dt, transforms=mma),
-        plgpu.SMEM((CHUNK, dv), dt, transforms=mma),
+        plgpu.SMEM((CHUNK, TILE), dt, transforms=mma),
         plgpu.Barrier(num_arrivals=9, num_barriers=stages)]
-    outs = compat.kernel(body, out_type=out_type, scratch_types=scratch, grid=(programs,),
-                         grid_names=("program",), interpret=interpret)(
-        q, k, w, u, b, seg, qd, kd, _per_chunk(c, dk), state)
-    return outs[0], outs[1], (outs[2] if save_states else None)
+    outs = compat.kernel(body, out_type=out_type, scratch_types=scratch, grid=(programs, tiles),
+                         grid_names=("program", "tile"), interpret=interpret)(
+        q, k, w, u, b, seg, qd, kd, _per_chunk(c, dk), _tiles(state))
+    return outs[0], _untiles(outs[1]), (outs[2] if save_states else None)
 
 
 def _backward(q, k, w, u, b, seg, qd, kd, c, states, d_o, d_final, *, stages, interpret):
-    """The backward kernel: walks the chunks in reverse from the saved chunk-start states.
+    """The backward kernel: walks the chunks in reverse from the saved chunk-start states, one
+    thread block per program and TILE columns of the state.
 
     Returns (dq, dk, dw, dũ in q's dtype; db_rows, db_cols, dqd, dkd float32
     [programs, length]; dc float32 [programs, chunks * d_k]; d_state float32
-    [programs, d_k, d_v]), where the gradient of b is db_rows - db_cols.
+    [programs, d_k, d_v]), where the gradient of b is db_rows - db_cols. The blocks' partial
+    sums (all but dũ and d_state, which are per column) are added here, in float32.
     """
     programs, length, dk = q.shape
     dv = u.shape[-1]
     dt = q.dtype
     n = length // CHUNK
+    tiles = dv // TILE
     stages = min(stages, n)
     mma = compat.mma_transforms(dt)
     wgmma = plgpu.Layout.WGMMA
@@ -224,13 +251,15 @@ def _backward(q, k, w, u, b, seg, qd, kd, c, states, d_o, d_final, *, stages, in
              dq_g, dk_g, dw_g, du_g, dbr_g, dbc_g, dqd_g, dkd_g, dc_g, ds0_g,
              q_r, k_r, w_r, u_r, do_r, b_r, seg_r, qd_r, kd_r, c_r,
              s16, ds16, a16, du16, cc16, out_k, vec_c, vec_k, bars):
-        p = jax.lax.axis_index("program")
-        ds = _load_state(dfin_g.at[p], interpret)
+        p, j = jax.lax.axis_index("program"), jax.lax.axis_index("tile")
+        cols = pl.ds(j * TILE, TILE)
+        ds = _load_state(dfin_g.at[p, j], interpret)
         order = lambda i: n - 1 - i
-        ins = [(x.at[p], rows) for x, rows in ((q_g, CHUNK), (k_g, CHUNK), (w_g, CHUNK),
-                                                (u_g, CHUNK), (do_g, CHUNK), (b_g, CHUNK),
-                                                (seg_g, CHUNK), (qd_g, CHUNK), (kd_g, CHUNK),
-                                                (c_g, dk))]
+        ins = [(x, rows) for x, rows in ((q_g.at[p], CHUNK), (k_g.at[p], CHUNK),
+                                          (w_g.at[p], CHUNK), (u_g.at[p, :, cols], CHUNK),
+                                          (do_g.at[p, :, cols], CHUNK), (b_g.at[p], CHUNK),
+                                          (seg_g.at[p], CHUNK), (qd_g.at[p], CHUNK),
+                                          (kd_g.at[p], CHUNK), (c_g.at[p], dk))]
         fetch, wait = _ring(ins, (q_r, k_r, w_r, u_r, do_r, b_r, seg_r, qd_r, kd_r, c_r),
                             bars, stages, n, order)
 
@@ -246,67 +275,70 @@ def _backward(q, k, w, u, b, seg, qd, kd, c, states, d_o, d_final, *, stages, in
             rows_c, rows_k = pl.ds(chunk * CHUNK, CHUNK), pl.ds(chunk * dk, dk)
             q_s, k_s, w_s, do_s = q_r.at[slot], k_r.at[slot], w_r.at[slot], do_r.at[slot]
             bc = lambda vec_s, d: _rows(vec_s, (CHUNK, d), interpret)
-            s = _load_state(st_g.at[p, rows_k], interpret)
+            s = _load_state(st_g.at[p, j, rows_k], interpret)
             s16[...] = s.astype(dt)
             ds16[...] = ds.astype(dt)
             decay = _decay_matrix(b_r.at[slot], seg_r.at[slot], CHUNK, interpret)
             scores = compat.mma(q_s, compat.T(k_s), (CHUNK, CHUNK), interpret) * decay
             cc16[...] = scores.astype(dt)
             plgpu.commit_smem()
-            emit(jnp.sum(s * ds, axis=1), vec_k, dc_g.at[p, rows_k])
+            emit(jnp.sum(s * ds, axis=1), vec_k, dc_g.at[p, j, rows_k])
             upd = (compat.load(u_r.at[slot], wgmma, interpret).astype(_F32)
-                   - compat.mma(w_s, s16, (CHUNK, dv), interpret))  # U = Ũ - W S
-            z = compat.mma(k_s, ds16, (CHUNK, dv), interpret)  # K dS'
-            emit(jnp.sum(upd * z, axis=1), vec_c, dkd_g.at[p, rows_c])
+                   - compat.mma(w_s, s16, (CHUNK, TILE), interpret))  # U = Ũ - W S
+            z = compat.mma(k_s, ds16, (CHUNK, TILE), interpret)  # K dS'
+            emit(jnp.sum(upd * z, axis=1), vec_c, dkd_g.at[p, j, rows_c])
             a16[...] = upd.astype(dt)
-            d_u = (compat.mma(compat.T(cc16), do_s, (CHUNK, dv), interpret)
-                   + z * bc(kd_r.at[slot], dv))
+            d_u = (compat.mma(compat.T(cc16), do_s, (CHUNK, TILE), interpret)
+                   + z * bc(kd_r.at[slot], TILE))
             du16[...] = d_u.astype(dt)
             plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(du16, du_g.at[p, rows_c])  # dŨ = dU; read-only from here
+            plgpu.copy_smem_to_gmem(du16, du_g.at[p, rows_c, cols])  # dŨ = dU
             d_scores = compat.mma(do_s, compat.T(a16), (CHUNK, CHUNK), interpret)  # dO Uᵀ
             grad = d_scores * scores  # dΓ ⊙ Γ: the gradient of each b_t - b_s
-            emit(jnp.sum(grad, axis=1), vec_c, dbr_g.at[p, rows_c])
-            emit(jnp.sum(grad, axis=0), vec_c, dbc_g.at[p, rows_c])
+            emit(jnp.sum(grad, axis=1), vec_c, dbr_g.at[p, j, rows_c])
+            emit(jnp.sum(grad, axis=0), vec_c, dbc_g.at[p, j, rows_c])
             cc16[...] = (d_scores * decay).astype(dt)
             plgpu.commit_smem()
             x = compat.mma(do_s, compat.T(s16), (CHUNK, dk), interpret)  # dO Sᵀ
             q_reg = compat.load(q_s, wgmma, interpret).astype(_F32)
-            emit(jnp.sum(x * q_reg, axis=1), vec_c, dqd_g.at[p, rows_c])
+            emit(jnp.sum(x * q_reg, axis=1), vec_c, dqd_g.at[p, j, rows_c])
             d_q = compat.mma(cc16, k_s, (CHUNK, dk), interpret) + x * bc(qd_r.at[slot], dk)
-            emit(d_q.astype(dt), out_k, dq_g.at[p, rows_c])
+            emit(d_q.astype(dt), out_k, dq_g.at[p, j, rows_c])
             d_k = (compat.mma(compat.T(cc16), q_s, (CHUNK, dk), interpret)
                    + compat.mma(a16, compat.T(ds16), (CHUNK, dk), interpret)
                    * bc(kd_r.at[slot], dk))  # diag(kd) U dS'ᵀ
-            emit(d_k.astype(dt), out_k, dk_g.at[p, rows_c])
+            emit(d_k.astype(dt), out_k, dk_g.at[p, j, rows_c])
             d_w = -compat.mma(du16, compat.T(s16), (CHUNK, dk), interpret)
-            emit(d_w.astype(dt), out_k, dw_g.at[p, rows_c])
+            emit(d_w.astype(dt), out_k, dw_g.at[p, j, rows_c])
             do_reg = compat.load(do_s, wgmma, interpret).astype(_F32)
-            a16[...] = (do_reg * bc(qd_r.at[slot], dv)).astype(dt)  # diag(γ) dO
+            a16[...] = (do_reg * bc(qd_r.at[slot], TILE)).astype(dt)  # diag(γ) dO
             plgpu.commit_smem()
-            return (ds * _rows(c_r.at[slot], (dk, dv), interpret)
-                    + compat.mma(compat.T(q_s), a16, (dk, dv), interpret)
-                    - compat.mma(compat.T(w_s), du16, (dk, dv), interpret))
+            return (ds * _rows(c_r.at[slot], (dk, TILE), interpret)
+                    + compat.mma(compat.T(q_s), a16, (dk, TILE), interpret)
+                    - compat.mma(compat.T(w_s), du16, (dk, TILE), interpret))
 
         ds = _walk(n, stages, fetch, wait, step, ds)
         plgpu.wait_smem_to_gmem(0)
-        ds0_g[p] = ds
+        ds0_g[p, j] = ds
 
-    vec = jax.ShapeDtypeStruct((programs, length), _F32)
-    out_type = [jax.ShapeDtypeStruct(x.shape, dt) for x in (q, k, w, u)] + [vec] * 4 + [
-        jax.ShapeDtypeStruct((programs, n * dk), _F32),
-        jax.ShapeDtypeStruct((programs, dk, dv), _F32)]
-    scratch = _ring_buffers(stages, mma, dt, (dk, dk, dk, dv, dv)) + [
-        plgpu.SMEM((dk, dv), dt, transforms=mma), plgpu.SMEM((dk, dv), dt, transforms=mma),
-        plgpu.SMEM((CHUNK, dv), dt, transforms=mma),
-        plgpu.SMEM((CHUNK, dv), dt, transforms=mma),
+    part = lambda *shape, dtype=_F32: jax.ShapeDtypeStruct((programs, tiles, *shape), dtype)
+    out_type = [part(length, dk, dtype=dt)] * 3 + [jax.ShapeDtypeStruct(u.shape, dt)] + [
+        part(length)] * 4 + [part(n * dk), part(dk, TILE)]
+    scratch = _ring_buffers(stages, mma, dt, (dk, dk, dk, TILE, TILE)) + [
+        plgpu.SMEM((dk, TILE), dt, transforms=mma), plgpu.SMEM((dk, TILE), dt, transforms=mma),
+        plgpu.SMEM((CHUNK, TILE), dt, transforms=mma),
+        plgpu.SMEM((CHUNK, TILE), dt, transforms=mma),
         plgpu.SMEM((CHUNK, CHUNK), dt, transforms=mma),
         plgpu.SMEM((CHUNK, dk), dt, transforms=mma),
         plgpu.SMEM((CHUNK,), _F32), plgpu.SMEM((dk,), _F32),
         plgpu.Barrier(num_arrivals=10, num_barriers=stages)]
-    return compat.kernel(body, out_type=out_type, scratch_types=scratch, grid=(programs,),
-                         grid_names=("program",), interpret=interpret)(
-        q, k, w, u, d_o, b, seg, qd, kd, _per_chunk(c, dk), states, d_final)
+    outs = compat.kernel(body, out_type=out_type, scratch_types=scratch, grid=(programs, tiles),
+                         grid_names=("program", "tile"), interpret=interpret)(
+        q, k, w, u, d_o, b, seg, qd, kd, _per_chunk(c, dk), states, _tiles(d_final))
+    dq, dk_, dw, du, *vecs, ds0 = outs
+    total = lambda x: x.astype(_F32).sum(1)
+    return (total(dq).astype(dt), total(dk_).astype(dt), total(dw).astype(dt), du,
+            *map(total, vecs), _untiles(ds0))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
@@ -377,7 +409,7 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     # recomputed in the backward pass rather than storing its [C, C] intermediates per chunk
     w, u = jax.checkpoint(wy_factors)(k_f, flat(v), flat(beta.astype(_F32)), b, seg, qd)
     itemsize = jnp.dtype(q.dtype).itemsize
-    depth = (_stages(dk, dv, itemsize, stages, False), _stages(dk, dv, itemsize, stages, True))
+    depth = (_stages(dk, itemsize, stages, False), _stages(dk, itemsize, stages, True))
     o, final = _delta(flat(q), k_f, w, u, b, seg, qd, kd, c, state.reshape(programs, dk, dv),
                       depth, compat.interpret_params() if interpret else None)
     return o[:, :length].reshape(batch, heads, length, dv), final.reshape(state.shape)

@@ -35,22 +35,24 @@ def mgpu():
     return delta_rule
 
 
-def inputs(batch, heads, length, d, seed=0, dtype=jnp.bfloat16):
-    """q (scaled), k (unit rows), v, beta, log-decays (one -inf), starts (one packed document
-    boundary), initial state, and output / state weights for a loss."""
+def inputs(batch, heads, length, d, seed=0, dtype=jnp.bfloat16, dv=None):
+    """q (scaled), k (unit rows) of width d, v of width dv (default d), beta, log-decays (one
+    -inf), starts (one packed document boundary), initial state, and output / state weights
+    for a loss."""
+    dv = dv or d
     ks = jax.random.split(jax.random.key(seed), 8)
     normal = lambda i, shape: jax.random.normal(ks[i], shape, jnp.float32)
     q = (normal(0, (batch, heads, length, d)) * d ** -0.5).astype(dtype)
     k = normal(1, (batch, heads, length, d))
     k = (k / jnp.linalg.norm(k, axis=-1, keepdims=True)).astype(dtype)
-    v = normal(2, (batch, heads, length, d)).astype(dtype)
+    v = normal(2, (batch, heads, length, dv)).astype(dtype)
     beta = jax.nn.sigmoid(normal(3, (batch, heads, length)))
     log_a = -0.1 * jax.nn.softplus(normal(4, (batch, heads, length)))
     log_a = log_a.at[0, heads - 1, (2 * length) // 3].set(-jnp.inf)
     starts = jnp.zeros((batch, length), bool).at[:, length // 2].set(True)
-    state = normal(5, (batch, heads, d, d)) * 0.3
-    return (q, k, v, beta, log_a, starts, state), (normal(6, (batch, heads, length, d)),
-                                                   normal(7, (batch, heads, d, d)))
+    state = normal(5, (batch, heads, d, dv)) * 0.3
+    return (q, k, v, beta, log_a, starts, state), (normal(6, (batch, heads, length, dv)),
+                                                   normal(7, (batch, heads, d, dv)))
 
 
 def reference(q, k, v, beta, log_a, starts, state, impl="reference"):
@@ -88,7 +90,8 @@ def test_delta_forward_matches_reference_in_interpreter():
 
 @pytest.mark.slow
 def test_delta_gradients_match_reference_in_interpreter():
-    args, weights = inputs(1, 1, 100, 64, seed=1, dtype=jnp.float16)  # 2 chunks, ragged
+    # 2 chunks, ragged; d_v = 128: two thread blocks share a row, each with 64 state columns
+    args, weights = inputs(1, 1, 100, 64, seed=1, dtype=jnp.float16, dv=128)
     q, k, v, beta, log_a, starts, state = args
     diff = (q, k, v, beta, log_a, state)
     grads = jax.grad(loss_of(kernel, weights, starts), argnums=range(6))(*diff)
@@ -99,21 +102,27 @@ def test_delta_gradients_match_reference_in_interpreter():
 
 
 def test_wy_factors_solve_the_ut_system():
-    """Stage 1 alone: (I + tril_strict(diag(β) Γ ⊙ K Kᵀ)) [W, Ũ] = diag(β) [diag(γ) K, V]."""
-    (q, k, v, beta, log_a, starts, _), _ = inputs(1, 1, 64, 64, seed=3)
-    flat = lambda x: x.reshape(1, 64, *x.shape[3:]).astype(jnp.float32)
-    b, seg, qd, _, _ = mgpu().decay_factors(flat(log_a), starts, 64)
-    w, u = jax.jit(mgpu().wy_factors)(flat(k).astype(q.dtype), flat(v).astype(q.dtype),
-                             flat(beta), b, seg, qd)
-    k64, v64, beta64 = (flat(x)[0].astype(jnp.float64) for x in (k, v, beta))
-    b64, seg64 = b[0].astype(jnp.float64), seg[0]
-    same = (seg64[:, None] == seg64[None, :]) & jnp.tril(jnp.ones((64, 64), bool), -1)
-    decay = jnp.where(same, jnp.exp(jnp.where(same, b64[:, None] - b64[None, :], 0)), 0)
-    system = jnp.eye(64) + beta64[:, None] * decay * (k64 @ k64.T)
-    rhs = beta64[:, None] * jnp.concatenate([qd[0, :, None] * k64, v64], axis=1)
-    assert rel_err(jnp.concatenate([w[0], u[0]], axis=1), jnp.linalg.solve(system, rhs)) < TOL
-    n = system - jnp.eye(64)  # the blocked solve itself is exact in float64
-    assert rel_err(mgpu()._ut_inverse(n[None])[0], jnp.linalg.inv(system)) < 1e-12
+    """Stage 1 alone: (I + tril_strict(diag(β) Γ ⊙ K Kᵀ)) [W, Ũ] = diag(β) [diag(γ) K, V],
+    and the blocked solve is exact in float64."""
+    (_, k, v, beta, log_a, starts, _), _ = inputs(1, 1, 64, 64, seed=3)
+
+    @jax.jit
+    def solves(k, v, beta, log_a, starts):
+        flat = lambda x: x.reshape(1, 64, *x.shape[3:])
+        b, seg, qd, _, _ = mgpu().decay_factors(flat(log_a).astype(jnp.float32), starts, 64)
+        w, u = mgpu().wy_factors(flat(k), flat(v), flat(beta), b, seg, qd)
+        k64, v64, beta64, b64 = (flat(x)[0].astype(jnp.float64) for x in (k, v, beta, b[None]))
+        same = (seg[0, :, None] == seg[0, None, :]) & jnp.tril(jnp.ones((64, 64), bool), -1)
+        decay = jnp.where(same, jnp.exp(jnp.where(same, b64[:, None] - b64[None, :], 0)), 0)
+        n = beta64[:, None] * decay * (k64 @ k64.T)
+        system = jnp.eye(64) + n
+        rhs = beta64[:, None] * jnp.concatenate([qd[0, :, None] * k64, v64], axis=1)
+        return (jnp.concatenate([w[0], u[0]], axis=1), jnp.linalg.solve(system, rhs),
+                mgpu()._ut_inverse(n[None])[0], jnp.linalg.inv(system))
+
+    solved, expected, inverse, exact = solves(k, v, beta, log_a, starts)
+    assert rel_err(solved, expected) < TOL
+    assert rel_err(inverse, exact) < 1e-12
 
 
 @pytest.mark.parametrize("backward", [False, True])
