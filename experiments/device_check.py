@@ -119,7 +119,19 @@ def delta_case(batch, heads, length, dim, dtype, *, interpret):
     k = (k / jnp.linalg.norm(k.astype(jnp.float32), axis=-1, keepdims=True)).astype(dtype)
     beta = jax.nn.sigmoid(jax.random.normal(keys[3], (batch, length, heads), jnp.float32))
     log_a = -jax.nn.softplus(jax.random.normal(keys[4], (batch, length, heads), jnp.float32))
-    impls = {"jaxlm pallas": lambda *a: gated_delta_rule(
+    scale = dim ** -0.5
+
+    def mosaic(q, k, v, beta, log_a):
+        from jaxlm.kernels.mosaic_gpu.delta_rule import gated_delta_rule as kern
+
+        t = lambda x: jnp.moveaxis(x, 2, 1)
+        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), t(beta), t(log_a),
+                      jnp.zeros((batch, length), bool),
+                      jnp.zeros((batch, heads, dim, dim), jnp.float32), interpret=interpret)
+        return t(out)
+
+    impls = {"jaxlm mosaic_gpu": mosaic,
+             "jaxlm pallas": lambda *a: gated_delta_rule(
                  *a, impl="pallas_interpret" if interpret else "pallas"),
              "jaxlm xla": lambda *a: gated_delta_rule(*a, impl="xla")}
     flops = 2 * batch * heads * length * (CHUNK * 4 * dim + 4 * dim * dim)
