@@ -38,12 +38,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import masked_attention
-from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_positive, check_qkv,
-                              check_shape, poison, resolve_impl, split_nonfinite)
+from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_positive, poison
 from jaxlm.ops.sparse_attention import repeat_kv_heads
-from jaxlm.ops.summary_attention import (block_layout, dense_probabilities, fused_attention,
-                                         gather_blocks, local_reach, reads_summary, region_ids,
-                                         summary_reach)
+from jaxlm.ops.summary_attention import (check_inputs, dense_probabilities, fused_attention,
+                                         gather_blocks, local_reach, prepare, reads_summary,
+                                         region_ids, segment_softmax, summary_reach)
 
 _OP = "combiner_attention"
 POOLINGS = ("mean", "max")
@@ -64,15 +63,6 @@ def combiner_summaries(q_blocks: jax.Array, k_blocks: jax.Array, v_blocks: jax.A
     k_bar = _pool(k_blocks, -3, pooling)
     w = jax.nn.softmax(jnp.einsum("...hd,...jhd->...jh", q_bar, k_blocks) * scale, axis=-2)
     return k_bar, jnp.einsum("...jh,...jhd->...hd", w, v_blocks)
-
-
-def _check(q, k, v, block_size, pooling, segment_ids):
-    check_qkv(_OP, q, k, v)
-    check_positive(_OP, "block_size", block_size, allow_none=False)
-    if pooling not in POOLINGS:
-        raise ValueError(f"{_OP}: pooling={pooling!r} is unknown; expected one of {POOLINGS}")
-    if segment_ids is not None:
-        check_shape(_OP, "segment_ids", segment_ids, q.shape[:2], "[batch, length]")
 
 
 @accepts_numpy
@@ -104,17 +94,15 @@ def combiner_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: 
       ValueError: on mismatched shapes, a non-positive block_size or an unknown pooling/impl.
     """
     q, k, v = as_floats(q, k, v)
-    _check(q, k, v, block_size, pooling, segment_ids)
-    chosen = resolve_impl(_OP, impl, ("reference", "xla"))
-    batch, length, heads, head_dim = q.shape
-    scale = head_dim ** -0.5 if scale is None else float(scale)
+    chosen, scale = check_inputs(_OP, q, k, v, segment_ids, impl, scale)
+    check_positive(_OP, "block_size", block_size, allow_none=False)
+    if pooling not in POOLINGS:
+        raise ValueError(f"{_OP}: pooling={pooling!r} is unknown; expected one of {POOLINGS}")
+    batch, length, heads, _ = q.shape
     if batch == 0 or length == 0:
         return jnp.zeros((batch, length, heads, v.shape[-1]), q.dtype)
-    dtype, acc = q.dtype, jnp.promote_types(q.dtype, jnp.float32)
-    q, q_bad = split_nonfinite(q.astype(acc), 3)
-    k, k_bad = split_nonfinite(repeat_kv_heads(k, heads, axis=2).astype(acc), 3)
-    v, v_bad = split_nonfinite(repeat_kv_heads(v, heads, axis=2).astype(acc), 3)
-    layout = block_layout(segment_ids, batch, length, block_size)
+    dtype = q.dtype
+    (q, k, v), (q_bad, k_bad, v_bad), layout = prepare(q, k, v, segment_ids, block_size)
     regions = region_ids(layout)
     if chosen is Impl.REFERENCE:
         out = _reference(q, k, v, layout, regions, pooling, scale)
@@ -129,13 +117,6 @@ def combiner_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: 
     return poison(out, reach).astype(dtype)
 
 
-def _segment_softmax_weights(logits, regions, n):
-    """softmax of logits [length, heads] within each region (ids [length] < n)."""
-    peak = jax.ops.segment_max(logits, regions, num_segments=n)[regions]
-    e = jnp.exp(logits - peak)
-    return e / jax.ops.segment_sum(e, regions, num_segments=n)[regions]
-
-
 def _reference(q, k, v, layout, regions, pooling, scale):
     batch, length = q.shape[:2]
 
@@ -147,7 +128,7 @@ def _reference(q, k, v, layout, regions, pooling, scale):
             pool = lambda x: (jax.ops.segment_sum(x, regions, num_segments=length)
                               / count[:, None, None])[regions]
         q_bar, k_bar = pool(q), pool(k)
-        w = _segment_softmax_weights(jnp.einsum("jhd,jhd->jh", q_bar, k) * scale, regions,
+        w = segment_softmax(jnp.einsum("jhd,jhd->jh", q_bar, k) * scale, regions,
                                      length)
         return k_bar, w
 

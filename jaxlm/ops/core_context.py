@@ -30,12 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.attention import masked_attention
-from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_positive, check_qkv,
-                              check_shape, poison, resolve_impl, split_nonfinite)
+from jaxlm.ops.checks import Impl, accepts_numpy, as_floats, check_positive, poison
 from jaxlm.ops.sparse_attention import repeat_kv_heads
-from jaxlm.ops.summary_attention import (block_layout, dense_probabilities, fused_attention,
-                                         gather_blocks, local_reach, reads_summary, region_ids,
-                                         summary_reach)
+from jaxlm.ops.summary_attention import (check_inputs, dense_probabilities, fused_attention,
+                                         gather_blocks, local_reach, prepare, reads_summary,
+                                         region_ids, segment_softmax, summary_reach)
 
 _OP = "core_context_attention"
 
@@ -79,21 +78,14 @@ def core_context_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, group_si
       ValueError: on mismatched shapes, a non-positive group_size or window, an unknown impl.
     """
     q, k, v = as_floats(q, k, v)
-    check_qkv(_OP, q, k, v)
+    chosen, scale = check_inputs(_OP, q, k, v, segment_ids, impl, scale)
     check_positive(_OP, "group_size", group_size, allow_none=False)
     check_positive(_OP, "window", window, allow_none=False)
-    if segment_ids is not None:
-        check_shape(_OP, "segment_ids", segment_ids, q.shape[:2], "[batch, length]")
-    chosen = resolve_impl(_OP, impl, ("reference", "xla"))
-    batch, length, heads, head_dim = q.shape
-    scale = head_dim ** -0.5 if scale is None else float(scale)
+    batch, length, heads, _ = q.shape
     if batch == 0 or length == 0:
         return jnp.zeros((batch, length, heads, v.shape[-1]), q.dtype)
-    dtype, acc = q.dtype, jnp.promote_types(q.dtype, jnp.float32)
-    q, q_bad = split_nonfinite(q.astype(acc), 3)
-    k, k_bad = split_nonfinite(repeat_kv_heads(k, heads, axis=2).astype(acc), 3)
-    v, v_bad = split_nonfinite(repeat_kv_heads(v, heads, axis=2).astype(acc), 3)
-    layout = block_layout(segment_ids, batch, length, group_size)
+    dtype = q.dtype
+    (q, k, v), (q_bad, k_bad, v_bad), layout = prepare(q, k, v, segment_ids, group_size)
     if chosen is Impl.REFERENCE:
         out = _reference(q, k, v, layout, window, scale)
     else:
@@ -114,10 +106,7 @@ def _reference(q, k, v, layout, window, scale):
     last = jnp.minimum(layout.first + layout.block - 1, length - 1)
 
     def per_row(q, k, regions, last):  # each token carries its group's core key, its weight
-        logits = jnp.einsum("jhd,jhd->jh", q[last], k) * scale
-        peak = jax.ops.segment_max(logits, regions, num_segments=length)[regions]
-        e = jnp.exp(logits - peak)
-        a = e / jax.ops.segment_sum(e, regions, num_segments=length)[regions]
+        a = segment_softmax(jnp.einsum("jhd,jhd->jh", q[last], k) * scale, regions, length)
         k_core = jax.ops.segment_sum(a[..., None] * k, regions, num_segments=length)[regions]
         return k_core, a
 

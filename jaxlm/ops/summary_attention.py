@@ -13,8 +13,8 @@ and a logit bias ``β``. Query ``t`` reads
 
 in one softmax, with ``s_tj = scale·q_t·k_j`` and ``ℓ_tm = scale·q_t·κ_m + β``::
 
-    o_t = (Σ_{j local} e^{s_tj} v_j + Σ_m e^{ℓ_tm} ν_m) / (Σ_{j local} e^{s_tj} + Σ_m e^{ℓ_tm})
-        = Σ_j P_tj v_j,
+    o_t = (Σ_{j local} e^{s_tj} v_j + Σ_m e^{ℓ_tm} ν_m) / Z_t = Σ_j P_tj v_j,
+    Z_t = Σ_{j local} e^{s_tj} + Σ_m e^{ℓ_tm},
     P_tj = ([j local] e^{s_tj} + [block(j) read by t] e^{ℓ_t,block(j)} w_{block(j), j}) / Z_t,
 
 so every row of P is a distribution over the keys the query reads.
@@ -36,8 +36,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxlm.ops.checks import nonfinite_reach
+from jaxlm.ops.checks import (Impl, check_qkv, check_shape, nonfinite_reach, resolve_impl,
+                              split_nonfinite)
 from jaxlm.ops.segments import document_ids, segment_positions
+from jaxlm.ops.sparse_attention import repeat_kv_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +86,44 @@ def block_layout(segment_ids: jax.Array | None, batch: int, length: int, block: 
     return BlockLayout(doc, pos, first, complete, starts, starts < length, block)
 
 
+def check_inputs(op: str, q: jax.Array, k: jax.Array, v: jax.Array,
+                 segment_ids: jax.Array | None, impl: str | Impl, scale: float | None
+                 ) -> tuple[Impl, float]:
+    """Raises unless q, k, v agree (:func:`jaxlm.ops.checks.check_qkv`), ``segment_ids`` is
+    None or [batch, length] and ``impl`` is "reference", "xla" or "auto". Returns (the impl,
+    the scale: head_dim ** -0.5 when None)."""
+    check_qkv(op, q, k, v)
+    if segment_ids is not None:
+        check_shape(op, "segment_ids", segment_ids, q.shape[:2], "[batch, length]")
+    chosen = resolve_impl(op, impl, ("reference", "xla"))
+    return chosen, q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+
+def prepare(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None,
+            block: int) -> tuple[tuple, tuple, BlockLayout]:
+    """((q, k, v) in the accumulation dtype (at least float32) with k, v repeated to q's
+    heads and non-finite entries zeroed, (q_bad, k_bad, v_bad) bool [batch, length, heads],
+    the :class:`BlockLayout` of blocks of ``block``)."""
+    batch, length, heads, _ = q.shape
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    q, q_bad = split_nonfinite(q.astype(acc), 3)
+    k, k_bad = split_nonfinite(repeat_kv_heads(k, heads, axis=2).astype(acc), 3)
+    v, v_bad = split_nonfinite(repeat_kv_heads(v, heads, axis=2).astype(acc), 3)
+    return (q, k, v), (q_bad, k_bad, v_bad), block_layout(segment_ids, batch, length, block)
+
+
 def region_ids(layout: BlockLayout) -> jax.Array:
     """int32 [batch, length]: the index along the row of each token's block (equal ids: one
     block of one document)."""
     start = layout.pos % layout.block == 0
     return jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1
+
+
+def segment_softmax(logits: jax.Array, regions: jax.Array, n: int) -> jax.Array:
+    """softmax of logits [length, heads] within each block (ids ``regions`` [length] < n)."""
+    peak = jax.ops.segment_max(logits, regions, num_segments=n)[regions]
+    e = jnp.exp(logits - peak)
+    return e / jax.ops.segment_sum(e, regions, num_segments=n)[regions]
 
 
 def gather_blocks(x: jax.Array, layout: BlockLayout) -> jax.Array:
