@@ -39,7 +39,8 @@ def scan_steps(step, state, *xs):
 def test_blockwise_equals_reference_with_gradients(batch, length, block, heads, kv_heads,
                                                    pooling, packed):
     floats = {"q": normal(0, (batch, length, heads, 3)),
-              "k": normal(1, (batch, length, kv_heads, 3)), "v": normal(2, (batch, length, kv_heads, 2))}
+              "k": normal(1, (batch, length, kv_heads, 3)),
+              "v": normal(2, (batch, length, kv_heads, 2))}
     seg = PACKED[:batch] if packed else None
 
     def op(x, impl):
