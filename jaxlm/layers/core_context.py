@@ -42,7 +42,8 @@ class CoreContext(Attention):
     ``window`` tokens, in one softmax.
 
     Projections and rotary positions are :class:`Attention`'s (positions restart at every
-    document of a packed row). x: [batch, length, d_model] -> same. ``step`` keeps the last
+    document of a packed row); with RoPE a core token's key is the weighted mean of its group's
+    rotated keys. x: [batch, length, d_model] -> same. ``step`` keeps the last
     max(window, group_size) keys and values and one core token per complete group.
     """
 
