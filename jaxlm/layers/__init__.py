@@ -4,7 +4,9 @@ Importing this package registers every mixer in ``MIXERS``.
 """
 
 from jaxlm.layers.attention import Attention, AttentionConfig, WindowAttentionConfig
+from jaxlm.layers.combiner import Combiner, CombinerConfig
 from jaxlm.layers.conv import ShortConv
+from jaxlm.layers.core_context import CoreContext, CoreContextConfig
 from jaxlm.layers.deltanet import DeltaNet, DeltaNetConfig, GatedDeltaNetConfig
 from jaxlm.layers.jrt import JRT, JRTConfig
 from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
@@ -31,5 +33,5 @@ __all__ = [
     "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
     "feature_map", "prefill", "register_mixer",
     "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
-    "PoNet", "PoNetConfig",
+    "PoNet", "PoNetConfig", "Combiner", "CombinerConfig", "CoreContext", "CoreContextConfig",
 ]

@@ -8,6 +8,8 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, LSSLConfig,
                           Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
                           SparseAttentionConfig, WindowAttentionConfig)
+from jaxlm.layers.combiner import CombinerConfig
+from jaxlm.layers.core_context import CoreContextConfig
 from jaxlm.layers.lmu import LMUConfig
 from jaxlm.layers.ponet import PoNetConfig
 from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
@@ -128,6 +130,8 @@ class ModelConfig:
     slstm: SLSTMConfig = SLSTMConfig()
     lmu: LMUConfig = LMUConfig()
     ponet: PoNetConfig = PoNetConfig()
+    combiner: CombinerConfig = CombinerConfig()
+    core_context: CoreContextConfig = CoreContextConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()
     deletion: DeletionConfig = DeletionConfig()
