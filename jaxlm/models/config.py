@@ -10,6 +10,7 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           SparseAttentionConfig, WindowAttentionConfig)
 from jaxlm.layers.lmu import LMUConfig
 from jaxlm.layers.ponet import PoNetConfig
+from jaxlm.layers.tensor_attention import TensorAttentionConfig
 from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.ops.checks import check_positive_fields
 
@@ -128,6 +129,7 @@ class ModelConfig:
     slstm: SLSTMConfig = SLSTMConfig()
     lmu: LMUConfig = LMUConfig()
     ponet: PoNetConfig = PoNetConfig()
+    tensor_attention: TensorAttentionConfig = TensorAttentionConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()
     deletion: DeletionConfig = DeletionConfig()
