@@ -33,6 +33,8 @@ from jaxlm.ops.checks import check_positive_fields
 
 @dataclasses.dataclass(frozen=True)
 class Match3Config:
+    """Options of the ``match3`` task: residues mod ``modulus`` (also the vocabulary size),
+    rows of ``seq_len`` tokens."""
     modulus: int = 32  # M; also the vocabulary size
     seq_len: int = 16
 
