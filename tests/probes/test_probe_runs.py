@@ -27,8 +27,6 @@ CASES = {
     "needle_threading": ["model.vocab_size=32", "data.needle_threading.vocab_size=32",
                          "data.needle_threading.seq_len=16", "data.needle_threading.max_hops=2",
                          "probe.lengths=24"],
-    "match3": ["model.vocab_size=8", "data.match3.modulus=8", "data.match3.seq_len=6",
-               "model.pattern=tensor_attention"],
     "text": ["model.vocab_size=260", "model.kind=hierarchical", "model.words.d_local=16",
              "model.words.max_word_len=6", "data.text.seq_len=32"],
 }
@@ -66,9 +64,6 @@ def test_probe_run(task, tmp_path):
         assert {"hops_1", "hops_2", "accuracy@24"} <= set(row) and row["baseline"] == 1 / 7
         assert 0.2 < row["one_hop"] < 0.8  # hops uniform in 1..2
         assert "| max_hops |" in text and "Needle Threading" in text
-    elif task == "match3":
-        assert 0.5 <= row["baseline"] <= row["pairwise"] <= 1 and 0 <= row["triple"] <= 1
-        assert "| modulus |" in text and "Match3" in text
     elif task == "state_tracking":
         assert {"accuracy@2", "accuracy@4", "accuracy@8", "accuracy@32"} <= set(row)
         assert 0 <= row["mean"] <= 1 and row["baseline"] == 1 / 6
