@@ -22,6 +22,7 @@ from jaxlm.layers.rnn import RNN, GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 from jaxlm.layers.s4 import LSSL, S4, LSSLConfig, LSSLSSM, NPLRSSM, S4Config
 from jaxlm.layers.sparse_attention import SparseAttention, SparseAttentionConfig
+from jaxlm.layers.tensor_attention import TensorAttention, TensorAttentionConfig
 from jaxlm.layers.ssm import H3, S4D, DiagonalSSM, H3Config, S4DConfig, SSMBlock
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "feature_map", "prefill", "register_mixer",
     "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
     "PoNet", "PoNetConfig", "Combiner", "CombinerConfig", "CoreContext", "CoreContextConfig",
+    "TensorAttention", "TensorAttentionConfig",
 ]

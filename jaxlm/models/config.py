@@ -12,6 +12,7 @@ from jaxlm.layers.combiner import CombinerConfig
 from jaxlm.layers.core_context import CoreContextConfig
 from jaxlm.layers.lmu import LMUConfig
 from jaxlm.layers.ponet import PoNetConfig
+from jaxlm.layers.tensor_attention import TensorAttentionConfig
 from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.ops.checks import check_positive_fields
 
@@ -132,6 +133,7 @@ class ModelConfig:
     ponet: PoNetConfig = PoNetConfig()
     combiner: CombinerConfig = CombinerConfig()
     core_context: CoreContextConfig = CoreContextConfig()
+    tensor_attention: TensorAttentionConfig = TensorAttentionConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()
     deletion: DeletionConfig = DeletionConfig()

@@ -26,6 +26,7 @@ from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_st
                           s4_kernel, s4_ssm)
 from jaxlm.ops.sparse_attention import (block_sparse_attention, lambda_attention, lambda_mask,
                                         select_blocks)
+from jaxlm.ops.tensor_attention import tensor_attention, tensor_attention_step
 from jaxlm.ops.ssm import bilinear, diagonal_ssm, diagonal_ssm_step, fft_causal_conv, zoh
 
 __all__ = [
@@ -43,5 +44,5 @@ __all__ = [
     "pointer_sentinel_log_probs", "recycled_attention", "rnn",
     "rnn_initial_state", "rnn_step", "routing_attention", "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "select_recycled_keys",
-    "selective_scan", "selective_scan_step", "splash_attention", "ssd", "update_centroids", "zoh",
+    "selective_scan", "selective_scan_step", "splash_attention", "ssd", "tensor_attention", "tensor_attention_step", "update_centroids", "zoh",
 ]
