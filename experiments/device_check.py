@@ -86,6 +86,14 @@ def grad_of(fn, n_diff):
 # impls {name: fn(*args) -> out}, the reference impl name, n_diff, FLOPs and bytes of a forward.
 
 
+def split_pieces(programs, length):
+    """The pieces the split rows are timed at: what jaxlm.kernels.split picks for this device,
+    at least 2 (so the split path is measured even where the default would not split)."""
+    from jaxlm.kernels import split
+
+    return max(2, split.pieces_for(programs, length, CHUNK))
+
+
 def gla_case(batch, heads, length, dim, dtype, *, interpret, per_channel=False):
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v = (jax.random.normal(keys[i], (batch, length, heads, dim), dtype) for i in range(3))
@@ -93,18 +101,24 @@ def gla_case(batch, heads, length, dim, dtype, *, interpret, per_channel=False):
     log_g = -jax.nn.softplus(jax.random.normal(keys[3], gates, jnp.float32))
     scale = dim ** -0.5
 
-    def mosaic(q, k, v, log_g):
+    def mosaic(q, k, v, log_g, pieces=1):
+        from jaxlm.kernels import split
         from jaxlm.kernels.mosaic_gpu import gla_per_channel, linear_attention
 
         kern = (gla_per_channel if per_channel else linear_attention).gated_linear_attention
+        run = functools.partial(kern, interpret=interpret)
         t = lambda x: jnp.moveaxis(x, 2, 1)
         g = t(log_g) if per_channel else t(log_g)[..., None]
-        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), g,
-                      jnp.zeros((batch, length), bool),
-                      jnp.zeros((batch, heads, dim, dim), jnp.float32), interpret=interpret)
+        out, _ = split.gated_linear_attention(
+            run, t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), g,
+            jnp.zeros((batch, length), bool), jnp.zeros((batch, heads, dim, dim), jnp.float32),
+            pieces=pieces, chunk=CHUNK)
         return t(out)
 
+    pieces = split_pieces(batch * heads, length)
     impls = {"jaxlm mosaic_gpu": mosaic,
+             f"jaxlm mosaic_gpu, rows in {pieces} pieces": functools.partial(mosaic,
+                                                                             pieces=pieces),
              "jaxlm pallas": lambda *a: gated_linear_attention(
                  *a, impl="pallas_interpret" if interpret else "pallas"),
              "jaxlm xla": lambda *a: gated_linear_attention(*a, impl="xla")}
@@ -121,16 +135,21 @@ def delta_case(batch, heads, length, dim, dtype, *, interpret):
     log_a = -jax.nn.softplus(jax.random.normal(keys[4], (batch, length, heads), jnp.float32))
     scale = dim ** -0.5
 
-    def mosaic(q, k, v, beta, log_a):
+    def mosaic(q, k, v, beta, log_a, pieces=1):
+        from jaxlm.kernels import split
         from jaxlm.kernels.mosaic_gpu.delta_rule import gated_delta_rule as kern
 
         t = lambda x: jnp.moveaxis(x, 2, 1)
-        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), t(beta), t(log_a),
-                      jnp.zeros((batch, length), bool),
-                      jnp.zeros((batch, heads, dim, dim), jnp.float32), interpret=interpret)
+        out, _ = split.affine_recurrence(
+            functools.partial(kern, interpret=interpret), t(q * jnp.asarray(scale, q.dtype)),
+            t(k), t(v), (t(beta), t(log_a)), jnp.zeros((batch, length), bool),
+            jnp.zeros((batch, heads, dim, dim), jnp.float32), pieces=pieces, chunk=CHUNK)
         return t(out)
 
+    pieces = split_pieces(batch * heads * (dim // 64), length)
     impls = {"jaxlm mosaic_gpu": mosaic,
+             f"jaxlm mosaic_gpu, rows in {pieces} pieces": functools.partial(mosaic,
+                                                                             pieces=pieces),
              "jaxlm pallas": lambda *a: gated_delta_rule(
                  *a, impl="pallas_interpret" if interpret else "pallas"),
              "jaxlm xla": lambda *a: gated_delta_rule(*a, impl="xla")}

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.kernels import blocks
-from jaxlm.kernels import chunked
+from jaxlm.kernels import chunked, split
 from jaxlm.kernels.chunked import Recurrence
 
 
@@ -61,11 +61,11 @@ def delta_chunk(state, consts, xs, *, inverse=blocks.unit_lower_inverse):
 _delta_chunk_for_grad = functools.partial(delta_chunk, inverse=blocks.unit_lower_inverse_vjp)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform"))
+@functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform", "pieces"))
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
                      log_a: jax.Array, starts: jax.Array, state: jax.Array, *, chunk: int = 64,
-                     interpret: bool = False, platform: str | None = None
-                     ) -> tuple[jax.Array, jax.Array]:
+                     interpret: bool = False, platform: str | None = None,
+                     pieces: int | None = None) -> tuple[jax.Array, jax.Array]:
     """S_t = e^{log_a_t} (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ, o_t = q_tᵀ S_t.
 
     q (already scaled), k: [batch, heads, length, d_k]; v: [batch, heads, length, d_v];
@@ -77,13 +77,22 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     ``platform``: the backend to compile for (default: JAX's default; see
     :mod:`jaxlm.kernels.backend`): on TPU the chunk-pipelined Mosaic kernel; on a GPU the
     Mosaic GPU kernel where it takes the call (:func:`_mosaic_gpu_takes`), else the whole-row
-    kernel through the Triton lowering.
+    kernel through the Triton lowering. ``pieces``: on the Mosaic GPU path, cut each row into
+    this many pieces that run as separate thread blocks (:func:`jaxlm.kernels.split.
+    affine_recurrence`: about 2.5 times the work, so the default splits only where it gives
+    at least 3 pieces: batch x heads x d_v / 64 thread blocks well below the SM count).
     Returns (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
     if _mosaic_gpu_takes(q, k, v, state, chunk, interpret, platform):
         from jaxlm.kernels.mosaic_gpu import delta_rule as mosaic_gpu
 
-        return mosaic_gpu.gated_delta_rule(q, k, v, beta, log_a, starts, state, chunk=chunk)
+        batch, heads, length = q.shape[:3]
+        if pieces is None:  # the kernel already runs one thread block per 64 columns of d_v
+            pieces = split.pieces_for(batch * heads * (v.shape[-1] // 64), length, chunk)
+            pieces = pieces if pieces >= 3 else 1
+        run = functools.partial(mosaic_gpu.gated_delta_rule, chunk=chunk)
+        return split.affine_recurrence(run, q, k, v, (beta, log_a), starts, state,
+                                       pieces=pieces, chunk=chunk)
     batch, heads, length, dk = q.shape
     acc = state.dtype
     padded = -(-length // chunk) * chunk

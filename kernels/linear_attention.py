@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.kernels import blocks
-from jaxlm.kernels import chunked
+from jaxlm.kernels import chunked, split
 from jaxlm.kernels.chunked import Recurrence
 
 
@@ -71,11 +71,11 @@ def gla_chunk(state, consts, xs):
     return blocks.causal_nonfinite(out, state, new, same, bad, from_prev, to_end, keep)
 
 
-@functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform"))
+@functools.partial(jax.jit, static_argnames=("chunk", "interpret", "platform", "pieces"))
 def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.Array,
                            starts: jax.Array, state: jax.Array, *, chunk: int = 64,
-                           interpret: bool = False, platform: str | None = None
-                           ) -> tuple[jax.Array, jax.Array]:
+                           interpret: bool = False, platform: str | None = None,
+                           pieces: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Gated linear attention, S_t = diag(e^{log_g_t}) S_{t-1} + k_t v_tᵀ, o_t = q_tᵀ S_t.
 
     q (already scaled), k: [batch, heads, length, d_k]; v: [batch, heads, length, d_v];
@@ -88,8 +88,11 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     :mod:`jaxlm.kernels.backend`): on TPU the chunk-pipelined Mosaic kernel; on a GPU the
     Mosaic GPU kernels where they take the call (per-head or per-channel decay, 16-bit
     inputs, head dims multiples of 64, chunks of 64), else the whole-row kernel through the
-    Triton lowering. Returns
-    (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
+    Triton lowering. ``pieces``: on the Mosaic GPU path, cut each row into this many pieces
+    that run as separate thread blocks (:mod:`jaxlm.kernels.split`; default
+    :func:`~jaxlm.kernels.split.pieces_for`: enough to fill the SMs when batch x heads does
+    not). Returns (o [batch, heads, length, d_v] in v's dtype, final state in the state's
+    dtype).
     """
     if _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform):
         if log_g.shape[-1] == 1:
@@ -97,7 +100,12 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
         else:
             from jaxlm.kernels.mosaic_gpu import gla_per_channel as mosaic_gpu
 
-        return mosaic_gpu.gated_linear_attention(q, k, v, log_g, starts, state, chunk=chunk)
+        batch, heads, length = q.shape[:3]
+        if pieces is None:
+            pieces = split.pieces_for(batch * heads, length, chunk)
+        run = functools.partial(mosaic_gpu.gated_linear_attention, chunk=chunk)
+        return split.gated_linear_attention(run, q, k, v, log_g, starts, state, pieces=pieces,
+                                            chunk=chunk)
     batch, heads, length, dk = q.shape
     acc = state.dtype
     padded = -(-length // chunk) * chunk

@@ -105,3 +105,28 @@ def test_split_mosaic_gpu_kernel_in_interpreter():
     ref_out, ref_final = gla_reference(f64(q), f64(k), f64(v), f64(log_g), starts, f64(state))
     assert out.dtype == jnp.bfloat16
     assert rel_err(out, ref_out) < 1e-2 and rel_err(final, ref_final) < 1e-2
+
+
+@pytest.mark.skipif(not backend.mosaic_gpu_available(),
+                    reason="this JAX has no Mosaic GPU Pallas front end")
+@pytest.mark.parametrize("op", ["gla", "delta"])
+def test_split_kernels_lower_for_cuda(op):
+    """A GPU call cut into pieces (forward and backward) lowers for CUDA through the Mosaic GPU
+    kernels at head width 128."""
+    from jaxlm.kernels import delta_rule, linear_attention
+
+    batch, heads, length, d = 1, 2, 1024, 128
+    spec = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
+    starts = jnp.zeros((batch, length), bool)
+    if op == "gla":
+        fn = lambda q, k, v, g, s: linear_attention.gated_linear_attention(
+            q, k, v, g[..., None], starts, s, platform="gpu", pieces=3)
+    else:
+        fn = lambda q, k, v, g, s: delta_rule.gated_delta_rule(
+            q, k, v, jax.nn.sigmoid(g), g, starts, s, platform="gpu", pieces=3)
+    loss = lambda *a: sum(jnp.sum(x.astype(jnp.float32)) for x in fn(*a))
+    args = (spec(batch, heads, length, d),) * 3 + (
+        spec(batch, heads, length, dtype=jnp.float32), spec(batch, heads, d, d, dtype=jnp.float32))
+    text = jax.jit(jax.grad(loss, argnums=range(5))).trace(*args).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert text.count("mosaic_gpu") >= 2
