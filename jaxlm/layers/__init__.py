@@ -10,6 +10,7 @@ from jaxlm.layers.jrt import JRT, JRTConfig
 from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
                                           feature_map)
 from jaxlm.layers.lmu import LMU, LMUConfig
+from jaxlm.layers.longvq import LongVQ, LongVQConfig
 from jaxlm.layers.mamba import Mamba, Mamba2, Mamba2Config, MambaConfig
 from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
@@ -31,5 +32,5 @@ __all__ = [
     "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
     "feature_map", "prefill", "register_mixer",
     "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
-    "PoNet", "PoNetConfig",
+    "PoNet", "PoNetConfig", "LongVQ", "LongVQConfig",
 ]

@@ -9,6 +9,7 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
                           SparseAttentionConfig, WindowAttentionConfig)
 from jaxlm.layers.lmu import LMUConfig
+from jaxlm.layers.longvq import LongVQConfig
 from jaxlm.layers.ponet import PoNetConfig
 from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.ops.checks import check_positive_fields
@@ -127,6 +128,7 @@ class ModelConfig:
     gru: GRUConfig = GRUConfig()
     slstm: SLSTMConfig = SLSTMConfig()
     lmu: LMUConfig = LMUConfig()
+    longvq: LongVQConfig = LongVQConfig()
     ponet: PoNetConfig = PoNetConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()

@@ -3,7 +3,8 @@
 from jaxlm.ops.attention import attention, attention_mask, masked_attention
 from jaxlm.ops.attention_backends import attention_plan, cudnn_attention, splash_attention
 from jaxlm.ops.checks import Impl
-from jaxlm.ops.conv import causal_conv1d, causal_conv1d_step
+from jaxlm.ops.conv import (causal_conv1d, causal_conv1d_step, dense_causal_conv1d,
+                             dense_causal_conv1d_step)
 from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
 from jaxlm.ops.linear_attention import (gated_linear_attention, gated_linear_attention_step,
                                        linear_attention)
@@ -24,11 +25,14 @@ from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_st
 from jaxlm.ops.sparse_attention import (block_sparse_attention, lambda_attention, lambda_mask,
                                         select_blocks)
 from jaxlm.ops.ssm import bilinear, diagonal_ssm, diagonal_ssm_step, fft_causal_conv, zoh
+from jaxlm.ops.vq_attention import (codebook_ema_update, commitment_loss, nearest_code, quantize,
+                                   vq_attention, vq_attention_init_state, vq_attention_step)
 
 __all__ = [
     "Impl", "apply_rope", "attention", "attention_mask", "attention_plan", "bilinear",
     "bilinear_lower", "bilinear_nplr", "block_sparse_attention", "causal_conv1d",
-    "causal_conv1d_step", "context_matches", "cudnn_attention", "delta_rule", "dense_ssm",
+    "causal_conv1d_step", "context_matches", "cudnn_attention", "delta_rule",
+    "dense_causal_conv1d", "dense_causal_conv1d_step", "dense_ssm",
     "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step", "document_ids", "fft_causal_conv",
     "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
     "gated_linear_attention_step", "hippo_legs", "hippo_legt", "krylov_kernel",
@@ -39,4 +43,6 @@ __all__ = [
     "rnn_initial_state", "rnn_step", "routing_attention", "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "select_recycled_keys",
     "selective_scan", "selective_scan_step", "splash_attention", "ssd", "update_centroids", "zoh",
+    "codebook_ema_update", "commitment_loss", "nearest_code", "quantize", "vq_attention",
+    "vq_attention_init_state", "vq_attention_step",
 ]
