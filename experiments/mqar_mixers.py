@@ -2,8 +2,10 @@
 
 Run:  jaxlm sweep experiments/mqar_mixers.py --out runs/mqar_mixers
 The quickstart's data, model width and optimizer (see quickstart.py), 2000 steps, one row
-per mixer: attention and its sparse forms (top-k blocks, k-means routing), the linear-attention family, the state-space family,
-the nonlinear RNNs (LSTM, GRU, sLSTM), PoNet's causal pooling and one hybrid. About 45 minutes on 2 CPU cores; the table is in RESULTS.md.
+per mixer: attention and its sparse forms (top-k blocks, k-means routing), the
+linear-attention family, the state-space family, the nonlinear RNNs (LSTM, GRU, sLSTM), PoNet's
+causal pooling, LongVQ's quantised-key attention and one hybrid. About 45 minutes on 2 CPU
+cores; the table is in RESULTS.md.
 """
 
 import dataclasses
@@ -25,5 +27,5 @@ def sweep() -> list[dict]:
     return grid({"model.pattern": [
         "attention", "sparse_attention", "linear_attention", "gla", "deltanet", "gated_deltanet",
         "deltanet,attention_window", "h3", "s4d", "s4", "lssl", "lmu", "mamba", "mamba2",
-        "lstm", "gru", "slstm", "ponet",
+        "lstm", "gru", "slstm", "ponet", "longvq",
     ]}) + [quickstart.ROUTING]
