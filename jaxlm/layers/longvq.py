@@ -71,6 +71,8 @@ class LongVQ(nnx.Module):
     whatever the length.
     """
 
+    sows_aux_loss = True  # the decoder LM collects the commitment loss in training
+
     def __init__(self, d_model: int, *, qk_dim: int = 32, v_dim: int = 0,
                  codebook_size: int = 64, window: int = 8, codebook_decay: float = 0.99,
                  commitment: float = 1e-4, d_state: int = 16, impl: str = "auto",
@@ -96,7 +98,7 @@ class LongVQ(nnx.Module):
         codebook = jax.random.normal(jax.random.fold_in(key, 1), (codebook_size, qk_dim))
         self.counts = Codebook(jnp.ones((codebook_size,)))
         self.sums = Codebook(codebook)
-        self.codebook = Codebook(codebook)
+        self.codebook = Codebook(jnp.array(codebook, copy=True))  # its own buffer (donated)
 
     def _projections(self, x, x_mem):
         """q (scaled), k, v, r from x and the SSM branch x'."""

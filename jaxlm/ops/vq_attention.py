@@ -39,6 +39,7 @@ from jaxlm.ops.conv import _shifted
 from jaxlm.ops.segments import document_ids, segment_starts
 
 
+@accepts_numpy
 def nearest_code(k: jax.Array, codebook: jax.Array) -> jax.Array:
     """z = argmin_s ||k − c_s||²: k [..., d_k], codebook [S, d_k] -> int32 [...]."""
     k, codebook = jax.lax.stop_gradient(k), jax.lax.stop_gradient(codebook)
@@ -46,12 +47,14 @@ def nearest_code(k: jax.Array, codebook: jax.Array) -> jax.Array:
     return jnp.argmin(distance, axis=-1).astype(jnp.int32)
 
 
+@accepts_numpy
 def quantize(k: jax.Array, codebook: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(k̂ = k + sg(c_z − k) [..., d_k], z [...]): the straight-through quantised keys."""
     codes = nearest_code(k, codebook)
     return k + jax.lax.stop_gradient(codebook[codes].astype(k.dtype) - k), codes
 
 
+@accepts_numpy
 def commitment_loss(k: jax.Array, codebook: jax.Array) -> jax.Array:
     """mean over tokens of ||k − sg(c_z)||² (k [..., d_k]): the keys' pull toward their codes."""
     codes = nearest_code(k, codebook)
@@ -59,6 +62,7 @@ def commitment_loss(k: jax.Array, codebook: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum((k - target) ** 2, axis=-1))
 
 
+@accepts_numpy
 def codebook_ema_update(counts: jax.Array, sums: jax.Array, k: jax.Array, *, decay: float,
                         eps: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One moving-average step of the codebook toward the keys assigned to it.

@@ -248,7 +248,7 @@ def lm_scorer(model, *, bos: int, pad: int, batch_size: int = 64) -> Score:
     import jax.numpy as jnp
 
     @jax.jit
-    def log_softmax(inputs):
+    def log_softmax(model, inputs):
         out = model(inputs)
         logits = out["logits"] if isinstance(out, dict) else out
         return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -264,7 +264,7 @@ def lm_scorer(model, *, bos: int, pad: int, batch_size: int = 64) -> Score:
             rows = np.full((batch_size, length), pad, np.int32)
             for r, s in enumerate(chunk):
                 rows[r, :1 + len(s)] = (bos, *s)
-            lp = np.asarray(log_softmax(jnp.asarray(rows)), np.float64)
+            lp = np.asarray(log_softmax(model, jnp.asarray(rows)), np.float64)
             for r, s in enumerate(chunk):
                 log_p[start + r] = lp[r, np.arange(len(s)), s].sum() if s else 0.0
                 next_log_p.append(lp[r, len(s)])

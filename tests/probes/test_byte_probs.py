@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlm.data.subword import train_subwords
-from jaxlm.probes.byte_probs import (END, byte_log_likelihoods, cover_encodings,
+from jaxlm.probes.byte_probs import (END, byte_log_likelihoods, cover_encodings, lm_scorer,
                                      naive_next_byte_distribution, next_byte_distribution,
                                      prefix_log_probability, sample_bytes)
 
@@ -158,3 +158,18 @@ def test_bad_input():
         next_byte_distribution("a", LongestMatch(), None, eos=0)
     with pytest.raises(ValueError, match="eos=99"):
         next_byte_distribution(b"a", LongestMatch(), None, eos=99)
+
+
+def test_lm_scorer_reads_a_jaxlm_model():
+    import jax
+    from flax import nnx
+
+    from jaxlm.models import ModelConfig, build_lm
+    model = build_lm(ModelConfig(vocab_size=7, d_model=8, n_layers=1, d_ff=0), rngs=nnx.Rngs(0))
+    score = lm_scorer(model, bos=5, pad=6, batch_size=2)
+    sequences = [(), (1, 2), (3,)]
+    log_p, next_log_p = score(sequences)
+    for s, lp, nxt in zip(sequences, log_p, next_log_p):
+        direct = np.asarray(jax.nn.log_softmax(model(np.array([(5, *s)]))[0], -1), np.float64)
+        assert abs(lp - sum(direct[i, t] for i, t in enumerate(s))) < 1e-5
+        np.testing.assert_allclose(nxt, direct[len(s)], atol=1e-5)
