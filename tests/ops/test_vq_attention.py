@@ -31,18 +31,22 @@ def test_cumulative_equals_dense_values_and_gradients(batch, length, window, pac
         out = vq_attention(q, k, v, codebook, bias, segment_ids=segment_ids, impl=impl)
         return jnp.sum(out * weights), out
 
-    results = {impl: jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(q, k, v, bias, impl)
-               for impl in ("reference", "xla")}
+    results = jax.jit(lambda *args: {
+        impl: jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(*args, impl)
+        for impl in ("reference", "xla")})(q, k, v, bias)
     (g_ref, out_ref), (g_fast, out_fast) = results["reference"], results["xla"]
     np.testing.assert_allclose(out_fast, out_ref, rtol=0, atol=1e-12)
     for a, b in zip(g_fast, g_ref):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     if not packed:  # the decoding step, token by token
-        state, outs = vq_attention_init_state(batch, window, 5, 3, 4, jnp.float64), []
-        for t in range(length):
-            o, state = vq_attention_step(state, q[:, t], k[:, t], v[:, t], codebook, bias)
-            outs.append(o)
-        np.testing.assert_allclose(jnp.stack(outs, 1), out_ref, rtol=0, atol=1e-12)
+        def step(state, inputs):
+            o, state = vq_attention_step(state, *inputs, codebook, bias)
+            return state, o
+
+        state, outs = jax.lax.scan(step, vq_attention_init_state(batch, window, 5, 3, 4,
+                                                                 jnp.float64),
+                                   tuple(jnp.swapaxes(a, 0, 1) for a in (q, k, v)))
+        np.testing.assert_allclose(jnp.swapaxes(outs, 0, 1), out_ref, rtol=0, atol=1e-12)
         assert state["sums"].shape == (batch, 5, 4)  # per-code sums: constant in length
 
 

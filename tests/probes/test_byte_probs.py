@@ -169,7 +169,8 @@ def test_lm_scorer_reads_a_jaxlm_model():
     score = lm_scorer(model, bos=5, pad=6, batch_size=2)
     sequences = [(), (1, 2), (3,)]
     log_p, next_log_p = score(sequences)
-    for s, lp, nxt in zip(sequences, log_p, next_log_p):
-        direct = np.asarray(jax.nn.log_softmax(model(np.array([(5, *s)]))[0], -1), np.float64)
-        assert abs(lp - sum(direct[i, t] for i, t in enumerate(s))) < 1e-5
-        np.testing.assert_allclose(nxt, direct[len(s)], atol=1e-5)
+    rows = np.array([(5, *s) + (6,) * (2 - len(s)) for s in sequences])  # causal: pads after
+    direct = np.asarray(jax.nn.log_softmax(model(rows), -1), np.float64)
+    for s, lp, nxt, d in zip(sequences, log_p, next_log_p, direct):
+        assert abs(lp - sum(d[i, t] for i, t in enumerate(s))) < 1e-5
+        np.testing.assert_allclose(nxt, d[len(s)], atol=1e-5)
