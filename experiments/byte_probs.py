@@ -4,7 +4,8 @@ Probabilities from Tokenized Language Models for FIM-Tasks and Model Ensembles")
 byte LM, in bits per byte on the same held-out bytes.
 
 Run:  python experiments/byte_probs.py [--steps 400] [--docs 12] [--max-bytes 200]
-      (CPU, one core: about 4 minutes; two small LMs are trained first)
+      (CPU: two small LMs are trained first, about 15 of the 20 minutes measured on one
+      heavily loaded core; RESULTS.md has the table)
 
 Both LMs are token_free.py's decoder (d_model 64, 2 attention layers): the byte LM on rows of
 256 bytes, the subword LM on rows of 80 tokens of the byte-pair encoding of 1024 ids. Each
