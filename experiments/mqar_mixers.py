@@ -2,10 +2,11 @@
 
 Run:  jaxlm sweep experiments/mqar_mixers.py --out runs/mqar_mixers
 The quickstart's data, model width and optimizer (see quickstart.py), 2000 steps, one row
-per mixer: attention and its sparse forms (top-k blocks, k-means routing), the linear-attention family, the state-space family,
-the nonlinear RNNs (LSTM, GRU, sLSTM), PoNet's causal pooling, Combiner and Core Context Aware
-attention (blocks / groups of 8: 8 per row) and one hybrid. About 45 minutes on 2 CPU cores;
-the table is in RESULTS.md.
+per mixer: attention and its sparse forms (top-k blocks, k-means routing), the
+linear-attention family, the state-space family, the nonlinear RNNs (LSTM, GRU, sLSTM),
+PoNet's causal pooling, Combiner and Core Context Aware attention (blocks / groups of 8:
+8 per row), LongVQ's quantised-key attention and one hybrid. About 45 minutes on 2 CPU
+cores; the table is in RESULTS.md.
 """
 
 import dataclasses
@@ -30,5 +31,5 @@ def sweep() -> list[dict]:
     return grid({"model.pattern": [
         "attention", "sparse_attention", "linear_attention", "gla", "deltanet", "gated_deltanet",
         "deltanet,attention_window", "h3", "s4d", "s4", "lssl", "lmu", "mamba", "mamba2",
-        "lstm", "gru", "slstm", "ponet", "combiner", "core_context",
+        "lstm", "gru", "slstm", "ponet", "combiner", "core_context", "longvq",
     ]}) + [quickstart.ROUTING]

@@ -43,6 +43,18 @@ class Subwords:
         ids = self.tokenizer.encode(data.decode("latin-1")).ids
         return self.to_ids[np.asarray(ids, np.int64)].astype(np.int32)
 
+    def encode_batch(self, documents: list[bytes]) -> list[np.ndarray]:
+        """``encode`` of each of ``documents``."""
+        encodings = self.tokenizer.encode_batch([d.decode("latin-1") for d in documents])
+        return [self.to_ids[np.asarray(e.ids, np.int64)].astype(np.int32) for e in encodings]
+
+    def word_start(self, data: bytes) -> int:
+        """Offset of the last pre-token (``WORDS``) of ``data`` (0 when empty): no piece spans
+        it, so ``encode(data + more) = encode(data[:w]) + encode(data[w:] + more)`` for any
+        ``more`` (the pre-token boundaries before it do not depend on what follows)."""
+        words = self.tokenizer.pre_tokenizer.pre_tokenize_str(data.decode("latin-1"))
+        return words[-1][1][0] if words else 0
+
     def decode(self, ids) -> bytes:
         return b"".join(self.pieces[int(i)] for i in ids)
 

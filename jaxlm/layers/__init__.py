@@ -12,6 +12,7 @@ from jaxlm.layers.jrt import JRT, JRTConfig
 from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
                                           feature_map)
 from jaxlm.layers.lmu import LMU, LMUConfig
+from jaxlm.layers.longvq import LongVQ, LongVQConfig
 from jaxlm.layers.mamba import Mamba, Mamba2, Mamba2Config, MambaConfig
 from jaxlm.layers.mlp import GatedMLP
 from jaxlm.layers.mom import MoM, MoMConfig
@@ -36,4 +37,5 @@ __all__ = [
     "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
     "PoNet", "PoNetConfig", "Combiner", "CombinerConfig", "CoreContext", "CoreContextConfig",
     "TensorAttention", "TensorAttentionConfig",
+    "LongVQ", "LongVQConfig",
 ]

@@ -11,6 +11,7 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
 from jaxlm.layers.combiner import CombinerConfig
 from jaxlm.layers.core_context import CoreContextConfig
 from jaxlm.layers.lmu import LMUConfig
+from jaxlm.layers.longvq import LongVQConfig
 from jaxlm.layers.ponet import PoNetConfig
 from jaxlm.layers.tensor_attention import TensorAttentionConfig
 from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
@@ -130,6 +131,7 @@ class ModelConfig:
     gru: GRUConfig = GRUConfig()
     slstm: SLSTMConfig = SLSTMConfig()
     lmu: LMUConfig = LMUConfig()
+    longvq: LongVQConfig = LongVQConfig()
     ponet: PoNetConfig = PoNetConfig()
     combiner: CombinerConfig = CombinerConfig()
     core_context: CoreContextConfig = CoreContextConfig()

@@ -129,8 +129,17 @@ class DecoderLM(nnx.Module):
                              f"got {tuple(tokens.shape)}")
         return add_positions(self.embed(tokens), self.positions, "DecoderLM")
 
-    def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
-        return self._head(self.hidden(tokens, segment_ids=segment_ids))
+    def __call__(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None
+                 ) -> jax.Array | dict[str, jax.Array]:
+        """Logits; or {"logits", "aux_loss"} when mixers in training mode sow auxiliary losses
+        (``sows_aux_loss``: LongVQ's commitment loss), which the training loss adds."""
+        if not any(getattr(b.mixer, "sows_aux_loss", False) and not b.mixer.deterministic
+                   for b in self.blocks):
+            return self._head(self.hidden(tokens, segment_ids=segment_ids))
+        h, sown = nnx.capture(DecoderLM.hidden, nnx.Intermediate)(self, tokens,
+                                                                  segment_ids=segment_ids)
+        logits, aux = self._head(h), jax.tree.leaves(sown)
+        return {"logits": logits, "aux_loss": sum(aux)} if aux else logits
 
     def hidden(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """tokens [batch, length] -> the normalised final hidden states [batch, length,

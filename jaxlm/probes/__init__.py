@@ -10,6 +10,9 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.data import DataConfig
+from jaxlm.probes.byte_probs import (byte_log_likelihoods, cover_encodings, lm_scorer,
+                                     naive_next_byte_distribution, next_byte_distribution,
+                                     prefix_log_probability, sample_bytes)
 from jaxlm.probes.common import target_hits, probe_batches, with_seq_len
 from jaxlm.probes.decipher import decipher_probe
 from jaxlm.probes.lsa import LSAConfig, train_lsa
@@ -82,4 +85,7 @@ __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
            "evaluate_state_tracking", "evaluate_needle_threading", "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
            "probe_batches", "score_text",
            "train_lsa", "with_seq_len", "model_surprisal", "repeat_surprisal",
-           "verbatim_memory", "verbatim_memory_summary"]
+           "verbatim_memory", "verbatim_memory_summary",
+           "byte_log_likelihoods", "cover_encodings", "lm_scorer",
+           "naive_next_byte_distribution", "next_byte_distribution", "prefix_log_probability",
+           "sample_bytes"]

@@ -122,6 +122,21 @@ CASES = {
     "select_recycled_keys": (ops.select_recycled_keys,
                              (QKV[0][:, 0], QKV[1], np.arange(L), np.ones((B, L), bool), 0.5, 2),
                              {}, None),
+    "dense_causal_conv1d": (ops.dense_causal_conv1d, (U, rand(40, 3, 2, 4)),
+                            dict(segment_ids=SEG), None),
+    "dense_causal_conv1d_step": (ops.dense_causal_conv1d_step,
+                                 (rand(41, B, 2, 2), U[:, 0], rand(40, 3, 2, 4)), {}, None),
+    "nearest_code": (ops.nearest_code, (QKV[0][:, :, 0], rand(42, 3, D)), {}, None),
+    "quantize": (ops.quantize, (QKV[0][:, :, 0], rand(42, 3, D)), {}, None),
+    "commitment_loss": (ops.commitment_loss, (QKV[0][:, :, 0], rand(42, 3, D)), {}, None),
+    "codebook_ema_update": (ops.codebook_ema_update,
+                            (np.ones(3), rand(42, 3, D), QKV[1][:, :, 0]), dict(decay=0.9), None),
+    "vq_attention": (ops.vq_attention, (*(x[:, :, 0] for x in QKV), rand(42, 3, D), rand(43, 2)),
+                     dict(segment_ids=SEG), ("reference", "xla")),
+    "vq_attention_step": (
+        ops.vq_attention_step,
+        (jax.tree.map(np.asarray, ops.vq_attention_init_state(B, 2, 3, D, D)),
+         *(x[:, 0, 0] for x in QKV), rand(42, 3, D), rand(43, 2)), {}, None),
     "recycled_attention": (ops.recycled_attention,
                            (QKV[0][:, 0], QKV[1], QKV[2], np.arange(L),
                             np.array([[[0, 3], [1, 4]]]), np.array(4), 0.5), {}, None),
@@ -161,6 +176,7 @@ def test_every_public_op_is_covered():
     """Every op of jaxlm.ops that takes arrays is in CASES; the others take sizes only, and
     splash_attention's kernel (interpreted on CPU) needs length >= 128, too slow here."""
     sizes_only = {"hippo_legs", "hippo_legt", "nplr_legs", "lambda_mask", "legt_zoh",
-                  "attention_plan", "rnn_initial_state", "multi_granularity_pooling_state"}
+                  "attention_plan", "rnn_initial_state", "multi_granularity_pooling_state",
+                  "vq_attention_init_state"}
     public = set(ops.__all__) - {"Impl", "splash_attention"} - sizes_only
     assert public == set(CASES)

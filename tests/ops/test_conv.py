@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.ops.conv import causal_conv1d, causal_conv1d_step
+from jaxlm.ops.conv import (causal_conv1d, causal_conv1d_step, dense_causal_conv1d,
+                            dense_causal_conv1d_step)
 from tests.helpers import rel_err
 
 
@@ -51,3 +52,47 @@ def test_fft_path_gradients_equal_unrolled_path():
                         argnums=(0, 1))(x, weight)
 
     assert rel_err(grads(None), grads(one_doc)) < 1e-12
+
+
+def test_dense_conv_equals_direct_sum_steps_and_gradients():
+    """The channel-mixing convolution (LMUFormer's patch embedding) against a double loop of
+    x_{t-i} @ weight[i], packed rows included; its gradients against the loop's; the step form
+    on an unpacked row."""
+    length, width = 7, 3
+    x = jax.random.normal(jax.random.key(4), (2, length, 3), jnp.float64)
+    weight = jax.random.normal(jax.random.key(5), (width, 3, 5), jnp.float64)
+    segment_ids = jnp.cumsum(jax.random.bernoulli(jax.random.key(6), 0.25, (2, length)), axis=1)
+
+    def loop(x, weight, segment_ids):
+        ys = []
+        for t in range(length):
+            y = jnp.zeros((2, 5), x.dtype)
+            for i in range(min(width, t + 1)):
+                keep = (segment_ids[:, t - i] == segment_ids[:, t])[:, None]
+                y = y + jnp.where(keep, x[:, t - i] @ weight[i], 0.0)
+            ys.append(y)
+        return jnp.stack(ys, axis=1)
+
+    cotangent = jax.random.normal(jax.random.key(7), (2, length, 5), jnp.float64)
+    def fast(x, w):
+        return jnp.sum(dense_causal_conv1d(x, w, segment_ids=segment_ids) * cotangent)
+
+    def slow(x, w):
+        return jnp.sum(loop(x, w, segment_ids) * cotangent)
+
+    def steps(x, weight):
+        step = lambda window, x_t: dense_causal_conv1d_step(window, x_t, weight)[::-1]
+        _, ys = jax.lax.scan(step, jnp.zeros((2, width - 1, 3), x.dtype), jnp.swapaxes(x, 0, 1))
+        return jnp.swapaxes(ys, 0, 1)
+
+    @jax.jit
+    def run(x, weight):
+        return (dense_causal_conv1d(x, weight, segment_ids=segment_ids),
+                loop(x, weight, segment_ids), jax.grad(fast, (0, 1))(x, weight),
+                jax.grad(slow, (0, 1))(x, weight), steps(x, weight), dense_causal_conv1d(x, weight))
+
+    y, y_loop, g, g_loop, y_steps, y_unpacked = run(x, weight)
+    assert rel_err(y, y_loop) < 1e-12 and rel_err(g, g_loop) < 1e-12
+    assert rel_err(y_steps, y_unpacked) < 1e-12
+    with pytest.raises(ValueError, match="weight"):
+        dense_causal_conv1d(x, jnp.zeros((3, 4, 5)))
