@@ -6,7 +6,9 @@ Importing this package registers every mixer in ``MIXERS``.
 from jaxlm.layers.attention import Attention, AttentionConfig, WindowAttentionConfig
 from jaxlm.layers.conv import ShortConv
 from jaxlm.layers.deltanet import DeltaNet, DeltaNetConfig, GatedDeltaNetConfig
+from jaxlm.layers.infllm import InfLLMAttention, InfLLMConfig
 from jaxlm.layers.jrt import JRT, JRTConfig
+from jaxlm.layers.landmark import LandmarkAttention, LandmarkAttentionConfig
 from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
                                           feature_map)
 from jaxlm.layers.lmu import LMU, LMUConfig
@@ -32,4 +34,5 @@ __all__ = [
     "feature_map", "prefill", "register_mixer",
     "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
     "PoNet", "PoNetConfig",
+    "LandmarkAttention", "LandmarkAttentionConfig", "InfLLMAttention", "InfLLMConfig",
 ]

@@ -8,6 +8,8 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, LSSLConfig,
                           Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
                           SparseAttentionConfig, WindowAttentionConfig)
+from jaxlm.layers.infllm import InfLLMConfig
+from jaxlm.layers.landmark import LandmarkAttentionConfig
 from jaxlm.layers.lmu import LMUConfig
 from jaxlm.layers.ponet import PoNetConfig
 from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
@@ -128,6 +130,8 @@ class ModelConfig:
     slstm: SLSTMConfig = SLSTMConfig()
     lmu: LMUConfig = LMUConfig()
     ponet: PoNetConfig = PoNetConfig()
+    landmark_attention: LandmarkAttentionConfig = LandmarkAttentionConfig()
+    attention_infllm: InfLLMConfig = InfLLMConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()
     deletion: DeletionConfig = DeletionConfig()

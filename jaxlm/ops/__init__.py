@@ -12,6 +12,9 @@ from jaxlm.ops.pointer import pointer_sentinel_log_probs
 from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import document_ids, segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
+from jaxlm.ops.infllm import infllm_attention, infllm_cache, infllm_step
+from jaxlm.ops.landmark_attention import (insert_landmarks, landmark_attention,
+                                          remove_landmarks)
 from jaxlm.ops.hippo import hippo_legs, hippo_legt, nplr_legs
 from jaxlm.ops.lmu import legt_zoh, lmu_memory, lmu_memory_step
 from jaxlm.ops.pooling import (multi_granularity_pooling, multi_granularity_pooling_state,
@@ -39,4 +42,6 @@ __all__ = [
     "rnn_initial_state", "rnn_step", "routing_attention", "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "select_recycled_keys",
     "selective_scan", "selective_scan_step", "splash_attention", "ssd", "update_centroids", "zoh",
+    "infllm_attention", "infllm_cache", "infllm_step", "insert_landmarks", "landmark_attention",
+    "remove_landmarks",
 ]

@@ -38,6 +38,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_positive, check_qkv,
                               check_shape, resolve_impl)
@@ -79,8 +80,8 @@ def remove_landmarks(y: jax.Array, block_size: int) -> jax.Array:
     """The inverse of :func:`insert_landmarks` on axis 1: y [batch, n, ...] -> the positions
     that are not landmark slots, [batch, n - n // (block_size + 1), ...]."""
     check_positive("remove_landmarks", "block_size", block_size, allow_none=False)
-    keep = ~landmark_slots(y.shape[1], block_size)
-    return y[:, jnp.flatnonzero(keep, size=int(keep.sum()))]
+    keep = np.arange(y.shape[1]) % (block_size + 1) != block_size  # static
+    return y[:, np.flatnonzero(keep)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def grouped_attention(q, k, v, q_start, q_pos, block_index, block_valid, *, bloc
     return o / l[..., None]
 
 
-def _all_blocks(q_pos, block_size, n_blocks, heads):
+def earlier_blocks(q_pos, block_size, n_blocks, heads):
     """Every earlier block of each query, nearest first: ([S, b, Lq, h] index, valid),
     S = n_blocks - 1."""
     own = (q_pos // (block_size + 1))[None, ..., None]  # [1, b, Lq, 1]
@@ -283,7 +284,7 @@ def landmark_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: 
     start = jnp.arange(length) - pos
     n_blocks = -(-length // (block_size + 1))
     if top_k is None:
-        index, valid = _all_blocks(pos, block_size, n_blocks, heads)
+        index, valid = earlier_blocks(pos, block_size, n_blocks, heads)
     else:
         scores = landmark_scores(q, k, start, n_blocks, block_size, scale)
         index, valid = retrieved_blocks(scores, pos, block_size, top_k)
