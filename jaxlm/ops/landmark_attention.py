@@ -43,7 +43,7 @@ import numpy as np
 from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_positive, check_qkv,
                               check_shape, resolve_impl)
 from jaxlm.ops.segments import document_ids, segment_positions
-from jaxlm.ops.sparse_attention import choose_blocks
+from jaxlm.ops.sparse_attention import _unblock, choose_blocks, repeat_kv_heads, to_blocks
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,6 +198,32 @@ def grouped_attention(q, k, v, q_start, q_pos, block_index, block_valid, *, bloc
     return o / l[..., None]
 
 
+def blocked_attention(q, k, v, *, block_size: int, scale: float) -> jax.Array:
+    """The grouped softmax over every earlier block for unpacked rows, by whole-block matrix
+    products: scores [batch, heads, n, P, n, P] as dense attention's (O(length²) memory, the
+    fastest XLA form for training at short lengths). Returns [batch, length, heads, d] in at
+    least float32."""
+    length, heads = q.shape[1], q.shape[2]
+    P = block_size + 1
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    qb = to_blocks(q, P).astype(acc)  # [b, h, n, P, d]
+    kb = repeat_kv_heads(to_blocks(k, P), heads).astype(acc)
+    vb = repeat_kv_heads(to_blocks(v, P), heads).astype(acc)
+    n = qb.shape[2]
+    s = jnp.einsum("bhipd,bhjqd->bhipjq", qb, kb) * scale
+    regular = jnp.arange(P) < block_size  # an earlier block is complete: no padding in it
+    local = jnp.where(regular, jax.nn.softmax(jnp.where(regular, s, -jnp.inf), axis=-1), 0.0)
+    block_out = jnp.einsum("bhipjq,bhjqd->bhipjd", local, vb)  # each block's own softmax
+    earlier = jnp.arange(n)[None, :] < jnp.arange(n)[:, None]  # [i, j]
+    s_landmark = jnp.where(earlier[:, None, :], s[..., block_size], -jnp.inf)  # [b, h, n, P, n]
+    s_own = jnp.einsum("bhipd,bhiqd->bhipq", qb, kb) * scale
+    s_own = jnp.where(jnp.tri(P, dtype=bool), s_own, -jnp.inf)
+    w = jax.nn.softmax(jnp.concatenate([s_own, s_landmark], axis=-1), axis=-1)
+    out = (jnp.einsum("bhipq,bhiqd->bhipd", w[..., :P], vb)
+           + jnp.einsum("bhipj,bhipjd->bhipd", w[..., P:], block_out))
+    return _unblock(out, length)
+
+
 def earlier_blocks(q_pos, block_size, n_blocks, heads):
     """Every earlier block of each query, nearest first: ([S, b, Lq, h] index, valid),
     S = n_blocks - 1."""
@@ -257,7 +283,9 @@ def landmark_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: 
       segment_ids: [batch, length] ints for packed rows (a document is a run of equal ids);
         blocks and landmarks count from each document's start.
       impl: "reference" (dense [length, length] masks and probabilities, O(length²) memory),
-        "xla" (each query gathers its own block and then one earlier block at a time: memory
+        "xla" (unpacked rows with every block: whole-block matrix products,
+        :func:`blocked_attention`; otherwise each query gathers its own block and then one
+        earlier (or retrieved) block at a time, :func:`grouped_attention`: memory
         O(length · block_size · d) per step), "auto" (xla).
 
     Returns [batch, length, heads, d] in q's dtype (integer inputs promoted to the default
@@ -283,6 +311,8 @@ def landmark_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: 
         return _reference(q, k, v, block_size, pos, doc, scale, top_k)
     start = jnp.arange(length) - pos
     n_blocks = -(-length // (block_size + 1))
+    if top_k is None and segment_ids is None:
+        return blocked_attention(q, k, v, block_size=block_size, scale=scale).astype(q.dtype)
     if top_k is None:
         index, valid = earlier_blocks(pos, block_size, n_blocks, heads)
     else:
