@@ -232,6 +232,7 @@ def infllm_cache(batch: int, max_length: int, kv_heads: int, head_dim: int,
             "pos": jnp.zeros((), jnp.int32)}
 
 
+@accepts_numpy
 def infllm_step(q_t: jax.Array, k_t: jax.Array, v_t: jax.Array, cache: dict[str, jax.Array],
                 *, window: int, block_size: int = 128, init_blocks: int = 1, top_k: int = 4,
                 n_repr: int = 4, scale: float | None = None
