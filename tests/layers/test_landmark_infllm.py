@@ -1,7 +1,7 @@
 """The landmark-attention and InfLLM mixers: step equals the parallel form beyond the
 registry's defaults (float64, 1e-10 relative); a DecoderLM with landmark attention inserts its
 learned landmark in both forms alike and trains it; InfLLM holds attention's weights and, with
-a window over everything, is attention."""
+a window over everything, is attention (also under ``generate``)."""
 
 import dataclasses
 
@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxlm.layers import build_mixer
-from jaxlm.models import DecoderLM, ModelConfig
+from jaxlm.models import DecoderLM, ModelConfig, generate
 from tests.helpers import rel_err, to_float64
 from tests.layers.test_mixers import D_MODEL, make_mixer, run_steps
 
@@ -72,3 +72,21 @@ def test_infllm_with_a_window_over_everything_is_attention():
     dense, wide, narrow = jax.jit(lambda a, b, c, x: (a(x), b(x), c(x)))(attention, infllm,
                                                                           short, x)
     assert rel_err(wide, dense) < TOL and rel_err(narrow, dense) > 1e-3
+
+
+def test_a_trained_attention_model_generates_through_infllm():
+    """An attention model's weights load into an attention_infllm model; with a window over
+    the whole generation it decodes the same tokens, and with a short one it still runs."""
+    base = ModelConfig(vocab_size=11, d_model=D_MODEL, n_layers=1, pattern="attention")
+    model = DecoderLM(base, rngs=nnx.Rngs(0))
+    prompt = jax.random.randint(jax.random.key(3), (1, 6), 0, 11)
+    outs = []
+    for window in (12, 3):
+        config = dataclasses.replace(base, pattern="attention_infllm", attention_infllm=(
+            dataclasses.replace(base.attention_infllm, window=window, block_size=2)))
+        infllm = DecoderLM(config, rngs=nnx.Rngs(1))
+        nnx.update(infllm, nnx.state(model))
+        outs.append(infllm)
+    run = jax.jit(lambda *models: [generate(m, prompt, max_new_tokens=6) for m in models])
+    dense, wide, narrow = run(model, *outs)
+    assert (wide == dense).all() and narrow.shape == dense.shape
