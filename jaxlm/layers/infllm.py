@@ -1,5 +1,5 @@
-"""InfLLM as a decoding mode of attention ("InfLLM: Training-Free Long-Context Extrapolation
-for LLMs with an Efficient Context Memory"): :mod:`jaxlm.ops.infllm` behind the attention
+"""InfLLM as a decoding mode of attention ("InfLLM: Unveiling the Intrinsic Capacity of LLMs
+for Understanding Extremely Long Sequences with Training-Free Memory"): :mod:`jaxlm.ops.infllm` behind the attention
 layer's projections, so a model trained with ``attention`` reads long inputs through initial
 tokens, a local window and retrieved memory units, with no new parameters."""
 
