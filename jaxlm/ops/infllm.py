@@ -1,5 +1,6 @@
-"""InfLLM: training-free block memory for long inputs ("InfLLM: Training-Free Long-Context
-Extrapolation for LLMs with an Efficient Context Memory"; Xiao et al., 2024).
+"""InfLLM: training-free block memory for long inputs ("InfLLM: Unveiling the Intrinsic
+Capacity of LLMs for Understanding Extremely Long Sequences with Training-Free Memory"; Xiao
+et al., 2024).
 
 A model trained at a short length reads a long input through a short attention span: the
 initial tokens, a sliding local window, and a few *memory units* (blocks of past keys and
