@@ -26,6 +26,7 @@ Shapes: bfloat16, batch 4, 16 heads, head dim 128, lengths 4096 and 16384.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -85,17 +86,20 @@ def grad_of(fn, n_diff):
 # impls {name: fn(*args) -> out}, the reference impl name, n_diff, FLOPs and bytes of a forward.
 
 
-def gla_case(batch, heads, length, dim, dtype, *, interpret):
+def gla_case(batch, heads, length, dim, dtype, *, interpret, per_channel=False):
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v = (jax.random.normal(keys[i], (batch, length, heads, dim), dtype) for i in range(3))
-    log_g = -jax.nn.softplus(jax.random.normal(keys[3], (batch, length, heads), jnp.float32))
+    gates = (batch, length, heads) + ((dim,) if per_channel else ())
+    log_g = -jax.nn.softplus(jax.random.normal(keys[3], gates, jnp.float32))
     scale = dim ** -0.5
 
     def mosaic(q, k, v, log_g):
-        from jaxlm.kernels.mosaic_gpu.linear_attention import gated_linear_attention as kern
+        from jaxlm.kernels.mosaic_gpu import gla_per_channel, linear_attention
 
+        kern = (gla_per_channel if per_channel else linear_attention).gated_linear_attention
         t = lambda x: jnp.moveaxis(x, 2, 1)
-        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), t(log_g)[..., None],
+        g = t(log_g) if per_channel else t(log_g)[..., None]
+        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), g,
                       jnp.zeros((batch, length), bool),
                       jnp.zeros((batch, heads, dim, dim), jnp.float32), interpret=interpret)
         return t(out)
@@ -115,7 +119,19 @@ def delta_case(batch, heads, length, dim, dtype, *, interpret):
     k = (k / jnp.linalg.norm(k.astype(jnp.float32), axis=-1, keepdims=True)).astype(dtype)
     beta = jax.nn.sigmoid(jax.random.normal(keys[3], (batch, length, heads), jnp.float32))
     log_a = -jax.nn.softplus(jax.random.normal(keys[4], (batch, length, heads), jnp.float32))
-    impls = {"jaxlm pallas": lambda *a: gated_delta_rule(
+    scale = dim ** -0.5
+
+    def mosaic(q, k, v, beta, log_a):
+        from jaxlm.kernels.mosaic_gpu.delta_rule import gated_delta_rule as kern
+
+        t = lambda x: jnp.moveaxis(x, 2, 1)
+        out, _ = kern(t(q * jnp.asarray(scale, q.dtype)), t(k), t(v), t(beta), t(log_a),
+                      jnp.zeros((batch, length), bool),
+                      jnp.zeros((batch, heads, dim, dim), jnp.float32), interpret=interpret)
+        return t(out)
+
+    impls = {"jaxlm mosaic_gpu": mosaic,
+             "jaxlm pallas": lambda *a: gated_delta_rule(
                  *a, impl="pallas_interpret" if interpret else "pallas"),
              "jaxlm xla": lambda *a: gated_delta_rule(*a, impl="xla")}
     flops = 2 * batch * heads * length * (CHUNK * 4 * dim + 4 * dim * dim)
@@ -138,8 +154,9 @@ def attention_case(batch, heads, length, dim, dtype, *, interpret):
     return (q, k, v), impls, 3, flops, nbytes
 
 
-CASES = {"gla per head (ssd)": gla_case, "gated delta rule": delta_case,
-         "attention causal": attention_case}
+CASES = {"gla per head (ssd)": gla_case,
+         "gla per channel": functools.partial(gla_case, per_channel=True),
+         "gated delta rule": delta_case, "attention causal": attention_case}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +182,11 @@ def fla_impls(op: str):
             return {}, why
         return {"fla chunk_simple_gla": lambda q, k, v, g: module.chunk_simple_gla(
             q, k, v, g)[0]}, None
+    if op == "gla per channel":
+        module, why = import_peer("fla.ops.gla")
+        if module is None:
+            return {}, why
+        return {"fla chunk_gla": lambda q, k, v, g: module.chunk_gla(q, k, v, g)[0]}, None
     if op == "gated delta rule":
         module, why = import_peer("fla.ops.gated_delta_rule")
         if module is None:

@@ -8,8 +8,9 @@
   ``interpret=True`` runs them in the plain interpreter. Without Triton ``impl="pallas"``
   raises on GPU.
 * GPU, Mosaic GPU (Hopper): hand-placed ``wgmma`` / TMA kernels in
-  :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with one decay per head;
-  :func:`mosaic_gpu_available`), tested in Mosaic GPU's interpreter.
+  :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with per-head or per-channel decay, the
+  gated delta rule; :func:`mosaic_gpu_available`, :func:`mosaic_gpu_takes`), tested in Mosaic
+  GPU's interpreter.
 * CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
 """
 
@@ -45,6 +46,19 @@ def mosaic_gpu_available() -> bool:
     from jaxlm.kernels.mosaic_gpu import compat
 
     return compat.mosaic_gpu_available()
+
+
+def mosaic_gpu_takes(q, k, v, state, chunk: int, interpret, platform: str | None) -> bool:
+    """The conditions every Mosaic GPU (Hopper) kernel of :mod:`jaxlm.kernels.mosaic_gpu`
+    shares, for a kernel call to go there rather than to the portable kernels: compiled (not
+    interpreted) for a GPU, q, k, v of one 16-bit dtype with head dims (q's and v's last)
+    multiples of 64 up to 256, a float32 state, chunks of 64, and a JAX with Mosaic GPU."""
+    if interpret or target_platform(platform, interpret) != "gpu":
+        return False
+    dims_ok = all(d % 64 == 0 and d <= 256 for d in (q.shape[-1], v.shape[-1]))
+    return (chunk == 64 and dims_ok and state.dtype == jax.numpy.float32
+            and q.dtype == k.dtype == v.dtype
+            and q.dtype in (jax.numpy.bfloat16, jax.numpy.float16) and mosaic_gpu_available())
 
 
 def compiler_params(kernel: str, interpret: bool, grid_rank: int, *,

@@ -142,10 +142,9 @@ def unit_lower_inverse(n: jax.Array, block: int = 16) -> jax.Array:
 
     With D the diagonal blocks of N (``block`` x ``block``) and L the rest, I + N =
     (I + D)(I + T_D L) with T_D = (I + D)⁻¹. T_D comes from forward substitution on all
-    diagonal blocks at once (``block`` - 1 steps, each a product with D), and M = T_D L is
-    strictly block-lower, so (I + M)⁻¹ = Π_j (I + (-M)^(2^j)) ends after log2(C / block)
-    factors: the UT transform on the matrix units, with no row-serial loop over the chunk.
-    A chunk that ``block`` does not divide is solved row by row.
+    diagonal blocks at once (``block`` - 1 steps, each a product with D), and the rest from
+    :func:`block_series`: the UT transform on the matrix units, with no row-serial loop over
+    the chunk. A chunk that ``block`` does not divide is solved row by row.
     """
     size = n.shape[0]
     block = min(block, size)
@@ -161,14 +160,24 @@ def unit_lower_inverse(n: jax.Array, block: int = 16) -> jax.Array:
         return jnp.where(row_in_block == r, eye - dot(diag, t), t)
 
     t = jax.lax.fori_loop(jnp.int32(1), jnp.int32(block), substitute, eye)
-    if block == size:
-        return t
-    power = -dot(t, n - diag)
+    return t if block == size else block_series(n, t, block)
+
+
+def block_series(n: jax.Array, t_diag: jax.Array, block: int) -> jax.Array:
+    """(I + N)⁻¹ for a strictly lower-triangular N [C, C] from T_D [C, C], the inverse of I + D
+    (D: N's diagonal ``block`` x ``block`` blocks): M = T_D (N - D) is strictly block-lower, so
+    (I + M)⁻¹ = Π_j (I + (-M)^(2^j)) ends after log2(C / ``block``) factors, and
+    (I + N)⁻¹ = (I + M)⁻¹ T_D."""
+    size = n.shape[0]
+    rows, cols = rows_cols(size)
+    eye = (rows == cols).astype(n.dtype)
+    div = lambda x: jax.lax.div(x, jnp.int32(block))
+    power = -dot(t_diag, jnp.where(div(rows) == div(cols), 0.0, n))
     inverse = eye + power
     for _ in range(int(np.ceil(np.log2(size // block))) - 1):
         power = dot(power, power)
         inverse = dot(inverse, eye + power)
-    return dot(inverse, t)
+    return dot(inverse, t_diag)
 
 
 unit_lower_inverse_vjp = with_closed_form_vjp(lambda n: unit_lower_inverse(n))

@@ -74,8 +74,16 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     starts: bool [batch, length], True where a packed document starts; state:
     [batch, heads, d_k, d_v], float32 or wider. q, k, v enter the matrix products in their own
     dtype. Any length works (padded with β = 0 positions, which leave the state unchanged).
+    ``platform``: the backend to compile for (default: JAX's default; see
+    :mod:`jaxlm.kernels.backend`): on TPU the chunk-pipelined Mosaic kernel; on a GPU the
+    Mosaic GPU kernel where it takes the call (:func:`_mosaic_gpu_takes`), else the whole-row
+    kernel through the Triton lowering.
     Returns (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
+    if _mosaic_gpu_takes(q, k, v, state, chunk, interpret, platform):
+        from jaxlm.kernels.mosaic_gpu import delta_rule as mosaic_gpu
+
+        return mosaic_gpu.gated_delta_rule(q, k, v, beta, log_a, starts, state, chunk=chunk)
     batch, heads, length, dk = q.shape
     acc = state.dtype
     padded = -(-length // chunk) * chunk
@@ -88,3 +96,17 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     out, final = chunked.run(rec, seqs, (), state.reshape(batch * heads, dk, -1))
     out = out[:, :length].reshape(batch, heads, length, -1)
     return out, final.reshape(state.shape)
+
+
+def _mosaic_gpu_takes(q, k, v, state, chunk, interpret, platform) -> bool:
+    """Whether a compiled GPU call goes to the Mosaic GPU (Hopper) kernel
+    (:func:`jaxlm.kernels.mosaic_gpu.delta_rule.gated_delta_rule`): the conditions all Mosaic
+    GPU kernels share (:func:`backend.mosaic_gpu_takes`) and buffers that fit in shared memory
+    (d_k up to 192 in 16 bits)."""
+    from jaxlm.kernels import backend
+
+    if not backend.mosaic_gpu_takes(q, k, v, state, chunk, interpret, platform):
+        return False
+    from jaxlm.kernels.mosaic_gpu import delta_rule as mosaic_gpu
+
+    return mosaic_gpu.fits(q.shape[-1], q.dtype.itemsize)

@@ -86,12 +86,16 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     Any length works (padded to a multiple of ``chunk`` with positions that leave the state
     unchanged). ``platform``: the backend to compile for (default: JAX's default; see
     :mod:`jaxlm.kernels.backend`): on TPU the chunk-pipelined Mosaic kernel; on a GPU the
-    Mosaic GPU kernel where it takes the call (one decay per head, 16-bit inputs, head dims
-    multiples of 64), else the whole-row kernel through the Triton lowering. Returns
+    Mosaic GPU kernels where they take the call (per-head or per-channel decay, 16-bit
+    inputs, head dims multiples of 64, chunks of 64), else the whole-row kernel through the
+    Triton lowering. Returns
     (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
     if _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform):
-        from jaxlm.kernels.mosaic_gpu import linear_attention as mosaic_gpu
+        if log_g.shape[-1] == 1:
+            from jaxlm.kernels.mosaic_gpu import linear_attention as mosaic_gpu
+        else:
+            from jaxlm.kernels.mosaic_gpu import gla_per_channel as mosaic_gpu
 
         return mosaic_gpu.gated_linear_attention(q, k, v, log_g, starts, state, chunk=chunk)
     batch, heads, length, dk = q.shape
@@ -109,14 +113,15 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
 
 
 def _mosaic_gpu_takes(q, k, v, log_g, state, chunk, interpret, platform) -> bool:
-    """Whether a compiled GPU call goes to the Mosaic GPU (Hopper) kernel: one decay per head,
-    16-bit q, k, v with head dims that are multiples of 64 up to 256, a float32 state, chunks
-    of 64, and a JAX with Mosaic GPU. Otherwise the whole-row kernel runs (Triton lowering)."""
+    """Whether a compiled GPU call goes to a Mosaic GPU (Hopper) kernel: one decay per head
+    (:mod:`~jaxlm.kernels.mosaic_gpu.linear_attention`) or per channel
+    (:mod:`~jaxlm.kernels.mosaic_gpu.gla_per_channel`), and the conditions all Mosaic GPU
+    kernels share (:func:`backend.mosaic_gpu_takes`). Otherwise the whole-row kernel runs
+    (Triton lowering). Both Mosaic GPU kernels keep this kernel's contract for -inf gates (per
+    head, or per channel: only that channel resets) and document starts; non-finite q, k, v or
+    states are not theirs to handle (the ops zero them first,
+    :func:`jaxlm.ops.chunking.guard_nonfinite`)."""
     from jaxlm.kernels import backend
 
-    if interpret or backend.target_platform(platform, interpret) != "gpu":
-        return False
-    dims_ok = all(d % 64 == 0 and d <= 256 for d in (q.shape[-1], v.shape[-1]))
-    return (log_g.shape[-1] == 1 and chunk == 64 and dims_ok and state.dtype == jnp.float32
-            and q.dtype == k.dtype == v.dtype and q.dtype in (jnp.bfloat16, jnp.float16)
-            and backend.mosaic_gpu_available())
+    return log_g.shape[-1] in (1, q.shape[-1]) and backend.mosaic_gpu_takes(
+        q, k, v, state, chunk, interpret, platform)

@@ -65,6 +65,8 @@ def test_probe_pretrained_prints_every_probe(checkpoint, tmp_path, capsys):
     assert row["bits_per_byte"] > 0 and row["bytes"] > 0
     for key in ("passkey@48", "recall", "recall_jrt"):
         assert 0 <= row[key] <= 1
+    for key in ("vstm_repeat", "vstm_permute", "vstm_control"):
+        assert np.isfinite(row[key]) and row[key] > 0
 
 
 def test_probe_needs_a_run_or_a_checkpoint(capsys):

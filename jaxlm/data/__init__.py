@@ -2,6 +2,7 @@
 
 from jaxlm.data.copying import (InductionHeadConfig, SelectiveCopyConfig, induction_head_example,
                                 selective_copy_example)
+from jaxlm.data.match3 import Match3Config, match3_example, match3_labels
 from jaxlm.data.mqar import IGNORE, MQARConfig, mqar_example
 from jaxlm.data.needle_threading import NeedleThreadingConfig, needle_threading_example
 from jaxlm.data.passkey import PasskeyConfig, passkey_example
@@ -25,4 +26,5 @@ __all__ = ["BOS", "BYTE_VOCAB", "EOS", "EOW", "PAD", "TextConfig", "decode", "en
            "regression_prompt", "regular_language_batch", "regular_language_example",
            "selective_copy_example", "set_disjointness_example",
            "StateTrackingConfig", "group_table", "state_tracking_example",
-           "NeedleThreadingConfig", "needle_threading_example"]
+           "NeedleThreadingConfig", "needle_threading_example",
+           "Match3Config", "match3_example", "match3_labels"]

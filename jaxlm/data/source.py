@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxlm.data.copying import (InductionHeadConfig, SelectiveCopyConfig, induction_head_example,
                                 selective_copy_example)
+from jaxlm.data.match3 import Match3Config, match3_example
 from jaxlm.data.mqar import MQARConfig, mqar_example
 from jaxlm.data.needle_threading import NeedleThreadingConfig, needle_threading_example
 from jaxlm.data.passkey import PasskeyConfig, passkey_example
@@ -55,6 +56,7 @@ TASKS: dict[str, Task] = {
     "text": Task(host_batch=text_batch),
     "state_tracking": Task(example=state_tracking_example),
     "needle_threading": Task(example=needle_threading_example),
+    "match3": Task(example=match3_example),
 }
 
 
@@ -74,6 +76,7 @@ class DataConfig:
     text: TextConfig = TextConfig()
     state_tracking: StateTrackingConfig = StateTrackingConfig()
     needle_threading: NeedleThreadingConfig = NeedleThreadingConfig()
+    match3: Match3Config = Match3Config()
 
     def __post_init__(self):
         if self.task not in TASKS:

@@ -4,7 +4,9 @@ Importing this package registers every mixer in ``MIXERS``.
 """
 
 from jaxlm.layers.attention import Attention, AttentionConfig, WindowAttentionConfig
+from jaxlm.layers.combiner import Combiner, CombinerConfig
 from jaxlm.layers.conv import ShortConv
+from jaxlm.layers.core_context import CoreContext, CoreContextConfig
 from jaxlm.layers.deltanet import DeltaNet, DeltaNetConfig, GatedDeltaNetConfig
 from jaxlm.layers.infllm import InfLLMAttention, InfLLMConfig
 from jaxlm.layers.jrt import JRT, JRTConfig
@@ -22,6 +24,7 @@ from jaxlm.layers.rnn import RNN, GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.layers.registry import MIXERS, Mixer, build_mixer, prefill, register_mixer
 from jaxlm.layers.s4 import LSSL, S4, LSSLConfig, LSSLSSM, NPLRSSM, S4Config
 from jaxlm.layers.sparse_attention import SparseAttention, SparseAttentionConfig
+from jaxlm.layers.tensor_attention import TensorAttention, TensorAttentionConfig
 from jaxlm.layers.ssm import H3, S4D, DiagonalSSM, H3Config, S4DConfig, SSMBlock
 
 __all__ = [
@@ -33,6 +36,8 @@ __all__ = [
     "SparseAttention", "SparseAttentionConfig", "WindowAttentionConfig", "build_mixer",
     "feature_map", "prefill", "register_mixer",
     "RNN", "LSTMConfig", "GRUConfig", "SLSTMConfig", "LMU", "LMUConfig",
+    "PoNet", "PoNetConfig", "Combiner", "CombinerConfig", "CoreContext", "CoreContextConfig",
+    "TensorAttention", "TensorAttentionConfig",
     "PoNet", "PoNetConfig",
     "LandmarkAttention", "LandmarkAttentionConfig", "InfLLMAttention", "InfLLMConfig",
 ]

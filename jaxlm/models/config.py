@@ -8,10 +8,13 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           GLAConfig, H3Config, JRTConfig, LinearAttentionConfig, LSSLConfig,
                           Mamba2Config, MambaConfig, MoMConfig, S4Config, S4DConfig,
                           SparseAttentionConfig, WindowAttentionConfig)
+from jaxlm.layers.combiner import CombinerConfig
+from jaxlm.layers.core_context import CoreContextConfig
 from jaxlm.layers.infllm import InfLLMConfig
 from jaxlm.layers.landmark import LandmarkAttentionConfig
 from jaxlm.layers.lmu import LMUConfig
 from jaxlm.layers.ponet import PoNetConfig
+from jaxlm.layers.tensor_attention import TensorAttentionConfig
 from jaxlm.layers.rnn import GRUConfig, LSTMConfig, SLSTMConfig
 from jaxlm.ops.checks import check_positive_fields
 
@@ -130,6 +133,9 @@ class ModelConfig:
     slstm: SLSTMConfig = SLSTMConfig()
     lmu: LMUConfig = LMUConfig()
     ponet: PoNetConfig = PoNetConfig()
+    combiner: CombinerConfig = CombinerConfig()
+    core_context: CoreContextConfig = CoreContextConfig()
+    tensor_attention: TensorAttentionConfig = TensorAttentionConfig()
     landmark_attention: LandmarkAttentionConfig = LandmarkAttentionConfig()
     attention_infllm: InfLLMConfig = InfLLMConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()

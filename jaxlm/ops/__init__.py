@@ -3,7 +3,10 @@
 from jaxlm.ops.attention import attention, attention_mask, masked_attention
 from jaxlm.ops.attention_backends import attention_plan, cudnn_attention, splash_attention
 from jaxlm.ops.checks import Impl
+from jaxlm.ops.combiner import combiner_attention, combiner_state, combiner_step
 from jaxlm.ops.conv import causal_conv1d, causal_conv1d_step
+from jaxlm.ops.core_context import (core_context_attention, core_context_state,
+                                   core_context_step)
 from jaxlm.ops.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
 from jaxlm.ops.linear_attention import (gated_linear_attention, gated_linear_attention_step,
                                        linear_attention)
@@ -26,13 +29,16 @@ from jaxlm.ops.s4 import (bilinear_lower, bilinear_nplr, dense_ssm, dense_ssm_st
                           s4_kernel, s4_ssm)
 from jaxlm.ops.sparse_attention import (block_sparse_attention, lambda_attention, lambda_mask,
                                         select_blocks)
+from jaxlm.ops.tensor_attention import tensor_attention, tensor_attention_step
 from jaxlm.ops.ssm import bilinear, diagonal_ssm, diagonal_ssm_step, fft_causal_conv, zoh
 
 __all__ = [
     "Impl", "apply_rope", "attention", "attention_mask", "attention_plan", "bilinear",
     "bilinear_lower", "bilinear_nplr", "block_sparse_attention", "causal_conv1d",
-    "causal_conv1d_step", "context_matches", "cudnn_attention", "delta_rule", "dense_ssm",
-    "dense_ssm_step", "diagonal_ssm", "diagonal_ssm_step", "document_ids", "fft_causal_conv",
+    "causal_conv1d_step", "combiner_attention", "combiner_state", "combiner_step",
+    "context_matches", "core_context_attention", "core_context_state", "core_context_step",
+    "cudnn_attention", "delta_rule", "dense_ssm", "dense_ssm_step", "diagonal_ssm",
+    "diagonal_ssm_step", "document_ids", "fft_causal_conv",
     "gated_delta_rule", "gated_delta_rule_step", "gated_linear_attention",
     "gated_linear_attention_step", "hippo_legs", "hippo_legt", "krylov_kernel",
     "lambda_attention", "lambda_mask", "legt_zoh", "linear_attention", "lmu_memory",
@@ -41,6 +47,7 @@ __all__ = [
     "pointer_sentinel_log_probs", "recycled_attention", "rnn",
     "rnn_initial_state", "rnn_step", "routing_attention", "s4_kernel", "s4_ssm",
     "segment_positions", "segment_starts", "select_blocks", "select_recycled_keys",
+    "selective_scan", "selective_scan_step", "splash_attention", "ssd", "tensor_attention", "tensor_attention_step", "update_centroids", "zoh",
     "selective_scan", "selective_scan_step", "splash_attention", "ssd", "update_centroids", "zoh",
     "infllm_attention", "infllm_cache", "infllm_step", "insert_landmarks", "landmark_attention",
     "remove_landmarks",

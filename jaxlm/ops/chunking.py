@@ -9,6 +9,8 @@ parallel scan of h_t = a_t h_{t-1} + b_t shared by the diagonal and selective st
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -129,3 +131,26 @@ def guard_nonfinite(run, q, k, v, gates, initial_state, doc):
         [k, v, *plain], [q], logs, initial_state, doc, keep=3)
     cleaned = tuple(p if not neg_inf else g for p, g, (_, neg_inf) in zip(plain, logs, gates))
     return finish(*run(q, k, v, cleaned, initial_state))
+
+
+def prefix_states(finals: jax.Array, transitions: jax.Array, initial: jax.Array,
+                  apply: Callable[[jax.Array, jax.Array], jax.Array],
+                  carried: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """The state entering each of P pieces of a row and the state after the last, for a
+    recurrence whose state is affine in the state it starts from (LASP-2's fold; the
+    sequence-parallel ops and the kernels' split of a row across thread blocks use it).
+
+    finals: [P, batch, ...] each chunk's final state from zero; transitions: [P, batch, ...]
+    each chunk's linear map; ``apply(T, S)`` applies one; carried: bool [P, batch], False where
+    a new document starts at a chunk's first position (the state entering it is zero).
+    Returns (entering [P, batch, ...], last [batch, ...])."""
+    if carried is None:
+        carried = jnp.ones(finals.shape[:2], bool)
+
+    def body(state, chunk):
+        transition, final, keep = chunk
+        state = jnp.where(keep.reshape(keep.shape + (1,) * (state.ndim - 1)), state, 0)
+        return apply(transition, state) + final, state
+
+    last, entering = jax.lax.scan(body, initial, (transitions, finals, carried))
+    return entering, last

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jaxlm.ops.chunking import pad_length
+from jaxlm.ops.chunking import pad_length, prefix_states
 from jaxlm.ops.delta_rule import gated_delta_rule
 from jaxlm.ops.linear_attention import gated_linear_attention
 from jaxlm.ops.segments import document_ids, pad_segments
@@ -42,27 +42,6 @@ from jaxlm.parallel.mesh import axis_size, batch_axes
 def pad_rows(x: jax.Array | None, length: int) -> jax.Array | None:
     """Zero-pads axis 1 of [batch, length, ...] (None passes through)."""
     return None if x is None else pad_length(x, length, 1)
-
-
-def prefix_states(finals: jax.Array, transitions: jax.Array, initial: jax.Array,
-                  apply: Callable[[jax.Array, jax.Array], jax.Array],
-                  carried: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """The state entering each of P chunks and the state after the last.
-
-    finals: [P, batch, ...] each chunk's final state from zero; transitions: [P, batch, ...]
-    each chunk's linear map; ``apply(T, S)`` applies one; carried: bool [P, batch], False where
-    a new document starts at a chunk's first position (the state entering it is zero).
-    Returns (entering [P, batch, ...], last [batch, ...])."""
-    if carried is None:
-        carried = jnp.ones(finals.shape[:2], bool)
-
-    def body(state, chunk):
-        transition, final, keep = chunk
-        state = jnp.where(keep.reshape(keep.shape + (1,) * (state.ndim - 1)), state, 0)
-        return apply(transition, state) + final, state
-
-    last, entering = jax.lax.scan(body, initial, (transitions, finals, carried))
-    return entering, last
 
 
 def _lasp2(run, transition, apply, initial, segment_ids, axis):

@@ -13,6 +13,7 @@ from jaxlm.data import DataConfig
 from jaxlm.probes.common import target_hits, probe_batches, with_seq_len
 from jaxlm.probes.decipher import decipher_probe
 from jaxlm.probes.lsa import LSAConfig, train_lsa
+from jaxlm.probes.match3 import evaluate_match3
 from jaxlm.probes.mqar import evaluate_mqar
 from jaxlm.probes.needle_threading import evaluate_needle_threading
 from jaxlm.probes.published import PUBLISHED, published, published_notes
@@ -21,6 +22,8 @@ from jaxlm.probes.regular_language import evaluate_regular_language, ngram_predi
 from jaxlm.probes.state_tracking import evaluate_state_tracking
 from jaxlm.probes.text import evaluate_text, score_text
 from jaxlm.probes.tokens import evaluate_answers, evaluate_set_disjointness
+from jaxlm.probes.verbatim_memory import (model_surprisal, repeat_surprisal, verbatim_memory,
+                                          verbatim_memory_summary)
 
 PROBES = {
     "mqar": evaluate_mqar,
@@ -33,6 +36,7 @@ PROBES = {
     "text": evaluate_text,
     "state_tracking": evaluate_state_tracking,
     "needle_threading": evaluate_needle_threading,
+    "match3": evaluate_match3,
 }
 
 # The metric columns of each probe's results table (after the run's description).
@@ -49,6 +53,7 @@ PROBE_COLUMNS = {
     "state_tracking": ("accuracy", "mean", "baseline"),  # and accuracy@L by length
     "needle_threading": ("accuracy", *(f"hops_{h}" for h in range(1, 9)), "one_hop",
                          "baseline"),  # and accuracy@L by length
+    "match3": ("accuracy", "balanced", "baseline", "pairwise", "triple", "triple_baseline"),
 }
 
 
@@ -72,8 +77,9 @@ def _floats(metrics: dict) -> dict:
 
 __all__ = ["BASELINES", "LSAConfig", "PROBES", "PROBE_COLUMNS", "PUBLISHED",
            "baseline_predictions", "decipher_probe", "evaluate", "evaluate_answers",
-           "evaluate_mqar",
+           "evaluate_mqar", "evaluate_match3",
            "evaluate_regression", "evaluate_regular_language", "evaluate_set_disjointness",
            "evaluate_state_tracking", "evaluate_needle_threading", "evaluate_text", "ngram_predictions", "published", "published_notes", "target_hits",
            "probe_batches", "score_text",
-           "train_lsa", "with_seq_len"]
+           "train_lsa", "with_seq_len", "model_surprisal", "repeat_surprisal",
+           "verbatim_memory", "verbatim_memory_summary"]

@@ -98,6 +98,12 @@ NOTES: dict[str, list[str]] = {
         "xLSTM formal languages [qualitative]: sLSTM and LSTM solve parity and modular "
         "arithmetic at lengths beyond training; Transformers, Mamba and linear attention do not.",
     ],
+    "match3": [
+        "Representational Strengths and Limitations of Transformers [theorem]: one layer of "
+        "softmax attention computes Match3 only with width polynomial in the length.",
+        "How to Capture Higher-order Correlations? [paper abstract]: tensor attention (over "
+        "pairs of keys) solves the triple-wise problems shown impossible for transformers.",
+    ],
     "needle_threading": [
         "Needle Threading [paper abstract]: for many of the 17 LLMs the effective context is "
         "well short of the supported one, accuracy falling as the haystack grows; many are "

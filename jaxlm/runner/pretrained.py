@@ -12,6 +12,7 @@ from jaxlm.config import Config, save_config
 from jaxlm.data.text import default_documents, read_documents, split_of
 from jaxlm.models import load_pretrained, save_pretrained
 from jaxlm.probes.pretrained import associative_recall, passkey_retrieval, text_bits_per_byte
+from jaxlm.probes.verbatim_memory import verbatim_memory_summary
 from jaxlm.runner.sweep import load_run
 from jaxlm.train import Checkpointer, init_train_state, make_optimizer
 
@@ -56,7 +57,9 @@ def probe_pretrained(path: str | pathlib.Path, *, text: str | None = None,
                      num_pairs: int = 8) -> dict[str, Any]:
     """Text bits per byte (the test split of the ``text`` folder or file, default the built-in
     corpus; at most ``max_documents``), passkey retrieval at ``lengths`` and associative recall
-    with and without just-read-twice, for a local Hugging Face folder with a tokenizer.json."""
+    with and without just-read-twice, and the repeat surprisal of verbatim short-term memory
+    (``vstm_repeat`` / ``vstm_permute`` / ``vstm_control``, percent; lists of 10 nouns, 13
+    intervening words), for a local Hugging Face folder with a tokenizer.json."""
     model, tokenizer = load_pretrained(path)
     if tokenizer is None:
         raise FileNotFoundError(f"probe: {path} has no tokenizer.json; the probes of a "
@@ -72,4 +75,5 @@ def probe_pretrained(path: str | pathlib.Path, *, text: str | None = None,
     row.update(text_bits_per_byte(model, tokenizer, held_out, context=context))
     row.update(passkey_retrieval(model, tokenizer, lengths=lengths, trials=trials))
     row.update(associative_recall(model, tokenizer, num_pairs=num_pairs, trials=trials))
+    row.update(verbatim_memory_summary(model, tokenizer, trials=trials))
     return row

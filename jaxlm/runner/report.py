@@ -24,6 +24,7 @@ TASK_COLUMNS = {
     "text": {"trained_on_cipher": "cipher"},
     "state_tracking": {"group": "group"},
     "needle_threading": {"max_hops": "max_hops", "direction": "direction"},
+    "match3": {"modulus": "modulus"},
 }
 # Per-length metrics shown in the table (ridge, nearest_3 and zero stay in result.json and the
 # plot: a table with every baseline at every length is too wide to read).

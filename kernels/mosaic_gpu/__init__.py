@@ -3,10 +3,17 @@ shared-memory rings with barriers, ``wgmma`` on the tensor cores, recurrent stat
 
 * :mod:`~jaxlm.kernels.mosaic_gpu.linear_attention`: chunked gated linear attention with one
   decay per head (SSD / RetNet / lightning attention), forward and backward kernels.
+* :mod:`~jaxlm.kernels.mosaic_gpu.gla_per_channel`: the same with one decay per channel (GLA),
+  off-diagonal sub-chunk blocks on ``wgmma``, diagonal ones exactly in float32.
+* :mod:`~jaxlm.kernels.mosaic_gpu.delta_rule`: the chunked (gated) delta rule (DeltaNet,
+  Gated DeltaNet): the UT transform of every chunk at once in XLA (blocked 16 x 16 solve on
+  the tensor cores), then forward and backward kernels over the chunks, the state in
+  registers split into 64-column blocks, one thread block each.
 * :mod:`~jaxlm.kernels.mosaic_gpu.compat`: the differences between JAX 0.10, 0.11 and 0.12's
   Mosaic GPU APIs and interpreters, in one place.
 
 Every entry point takes ``interpret=True`` to run in Mosaic GPU's interpreter on any backend
-(the CPU tests). Not built yet: per-channel decay (GLA), the gated delta rule, the selective
-scan, and a split of the sequence across thread blocks.
+(the CPU tests). Rows too few to fill the GPU are cut into pieces that run as separate thread
+blocks by :mod:`jaxlm.kernels.split`, around these kernels. Not built yet: the selective scan,
+and a Mosaic GPU kernel for the delta rule's chunk-parallel stage.
 """

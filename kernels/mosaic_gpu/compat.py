@@ -12,6 +12,11 @@ the shims from here.
   ``scratch_types``, ``grid``, ``grid_names``) and asks for Lane lowering semantics (the
   kernels place layouts explicitly): 0.12 defaults to Warpgroup semantics, whose layout
   search does not finish on these kernels.
+* JAX 0.12 refuses a register-to-memory store it has no bank-conflict-free plan for (into an
+  untransformed SMEM ref, or GMEM) unless it comes through ``plgpu.store(...,
+  optimized=False)``, which 0.10 and 0.11 lack: :func:`store`.
+* The interpreter's race record (``detect_races``) is read through ``jax._src`` in every
+  version: :func:`reset_races`, :func:`races_found`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ def interpret_params(detect_races: bool = False):
         raise ImportError("Mosaic GPU's interpreter needs absl-py on this JAX "
                           f"({jax.__version__}); pip install absl-py")
     return cls(detect_races=detect_races)
+
+
+def reset_races() -> None:
+    """Clears the interpreter's record of shared-memory races (before a checked run)."""
+    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+
+    interpret_pallas_call.reset_gpu_interpret_mode_state()
+
+
+def races_found() -> bool:
+    """Whether a run with ``interpret_params(detect_races=True)`` since :func:`reset_races`
+    found a race (the interpreter also prints where)."""
+    from jax._src.pallas.mosaic_gpu.interpret import interpret_pallas_call
+
+    return bool(interpret_pallas_call.get_races().races_found)
 
 
 def mosaic_gpu_available() -> bool:
@@ -80,6 +100,16 @@ def load(ref, layout, interpret, *, optimized: bool = True) -> jax.Array:
     if _load_takes_index():
         return plgpu.load(ref, (), layout=layout, optimized=optimized)
     return plgpu.load(ref, layout=layout, optimized=optimized)
+
+
+def store(ref, value, interpret, *, optimized: bool = True) -> None:
+    """``ref[...] = value``. ``optimized=False`` lets JAX 0.12's lowering take a store without
+    a bank-conflict-free plan (a register layout into an untransformed SMEM ref); earlier
+    versions' ``ref[...] =`` never asks for one (and have no ``plgpu.store``)."""
+    if interpret is None and not optimized and hasattr(plgpu, "store"):
+        plgpu.store(ref, value, optimized=False)
+    else:
+        ref[...] = value
 
 
 def iota(shape, dim, interpret) -> jax.Array:

@@ -375,8 +375,8 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     with positions that leave the state unchanged). ``stages``: depth of the TMA ring (lowered
     where shared memory is short); ``interpret``: run in Mosaic GPU's interpreter (any
     backend). Returns (o [batch, heads, length, d_v] in q's dtype, final state float32).
-    Raises ValueError for other dtypes or widths, and for per-channel gates (not built yet:
-    use the portable kernel or the XLA form).
+    Raises ValueError for other dtypes or widths, and for per-channel gates (their kernel is
+    :func:`jaxlm.kernels.mosaic_gpu.gla_per_channel.gated_linear_attention`).
     """
     name = "mosaic_gpu.gated_linear_attention"
     _check(name, q, k, v, state, chunk)
@@ -384,7 +384,8 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     if log_g.shape != (batch, heads, length, 1):
         raise ValueError(f"{name}: log_g must have shape [batch, heads, length, 1] = "
                          f"{(batch, heads, length, 1)} (one decay per head), got "
-                         f"{tuple(log_g.shape)}; per-channel decay has no Mosaic GPU kernel yet")
+                         f"{tuple(log_g.shape)}; for per-channel decay use "
+                         "mosaic_gpu.gla_per_channel.gated_linear_attention")
     if starts.shape != (batch, length):
         raise ValueError(f"{name}: starts must have shape [batch, length] = "
                          f"{(batch, length)}, got {tuple(starts.shape)}")

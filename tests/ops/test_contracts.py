@@ -100,7 +100,18 @@ def _routing(q, k, v, seg, impl):
     return ops.routing_attention(q, k, v, centroids, segment_ids=seg)
 
 
-PACKED_OPS = {"gla": _gla, "linear_attention": _linear, "delta_rule": _delta, "ssd": _ssd,
+def _combiner(q, k, v, seg, impl):
+    return ops.combiner_attention(q, k[:, :, :1], v[:, :, :1], block_size=2, segment_ids=seg,
+                                  impl=impl)
+
+
+def _core_context(q, k, v, seg, impl):
+    return ops.core_context_attention(q, k, v, group_size=2, window=3, segment_ids=seg,
+                                      impl=impl)
+
+
+PACKED_OPS = {"combiner_attention": _combiner, "core_context_attention": _core_context,
+              "gla": _gla, "linear_attention": _linear, "delta_rule": _delta, "ssd": _ssd,
               "selective_scan": _selective, "diagonal_ssm": _diagonal, "attention": _attention,
               "attention_window": _window, "causal_conv1d": _conv, "routing_attention": _routing}
 
@@ -390,6 +401,10 @@ EMPTY_OPS = {
     "routing_attention": lambda b, n, impl: ops.routing_attention(
         _z(b, n, 2, 4), _z(b, n, 1, 4), _z(b, n, 1, 3), jnp.ones((2, 3, 4)),
         cluster_size=None if impl == "reference" else 2),
+    "combiner_attention": lambda b, n, impl: ops.combiner_attention(
+        _z(b, n, 2, 4), _z(b, n, 1, 4), _z(b, n, 1, 3), block_size=2, impl=impl),
+    "core_context_attention": lambda b, n, impl: ops.core_context_attention(
+        _z(b, n, 2, 4), _z(b, n, 1, 4), _z(b, n, 1, 3), group_size=2, window=2, impl=impl),
     "select_blocks": lambda b, n, impl: ops.select_blocks(_z(b, n, 2, 4), _z(b, n, 1, 4),
                                                           block_size=2, top_k=1),
     "context_matches": lambda b, n, impl: ops.context_matches(jnp.zeros((b, n), int), 2),
