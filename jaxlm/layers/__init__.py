@@ -8,7 +8,9 @@ from jaxlm.layers.combiner import Combiner, CombinerConfig
 from jaxlm.layers.conv import ShortConv
 from jaxlm.layers.core_context import CoreContext, CoreContextConfig
 from jaxlm.layers.deltanet import DeltaNet, DeltaNetConfig, GatedDeltaNetConfig
+from jaxlm.layers.infllm import InfLLMAttention, InfLLMConfig
 from jaxlm.layers.jrt import JRT, JRTConfig
+from jaxlm.layers.landmark import LandmarkAttention, LandmarkAttentionConfig
 from jaxlm.layers.linear_attention import (GLA, GLAConfig, LinearAttention, LinearAttentionConfig,
                                           feature_map)
 from jaxlm.layers.lmu import LMU, LMUConfig
@@ -38,4 +40,5 @@ __all__ = [
     "PoNet", "PoNetConfig", "Combiner", "CombinerConfig", "CoreContext", "CoreContextConfig",
     "TensorAttention", "TensorAttentionConfig",
     "LongVQ", "LongVQConfig",
+    "LandmarkAttention", "LandmarkAttentionConfig", "InfLLMAttention", "InfLLMConfig",
 ]

@@ -10,6 +10,8 @@ from jaxlm.layers import (MIXERS, AttentionConfig, DeltaNetConfig, GatedDeltaNet
                           SparseAttentionConfig, WindowAttentionConfig)
 from jaxlm.layers.combiner import CombinerConfig
 from jaxlm.layers.core_context import CoreContextConfig
+from jaxlm.layers.infllm import InfLLMConfig
+from jaxlm.layers.landmark import LandmarkAttentionConfig
 from jaxlm.layers.lmu import LMUConfig
 from jaxlm.layers.longvq import LongVQConfig
 from jaxlm.layers.ponet import PoNetConfig
@@ -136,6 +138,8 @@ class ModelConfig:
     combiner: CombinerConfig = CombinerConfig()
     core_context: CoreContextConfig = CoreContextConfig()
     tensor_attention: TensorAttentionConfig = TensorAttentionConfig()
+    landmark_attention: LandmarkAttentionConfig = LandmarkAttentionConfig()
+    attention_infllm: InfLLMConfig = InfLLMConfig()
     lexinvariant: LexinvariantConfig = LexinvariantConfig()
     words: WordConfig = WordConfig()
     deletion: DeletionConfig = DeletionConfig()

@@ -10,6 +10,7 @@ from flax import nnx
 
 from jaxlm.layers import GatedMLP, NgramHeads, build_mixer, prefill
 from jaxlm.models.config import ModelConfig
+from jaxlm.ops.landmark_attention import insert_landmarks, remove_landmarks
 
 
 def residual_dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
@@ -98,6 +99,10 @@ class DecoderLM(nnx.Module):
     float64 for float64 parameters).
     ``init_state`` / ``step``: the recurrent form used for generation; one token at a time,
     tokens [batch] -> logits [batch, vocab_size].
+    A pattern with ``landmark_attention`` makes the model insert a learned landmark embedding
+    after every ``landmark_attention.block_size`` tokens ("Landmark Attention"), before the
+    first block, and drop those positions from its outputs; ``step`` feeds one in after every
+    block it completes. Packed rows are then refused.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -112,6 +117,17 @@ class DecoderLM(nnx.Module):
         self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
         self.head = (None if config.tie_embeddings else
                      nnx.Linear(config.d_model, config.vocab_size, use_bias=False, rngs=rngs))
+        self.landmark_block = (config.landmark_attention.block_size
+                               if "landmark_attention" in config.layer_mixers() else None)
+        self.landmark = (nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (config.d_model,)))
+                         if self.landmark_block else None)
+
+    def _landmarks(self, h: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+        """h [batch, length, d_model] with the landmark embedding after every block."""
+        if segment_ids is not None:
+            raise ValueError("DecoderLM: segment_ids (packed rows) are not supported with "
+                             "landmark_attention in the pattern (landmarks are inserted per row)")
+        return insert_landmarks(h, self.landmark_block, self.landmark[...].astype(h.dtype))
 
     def _logits(self, h: jax.Array) -> jax.Array:
         return self._head(self.final_norm(h))
@@ -147,15 +163,24 @@ class DecoderLM(nnx.Module):
         h = self._embed(tokens)
         if self.ngram is not None:
             h = self.ngram(h, tokens, segment_ids=segment_ids)
+        if self.landmark is not None:
+            h = self._landmarks(h, segment_ids)
         for block in self.blocks:
             h = block(h, segment_ids=segment_ids)
+        if self.landmark is not None:
+            h = remove_landmarks(h, self.landmark_block)
         return self.final_norm(h)
+
+    def _cache_length(self, max_length: int) -> int:
+        """Rows of the mixers' caches for ``max_length`` tokens (landmarks included)."""
+        return max_length + (max_length // self.landmark_block if self.landmark_block else 0)
 
     def init_state(self, batch_size: int, *, max_length: int,
                    dtype: Any = jnp.float32) -> dict[str, Any]:
         """Recurrent state for ``step``: one state per layer and the next position (and the
         n-gram heads' cache)."""
-        layers = [block.mixer.init_state(batch_size, dtype, max_length=max_length)
+        layers = [block.mixer.init_state(batch_size, dtype,
+                                         max_length=self._cache_length(max_length))
                   for block in self.blocks]
         state = {"pos": jnp.zeros((), jnp.int32), "layers": layers}
         if self.ngram is not None:
@@ -168,7 +193,12 @@ class DecoderLM(nnx.Module):
         h, state = self._embed(tokens), {}
         if self.ngram is not None:
             h, state["ngram"] = self.ngram.prefill(h, tokens, max_length=max_length)
-        h, state["layers"] = prefill_blocks(self.blocks, h, max_length=max_length)
+        if self.landmark is not None:
+            h = self._landmarks(h)
+        h, state["layers"] = prefill_blocks(self.blocks, h,
+                                            max_length=self._cache_length(max_length))
+        if self.landmark is not None:
+            h = remove_landmarks(h, self.landmark_block)
         state["pos"] = jnp.asarray(tokens.shape[1], jnp.int32)
         return self._logits(h), state
 
@@ -181,6 +211,12 @@ class DecoderLM(nnx.Module):
         if self.ngram is not None:
             h, new_state["ngram"] = self.ngram.step(h, tokens, state["ngram"], state["pos"])
         h, new_state["layers"] = step_blocks(self.blocks, h, state["layers"])
+        if self.landmark is not None:  # a block is complete: its landmark goes in
+            landmark = jnp.broadcast_to(self.landmark[...].astype(h.dtype), h.shape)
+            new_state["layers"] = jax.lax.cond(
+                (state["pos"] + 1) % self.landmark_block == 0,
+                lambda layers: step_blocks(self.blocks, landmark, layers)[1],
+                lambda layers: layers, new_state["layers"])
         new_state["pos"] = state["pos"] + 1
         return self._logits(h), new_state
 

@@ -16,6 +16,9 @@ from jaxlm.ops.pointer import pointer_sentinel_log_probs
 from jaxlm.ops.rope import apply_rope
 from jaxlm.ops.segments import document_ids, segment_positions, segment_starts
 from jaxlm.ops.selective import selective_scan, selective_scan_step, ssd
+from jaxlm.ops.infllm import infllm_attention, infllm_cache, infllm_step
+from jaxlm.ops.landmark_attention import (insert_landmarks, landmark_attention,
+                                          remove_landmarks)
 from jaxlm.ops.hippo import hippo_legs, hippo_legt, nplr_legs
 from jaxlm.ops.lmu import legt_zoh, lmu_memory, lmu_memory_step
 from jaxlm.ops.pooling import (multi_granularity_pooling, multi_granularity_pooling_state,
@@ -41,14 +44,15 @@ __all__ = [
     "dense_causal_conv1d", "dense_causal_conv1d_step", "dense_ssm", "dense_ssm_step",
     "diagonal_ssm", "diagonal_ssm_step", "document_ids", "fft_causal_conv", "gated_delta_rule",
     "gated_delta_rule_step", "gated_linear_attention", "gated_linear_attention_step",
-    "hippo_legs", "hippo_legt", "krylov_kernel", "lambda_attention", "lambda_mask", "legt_zoh",
-    "linear_attention", "lmu_memory", "lmu_memory_step", "masked_attention",
-    "multi_granularity_pooling", "multi_granularity_pooling_state",
+    "hippo_legs", "hippo_legt", "infllm_attention", "infllm_cache", "infllm_step",
+    "insert_landmarks", "krylov_kernel", "lambda_attention", "lambda_mask",
+    "landmark_attention", "legt_zoh", "linear_attention", "lmu_memory", "lmu_memory_step",
+    "masked_attention", "multi_granularity_pooling", "multi_granularity_pooling_state",
     "multi_granularity_pooling_step", "nearest_code", "nplr_legs",
-    "pointer_sentinel_log_probs", "quantize", "recycled_attention", "rnn", "rnn_initial_state",
-    "rnn_step", "routing_attention", "s4_kernel", "s4_ssm", "segment_positions",
-    "segment_starts", "select_blocks", "select_recycled_keys", "selective_scan",
-    "selective_scan_step", "splash_attention", "ssd", "tensor_attention",
+    "pointer_sentinel_log_probs", "quantize", "recycled_attention", "remove_landmarks", "rnn",
+    "rnn_initial_state", "rnn_step", "routing_attention", "s4_kernel", "s4_ssm",
+    "segment_positions", "segment_starts", "select_blocks", "select_recycled_keys",
+    "selective_scan", "selective_scan_step", "splash_attention", "ssd", "tensor_attention",
     "tensor_attention_step", "update_centroids", "vq_attention", "vq_attention_init_state",
     "vq_attention_step", "zoh",
 ]

@@ -50,7 +50,8 @@ def test_parallel_equals_recurrent(name, batch, length):
     assert rel_err(recurrent, parallel) < TOL
 
 
-@pytest.mark.parametrize("name", sorted(set(MIXERS) - {"jrt", "sparse_attention"})
+@pytest.mark.parametrize("name", sorted(set(MIXERS) - {"jrt", "sparse_attention",
+                                                        "attention_infllm"})
                          + ["sparse_attention:routing"])
 def test_packed_row_equals_documents_one_by_one(name):
     name, _, selection = name.partition(":")
@@ -77,7 +78,7 @@ def test_linear_attention_feature_maps(options):
     assert rel_err(run_steps(mixer, x, 11), mixer(x)) < TOL
 
 
-@pytest.mark.parametrize("name", ["jrt", "sparse_attention"])
+@pytest.mark.parametrize("name", ["jrt", "sparse_attention", "attention_infllm"])
 def test_refuses_packed_rows(name):
     x = jnp.zeros((1, 6, D_MODEL))
     with pytest.raises(ValueError, match="segment_ids"):

@@ -140,6 +140,17 @@ CASES = {
     "recycled_attention": (ops.recycled_attention,
                            (QKV[0][:, 0], QKV[1], QKV[2], np.arange(L),
                             np.array([[[0, 3], [1, 4]]]), np.array(4), 0.5), {}, None),
+    "landmark_attention": (ops.landmark_attention, QKV, dict(block_size=1, top_k=1,
+                                                             segment_ids=SEG),
+                           ("reference", "xla")),
+    "insert_landmarks": (ops.insert_landmarks, (U, 2, np.ones(2)), {}, None),
+    "remove_landmarks": (ops.remove_landmarks, (U, 2), {}, None),
+    "infllm_attention": (ops.infllm_attention, QKV, dict(window=1, block_size=1, top_k=1,
+                                                         n_repr=1, chunk_size=2),
+                         ("reference", "xla")),
+    "infllm_step": (ops.infllm_step, (*(x[:, 0] for x in QKV), {
+        "k": QKV[1], "v": QKV[2], "scores": rand(40, B, L, H), "pos": np.array(3, np.int32)}),
+        dict(window=1, block_size=1, top_k=1, n_repr=1), None),
 }
 
 
@@ -177,6 +188,6 @@ def test_every_public_op_is_covered():
     splash_attention's kernel (interpreted on CPU) needs length >= 128, too slow here."""
     sizes_only = {"hippo_legs", "hippo_legt", "nplr_legs", "lambda_mask", "legt_zoh",
                   "attention_plan", "rnn_initial_state", "multi_granularity_pooling_state",
-                  "vq_attention_init_state"}
+                  "vq_attention_init_state", "infllm_cache"}
     public = set(ops.__all__) - {"Impl", "splash_attention"} - sizes_only
     assert public == set(CASES)
