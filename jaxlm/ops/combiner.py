@@ -163,6 +163,7 @@ def combiner_state(batch: int, heads: int, kv_heads: int, head_dim: int, v_head_
             "pos": jnp.zeros((), jnp.int32)}
 
 
+@accepts_numpy
 def combiner_step(q_t: jax.Array, k_t: jax.Array, v_t: jax.Array, state: dict[str, jax.Array],
                   *, pooling: str = "mean", scale: float | None = None
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -143,6 +143,7 @@ def core_context_state(batch: int, heads: int, kv_heads: int, head_dim: int, v_h
             "pos": jnp.zeros((), jnp.int32)}
 
 
+@accepts_numpy
 def core_context_step(q_t: jax.Array, k_t: jax.Array, v_t: jax.Array,
                       state: dict[str, jax.Array], *, group_size: int, window: int,
                       scale: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -151,6 +151,22 @@ CASES = {
     "infllm_step": (ops.infllm_step, (*(x[:, 0] for x in QKV), {
         "k": QKV[1], "v": QKV[2], "scores": rand(40, B, L, H), "pos": np.array(3, np.int32)}),
         dict(window=1, block_size=1, top_k=1, n_repr=1), None),
+    "combiner_attention": (ops.combiner_attention, QKV, dict(block_size=2, segment_ids=SEG),
+                           ("reference", "xla")),
+    "combiner_step": (ops.combiner_step, (*(x[:, 0] for x in QKV), jax.tree.map(
+        np.asarray, ops.combiner_state(B, H, H, D, D, block_size=2, max_length=L))), {}, None),
+    "core_context_attention": (ops.core_context_attention, QKV,
+                               dict(group_size=2, window=2, segment_ids=SEG),
+                               ("reference", "xla")),
+    "core_context_step": (ops.core_context_step, (*(x[:, 0] for x in QKV), jax.tree.map(
+        np.asarray, ops.core_context_state(B, H, H, D, D, group_size=2, window=2,
+                                           max_length=L))),
+        dict(group_size=2, window=2), None),
+    "tensor_attention": (ops.tensor_attention, (*QKV, *QKV[1:]), dict(segment_ids=SEG),
+                         ("reference", "xla")),
+    "tensor_attention_step": (ops.tensor_attention_step,
+                              (QKV[0][:, 0], *QKV[1:], *QKV[1:], np.ones((B, L), bool)), {},
+                              None),
 }
 
 
@@ -188,6 +204,7 @@ def test_every_public_op_is_covered():
     splash_attention's kernel (interpreted on CPU) needs length >= 128, too slow here."""
     sizes_only = {"hippo_legs", "hippo_legt", "nplr_legs", "lambda_mask", "legt_zoh",
                   "attention_plan", "rnn_initial_state", "multi_granularity_pooling_state",
-                  "vq_attention_init_state", "infllm_cache"}
+                  "vq_attention_init_state", "infllm_cache", "combiner_state",
+                  "core_context_state"}
     public = set(ops.__all__) - {"Impl", "splash_attention"} - sizes_only
     assert public == set(CASES)
