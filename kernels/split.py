@@ -51,7 +51,7 @@ def pieces_for(programs: int, length: int, chunk: int, *, min_chunks: int = 4,
         device = jax.devices()[0]
         cores = getattr(device, "core_count", None) if device.platform == "gpu" else None
         cores = cores or _SMS
-    if programs >= cores:
+    if programs < 1 or programs >= cores:  # nothing to fill (batch 0), or already full
         return 1
     return max(1, min(-(-cores // programs), length // (min_chunks * chunk)))
 
@@ -122,9 +122,9 @@ def gated_linear_attention(run: Callable, q: jax.Array, k: jax.Array, v: jax.Arr
     float32). Returns what ``run`` returns on the whole row: (o in v's dtype, final state),
     equal up to the float32 rounding of the correction.
     """
-    if pieces <= 1:
-        return run(q, k, v, log_g, starts, state)
     batch, heads, length, _ = q.shape
+    if pieces <= 1 or q.size == 0:  # nothing to cut (batch, heads or length 0)
+        return run(q, k, v, log_g, starts, state)
     piece, padded = _layout(pieces, chunk, length)
     split = lambda x: _to_pieces(x, pieces, padded)
     p_starts = _starts_to_pieces(starts, pieces, padded)
@@ -165,9 +165,9 @@ def affine_recurrence(run: Callable, q: jax.Array, k: jax.Array, v: jax.Array,
     float32; zero-padded positions must leave the state unchanged (beta = 0). Returns what
     ``run`` returns on the whole row, equal up to rounding.
     """
-    if pieces <= 1:
-        return run(q, k, v, *gates, starts, state)
     batch, heads, length, dk = q.shape
+    if pieces <= 1 or q.size == 0:  # nothing to cut (batch, heads or length 0)
+        return run(q, k, v, *gates, starts, state)
     dv = v.shape[-1]
     piece, padded = _layout(pieces, chunk, length)
     split = lambda x: _to_pieces(x, pieces, padded)
