@@ -37,6 +37,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxlm.ops.checks import check_positive
 from jaxlm.ops.chunking import prefix_states
 
 _F32 = jnp.float32
@@ -122,10 +123,13 @@ def gated_linear_attention(run: Callable, q: jax.Array, k: jax.Array, v: jax.Arr
     [batch, heads, length, d_k], v [batch, heads, length, d_v], log_g [batch, heads, length,
     1 or d_k] in [-inf, 0], starts bool [batch, length], state [batch, heads, d_k, d_v]
     float32). Returns what ``run`` returns on the whole row: (o in v's dtype, final state),
-    equal up to the float32 rounding of the correction.
+    equal up to the float32 rounding of the correction. Raises ValueError unless ``pieces``
+    and ``chunk`` are positive integers.
     """
     batch, heads, length, _ = q.shape
-    if pieces <= 1 or q.size == 0:  # nothing to cut (batch, heads or length 0)
+    check_positive("split.gated_linear_attention", "pieces", pieces, allow_none=False)
+    check_positive("split.gated_linear_attention", "chunk", chunk, allow_none=False)
+    if pieces == 1 or q.size == 0:  # nothing to cut (batch, heads or length 0)
         return run(q, k, v, log_g, starts, state)
     piece, padded = _layout(pieces, chunk, length)
     split = lambda x: _to_pieces(x, pieces, padded)
@@ -165,10 +169,13 @@ def affine_recurrence(run: Callable, q: jax.Array, k: jax.Array, v: jax.Array,
     [batch, heads, length] or [batch, heads, length, ...]; q, k [batch, heads, length, d_k],
     v [batch, heads, length, d_v], starts bool [batch, length], state [batch, heads, d_k, d_v]
     float32; zero-padded positions must leave the state unchanged (beta = 0). Returns what
-    ``run`` returns on the whole row, equal up to rounding.
+    ``run`` returns on the whole row, equal up to rounding. Raises ValueError unless
+    ``pieces`` and ``chunk`` are positive integers.
     """
     batch, heads, length, dk = q.shape
-    if pieces <= 1 or q.size == 0:  # nothing to cut (batch, heads or length 0)
+    check_positive("split.affine_recurrence", "pieces", pieces, allow_none=False)
+    check_positive("split.affine_recurrence", "chunk", chunk, allow_none=False)
+    if pieces == 1 or q.size == 0:  # nothing to cut (batch, heads or length 0)
         return run(q, k, v, *gates, starts, state)
     dv = v.shape[-1]
     piece, padded = _layout(pieces, chunk, length)

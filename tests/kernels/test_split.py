@@ -103,6 +103,12 @@ def test_split_of_an_empty_call_is_the_unsplit_call(batch, length):
     assert split.pieces_for(batch, length, 64, cores=132) == 1
 
 
+def test_split_rejects_pieces_below_one():
+    args = gla_inputs(1, 1, 16, 4, 3, per_channel=False)
+    with pytest.raises(ValueError, match="pieces must be a positive integer, got 0"):
+        split.gated_linear_attention(gla_reference, *args, pieces=0, chunk=4)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not backend.mosaic_gpu_available(),
                     reason="this JAX has no Mosaic GPU Pallas front end")
