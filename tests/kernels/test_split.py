@@ -89,6 +89,26 @@ def test_pieces_for_fills_the_cores():
     assert split.pieces_for(16, 100, 64, cores=132) == 1
 
 
+@pytest.mark.parametrize("batch,length", [(0, 8), (1, 0)])
+def test_split_of_an_empty_call_is_the_unsplit_call(batch, length):
+    args = gla_inputs(1, 1, 16, 4, 3, per_channel=False)
+    q, k, v, log_g = (x[:batch, :, :length] for x in args[:4])
+    starts, state = args[4][:batch, :length], args[5][:batch]
+    out, final = split.gated_linear_attention(gla_reference, q, k, v, log_g, starts, state,
+                                              pieces=3, chunk=4)
+    assert out.shape == v.shape and final.shape == state.shape
+    out, final = split.affine_recurrence(delta_reference, q, k, v, (log_g[..., 0] * 0,
+                                         log_g[..., 0]), starts, state, pieces=3, chunk=4)
+    assert out.shape == v.shape and final.shape == state.shape
+    assert split.pieces_for(batch, length, 64, cores=132) == 1
+
+
+def test_split_rejects_pieces_below_one():
+    args = gla_inputs(1, 1, 16, 4, 3, per_channel=False)
+    with pytest.raises(ValueError, match="pieces must be a positive integer, got 0"):
+        split.gated_linear_attention(gla_reference, *args, pieces=0, chunk=4)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not backend.mosaic_gpu_available(),
                     reason="this JAX has no Mosaic GPU Pallas front end")
