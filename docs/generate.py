@@ -13,7 +13,8 @@ import re
 
 PACKAGES = ("ops", "layers", "models", "kernels", "parallel", "train", "probes", "data")
 KERNEL_MODULES = ("backend", "flash_attention", "chunked", "linear_attention", "delta_rule",
-                  "selective_scan", "tpu.chunked", "tpu.flash_attention", "vmem", "measured")
+                  "selective_scan", "split", "tpu.chunked", "tpu.flash_attention", "vmem",
+                  "measured")
 API = pathlib.Path(__file__).resolve().parent / "api"
 
 

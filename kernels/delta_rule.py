@@ -80,15 +80,18 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
     kernel through the Triton lowering. ``pieces``: on the Mosaic GPU path, cut each row into
     this many pieces that run as separate thread blocks (:func:`jaxlm.kernels.split.
     affine_recurrence`: about 2.5 times the work, so the default splits only where it gives
-    at least 3 pieces: batch x heads x d_v / 64 thread blocks well below the SM count).
+    at least 3 pieces: batch x heads x (d_v + d_k) / 64 thread blocks at most a third of the
+    SM count).
     Returns (o [batch, heads, length, d_v] in v's dtype, final state in the state's dtype).
     """
     if _mosaic_gpu_takes(q, k, v, state, chunk, interpret, platform):
         from jaxlm.kernels.mosaic_gpu import delta_rule as mosaic_gpu
 
         batch, heads, length = q.shape[:3]
-        if pieces is None:  # the kernel already runs one thread block per 64 columns of d_v
-            pieces = split.pieces_for(batch * heads * (v.shape[-1] // 64), length, chunk)
+        if pieces is None:  # one thread block per 64 columns of d_v, and the split's first
+            # pass runs d_v + d_k columns (the transitions beside the values)
+            blocks = batch * heads * ((v.shape[-1] + q.shape[-1]) // 64)
+            pieces = split.pieces_for(blocks, length, chunk)
             pieces = pieces if pieces >= 3 else 1
         run = functools.partial(mosaic_gpu.gated_delta_rule, chunk=chunk)
         return split.affine_recurrence(run, q, k, v, (beta, log_a), starts, state,

@@ -46,17 +46,19 @@ _SMS = 132  # streaming multiprocessors of an H100 / H200, when the device does 
 
 def pieces_for(programs: int, length: int, chunk: int, *, min_chunks: int = 4,
                cores: int | None = None) -> int:
-    """How many pieces to cut each row into: enough that ``programs`` x pieces fills the
-    device's cores (SMs: ``cores``, default the first GPU's ``core_count``, else 132), each
-    piece at least ``min_chunks`` chunks long; 1 when the programs already fill it. A rule of
-    thumb, not a measurement (experiments/device_check.py times both)."""
+    """How many pieces to cut each row into: as many as fit ``programs`` x pieces into one
+    wave over the device's cores (SMs: ``cores``, default the first GPU's ``core_count``, else
+    132; one thread block per SM, as the kernels' shared memory and registers allow), each
+    piece at least ``min_chunks`` chunks long; 1 when the programs already fill a wave. A rule
+    of thumb, not a measurement (experiments/device_check.py times both). Under ``vmap`` the
+    mapped axis is not counted in ``programs``: pass ``pieces`` explicitly there."""
     if cores is None:
         device = jax.devices()[0]
         cores = getattr(device, "core_count", None) if device.platform == "gpu" else None
         cores = cores or _SMS
     if programs < 1 or programs >= cores:  # nothing to fill (batch 0), or already full
         return 1
-    return max(1, min(-(-cores // programs), length // (min_chunks * chunk)))
+    return max(1, min(cores // programs, length // (min_chunks * chunk)))
 
 
 def _layout(pieces: int, chunk: int, length: int):

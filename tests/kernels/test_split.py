@@ -82,8 +82,9 @@ def test_delta_rule_split_equals_whole_row():
 
 
 def test_pieces_for_fills_the_cores():
-    assert split.pieces_for(4 * 16, 16384, 64, cores=132) == 3
-    assert split.pieces_for(1 * 16, 16384, 64, cores=132) == 9
+    assert split.pieces_for(4 * 16, 16384, 64, cores=132) == 2  # 128 blocks: one wave
+    assert split.pieces_for(1 * 16, 16384, 64, cores=132) == 8
+    assert split.pieces_for(100, 16384, 64, cores=132) == 1  # 2 pieces would need two waves
     assert split.pieces_for(256, 16384, 64, cores=132) == 1
     assert split.pieces_for(16, 512, 64, cores=132) == 2  # pieces of at least 4 chunks
     assert split.pieces_for(16, 100, 64, cores=132) == 1
