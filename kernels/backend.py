@@ -9,7 +9,7 @@
   raises on GPU.
 * GPU, Mosaic GPU (Hopper): hand-placed ``wgmma`` / TMA kernels in
   :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with per-head or per-channel decay, the
-  gated delta rule; :func:`mosaic_gpu_available`, :func:`mosaic_gpu_takes`), tested in Mosaic
+  gated delta rule, Mamba's selective scan; :func:`mosaic_gpu_available`, :func:`mosaic_gpu_takes`), tested in Mosaic
   GPU's interpreter.
 * CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
 """
