@@ -97,10 +97,12 @@ def test_selective_scan_gradients_match_reference_in_interpreter():
         assert rel_err(g, r) < (TOL_16 if name == "u" else TOL), name
 
 
-@pytest.mark.parametrize("backward", [False, True])
-def test_selective_scan_kernels_lower_for_cuda_at_production_widths(backward):
+@pytest.mark.parametrize("backward,dtype", [(False, jnp.bfloat16), (True, jnp.bfloat16),
+                                            (True, jnp.float32)])
+def test_selective_scan_kernels_lower_for_cuda_at_production_widths(backward, dtype):
     """The forward (and backward) kernels go through Mosaic GPU's lowering for CUDA on this
-    host: register layouts, TMA copies and shared memory at 1024 channels, d_state 16."""
+    host: register layouts, TMA copies and shared memory at 1024 channels, d_state 16, u in
+    16 or 32 bits."""
     batch, length, d_inner, d_state = 2, 512, 1024, 16
     spec = lambda *s, dtype=jnp.float32: jax.ShapeDtypeStruct(s, dtype)
     starts = jnp.zeros((batch, length), bool)
@@ -110,7 +112,7 @@ def test_selective_scan_kernels_lower_for_cuda_at_production_widths(backward):
         return jnp.sum(y) + jnp.sum(final)
 
     fn = jax.grad(run, argnums=range(6)) if backward else run
-    args = (spec(batch, length, d_inner, dtype=jnp.bfloat16), spec(batch, length, d_inner),
+    args = (spec(batch, length, d_inner, dtype=dtype), spec(batch, length, d_inner),
             spec(d_inner, d_state), spec(batch, length, d_state),
             spec(batch, length, d_state), spec(batch, d_inner, d_state))
     text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
@@ -142,6 +144,22 @@ def test_compiled_gpu_calls_go_to_mosaic_gpu():
     assert not _mosaic_gpu_takes(u[..., :48], dt[..., :48], A[:48], state[:, :48], 16, False,
                                  "gpu")
     assert not _mosaic_gpu_takes(u, dt, A, state.astype(jnp.float64), 16, False, "gpu")
+
+
+def test_portable_kernel_lowered_for_cuda_runs_the_mosaic_gpu_kernel():
+    """The portable kernel's entry point, compiled for a GPU, lowers to the Mosaic GPU kernel
+    (forward and backward)."""
+    from jaxlm.kernels.selective_scan import selective_scan as portable
+
+    (u, dt, A, B, C, starts, state), _ = inputs(1, 32, 64, 16)
+
+    def run(u, dt):
+        y, final = portable(u, dt, A, B, C, starts, state, platform="gpu")
+        return jnp.sum(y) + jnp.sum(final)
+
+    text = jax.jit(jax.grad(run, argnums=(0, 1))).trace(u, dt).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert text.count("mosaic_gpu") >= 2
 
 
 @pytest.mark.gpu
