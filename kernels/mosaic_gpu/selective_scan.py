@@ -313,7 +313,10 @@ def selective_scan(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: j
     padded = -(-length // CHUNK) * CHUNK
     pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
     keep = jnp.broadcast_to(jnp.logical_not(starts)[..., None], (batch, length, d_state))
-    y, final = _scan(pad(u), pad(dt), A.astype(_F32), pad(B.astype(_F32)),
+    # A = -inf (a reset at every step) clamped to float32's lowest: the padding's Δ = 0 then
+    # gives exp(0) = 1, not exp(0 · -inf) = NaN, and every Δ above 1e-36 still gives 0.
+    a = jnp.maximum(A.astype(_F32), jnp.finfo(_F32).min)
+    y, final = _scan(pad(u), pad(dt), a, pad(B.astype(_F32)),
                      pad(C.astype(_F32)), jnp.pad(keep.astype(_F32), (
                          (0, 0), (0, padded - length), (0, 0)), constant_values=1.0),
                      state, stages, compat.interpret_params(detect_races) if interpret else None)
