@@ -212,8 +212,8 @@ def scan_case(batch, heads, length, dim, dtype, *, interpret):
 
 CASES = {"gla per head (ssd)": gla_case,
          "gla per channel": functools.partial(gla_case, per_channel=True),
-         "gated delta rule": delta_case, "selective scan": scan_case,
-         "attention causal": attention_case}
+         "gated delta rule": delta_case, "attention causal": attention_case,
+         "selective scan": scan_case}
 
 
 # ---------------------------------------------------------------------------------------------
