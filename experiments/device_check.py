@@ -359,10 +359,11 @@ def main(argv=None):
              "jax-linear-attention": import_peer("jax_linear_attention")[1] or "present"}
     report["peers"] = peers
     rows = []
-    for op, case in CASES.items():
-        if args.ops and op not in args.ops:
-            continue
-        for length in lengths:
+    # every op at the first length before any at the next: the budget cuts the long rows
+    for length in lengths:
+        for op, case in CASES.items():
+            if args.ops and op not in args.ops:
+                continue
             op_args, impls, n_diff, flops, nbytes = case(batch, heads, length, dim, dtype,
                                                          interpret=interpret)
             shape = f"b{batch} h{heads} l{length} d{dim}"

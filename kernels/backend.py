@@ -80,7 +80,9 @@ def compiler_params(kernel: str, interpret: bool, grid_rank: int, *,
             raise ValueError(
                 f"{kernel}: impl='pallas' has no GPU lowering in this JAX "
                 f"({jax.__version__}): its kernels use the Triton lowering, which this JAX no "
-                "longer ships, and jaxlm has no Mosaic GPU version yet; use impl='xla'")
+                "longer ships, and jaxlm's Mosaic GPU kernels (GLA / SSD and the gated delta rule "
+                "with 16-bit q, k, v, head dims multiples of 64 and chunks of 64) do not take this "
+                "call; use impl='xla'")
         from jax.experimental.pallas import triton as pltriton
 
         return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)

@@ -20,7 +20,9 @@ from pathlib import Path
 
 @dataclasses.dataclass(frozen=True)
 class Measured:
-    """One measured win. backend: "tpu" or "gpu"; op: the jaxlm.ops name; dtype: input dtype
+    """One measured win. backend: "tpu" or "gpu"; op: the jaxlm.ops name (with
+    "/per_channel" for gated linear attention with one gate per channel, a kernel of its own);
+    dtype: input dtype
     name; lengths: [min, max] sequence length measured; head_dims: the head dims measured;
     speedup: XLA time / kernel time (forward + backward); device, date, source: where it
     comes from."""
@@ -54,6 +56,7 @@ def kernel_wins(op: str, backend: str, dtype, length: int, head_dim: int,
 
 # experiments/device_check.py's op names -> the jaxlm.ops function each measures
 DEVICE_CHECK_OPS = {"gla per head (ssd)": "gated_linear_attention",
+                    "gla per channel": "gated_linear_attention/per_channel",
                     "gated delta rule": "gated_delta_rule", "attention causal": "attention"}
 KERNEL_IMPLS = ("jaxlm pallas", "jaxlm mosaic_gpu")
 

@@ -116,8 +116,10 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     elif log_g is not None:
         check_shape(op, "log_g", log_g, (batch, length, heads, dk),
                     "[batch, length, heads, d_k] or [batch, length, heads]")
-    chosen = auto_kernel(op, resolve_impl(op, impl, ("reference", "xla", "pallas")), q.dtype,
-                         length, dk)
+    # per-head and per-channel gates run different kernels, measured apart
+    measured_as = op if log_g is None or log_g.shape[-1] == 1 else f"{op}/per_channel"
+    chosen = auto_kernel(measured_as, resolve_impl(op, impl, ("reference", "xla", "pallas")),
+                         q.dtype, length, dk)
     if batch == 0 or length == 0:
         out, state = ch.empty_result(q, v, initial_state)
         return (out, state) if return_final_state else out

@@ -54,7 +54,7 @@ from jaxlm.kernels.mosaic_gpu import compat
 from jaxlm.kernels.mosaic_gpu.compat import plgpu
 from jaxlm.kernels.mosaic_gpu.linear_attention import (CHUNK, _check, _decay_matrix,
                                                         _load_state, _ring, _rows, _walk,
-                                                        decay_factors)
+                                                        decay_factors, program_rows)
 from jaxlm.ops.delta_rule import forward_substitution, with_closed_form_vjp
 
 _F32 = jnp.float32
@@ -394,16 +394,9 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array,
         if x.shape != (batch, heads, length):
             raise ValueError(f"{name}: {arg} must have shape [batch, heads, length] = "
                              f"{(batch, heads, length)}, got {tuple(x.shape)}")
-    if starts.shape != (batch, length):
-        raise ValueError(f"{name}: starts must have shape [batch, length] = "
-                         f"{(batch, length)}, got {tuple(starts.shape)}")
+    flat, row_starts = program_rows(name, starts, batch, heads, length)
     dv = v.shape[-1]
-    padded = -(-length // CHUNK) * CHUNK
     programs = batch * heads
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
-    flat = lambda x: pad(x.reshape(programs, length, *x.shape[3:]))
-    row_starts = pad(jnp.broadcast_to(starts.astype(bool)[:, None], (batch, heads, length))
-                     .reshape(programs, length))
     b, seg, qd, kd, c = decay_factors(flat(log_a.astype(_F32)), row_starts, CHUNK)
     k_f = flat(k)
     # recomputed in the backward pass rather than storing its [C, C] intermediates per chunk

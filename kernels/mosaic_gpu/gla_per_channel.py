@@ -60,7 +60,7 @@ from jaxlm.kernels import blocks
 from jaxlm.kernels.mosaic_gpu import compat
 from jaxlm.kernels.mosaic_gpu.compat import plgpu
 from jaxlm.kernels.mosaic_gpu.linear_attention import (CHUNK, _check, _load_state, _ring,
-                                                        _walk)
+                                                        _walk, program_rows)
 
 SUB = 16  # the sub-chunk: off-diagonal blocks on wgmma, diagonal ones exactly
 _F32 = jnp.float32
@@ -463,16 +463,9 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
     if log_g.shape != (batch, heads, length, dk):
         raise ValueError(f"{name}: per-channel log_g must have shape [batch, heads, length, "
                          f"d_k] = {(batch, heads, length, dk)}, got {tuple(log_g.shape)}")
-    if starts.shape != (batch, length):
-        raise ValueError(f"{name}: starts must have shape [batch, length] = "
-                         f"{(batch, length)}, got {tuple(starts.shape)}")
+    flat, row_starts = program_rows(name, starts, batch, heads, length)
     dv = v.shape[-1]
-    padded = -(-length // CHUNK) * CHUNK
     programs = batch * heads
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
-    flat = lambda x: pad(x.reshape(programs, length, *x.shape[3:]))
-    row_starts = pad(jnp.broadcast_to(starts[:, None], (batch, heads, length))
-                     .reshape(programs, length))
     b, seg, c = channel_factors(flat(log_g), row_starts, CHUNK)
     itemsize = jnp.dtype(q.dtype).itemsize
     depth = (_stages(dk, dv, itemsize, stages, False), _stages(dk, dv, itemsize, stages, True))

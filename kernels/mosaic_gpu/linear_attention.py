@@ -333,6 +333,23 @@ def _backward(q, k, v, b, seg, qd, kd, c, states, d_o, d_final, *, stages, inter
         q, k, v, d_o, b, seg, qd, kd, c, states, d_final)
 
 
+def program_rows(name: str, starts: jax.Array, batch: int, heads: int, length: int):
+    """The entry points' shared layout: checks ``starts`` (bool [batch, length]) and returns
+    (flat, row_starts): ``flat`` takes [batch, heads, length, ...] to [batch * heads, padded,
+    ...], zero-padded to whole chunks (positions that leave the state unchanged), and
+    row_starts is bool [batch * heads, padded]."""
+    if starts.shape != (batch, length):
+        raise ValueError(f"{name}: starts must have shape [batch, length] = "
+                         f"{(batch, length)}, got {tuple(starts.shape)}")
+    padded = -(-length // CHUNK) * CHUNK
+    programs = batch * heads
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
+    flat = lambda x: pad(x.reshape(programs, length, *x.shape[3:]))
+    row_starts = pad(jnp.broadcast_to(starts.astype(bool)[:, None], (batch, heads, length))
+                     .reshape(programs, length))
+    return flat, row_starts
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10))
 def _gla(q, k, v, b, seg, qd, kd, c, state, stages, interpret):
     o, final, _ = _forward(q, k, v, b, seg, qd, kd, c, state, save_states=False,
@@ -386,17 +403,10 @@ def gated_linear_attention(q: jax.Array, k: jax.Array, v: jax.Array, log_g: jax.
                          f"{(batch, heads, length, 1)} (one decay per head), got "
                          f"{tuple(log_g.shape)}; for per-channel decay use "
                          "mosaic_gpu.gla_per_channel.gated_linear_attention")
-    if starts.shape != (batch, length):
-        raise ValueError(f"{name}: starts must have shape [batch, length] = "
-                         f"{(batch, length)}, got {tuple(starts.shape)}")
+    flat, row_starts = program_rows(name, starts, batch, heads, length)
     dv = v.shape[-1]
-    padded = -(-length // CHUNK) * CHUNK
     programs = batch * heads
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2))
-    flat = lambda x: pad(x.reshape(programs, length, *x.shape[3:]))
     g = flat(log_g[..., 0])
-    row_starts = pad(jnp.broadcast_to(starts[:, None], (batch, heads, length))
-                     .reshape(programs, length))
     b, seg, qd, kd, c = decay_factors(g, row_starts, CHUNK)
     itemsize = jnp.dtype(q.dtype).itemsize
     depth = (_stages(dk, dv, itemsize, stages, False), _stages(dk, dv, itemsize, stages, True))

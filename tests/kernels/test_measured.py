@@ -68,3 +68,6 @@ def test_auto_picks_the_kernel_only_where_a_row_covers_the_call(monkeypatch):
     assert pick(Impl.AUTO, 4096) is Impl.PALLAS
     assert pick(Impl.AUTO, 1024) is Impl.AUTO  # outside the measured lengths
     assert pick(Impl.XLA, 4096) is Impl.XLA
+    # the per-head kernel's row does not cover per-channel gates (another kernel)
+    assert auto_kernel("gated_linear_attention/per_channel", Impl.AUTO, "bfloat16", 4096,
+                       128) is Impl.AUTO

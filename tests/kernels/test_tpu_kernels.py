@@ -133,3 +133,32 @@ def test_a_later_overflowing_score_reaches_no_earlier_output(impl):
     big = run(k.at[0, 6].set(1e20))
     clean = run(k.at[0, 6].set(0.0))
     np.testing.assert_array_equal(np.asarray(big[:, :6]), np.asarray(clean[:, :6]))
+
+
+@pytest.mark.parametrize("name", ["gla"])  # "delta": the same driver, another chunk step
+def test_chunked_kernels_have_no_races_in_tpu_interpret_mode(name):
+    """The chunk-pipelined TPU driver (kernels/tpu/chunked.py, which every recurrent TPU kernel
+    runs on), forward and backward, under the TPU interpreter's race detection (every VMEM /
+    DMA access checked against the simulated cores' vector clocks)."""
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as interpreter
+    from jax.experimental.pallas import tpu as pltpu
+
+    from jaxlm.kernels import delta_rule, linear_attention
+
+    params = pltpu.InterpretParams(detect_races=True)
+    batch, heads, length, d = 1, 1, 20, 8
+    q, k, v = (normal(i, (batch, heads, length, d)).astype(jnp.float32) for i in range(3))
+    g = -jax.nn.softplus(normal(3, (batch, heads, length))).astype(jnp.float32)
+    starts = jnp.zeros((batch, length), bool).at[:, 7].set(True)
+    state = jnp.zeros((batch, heads, d, d), jnp.float32)
+    if name == "gla":
+        fn = lambda q, k, v, g: linear_attention.gated_linear_attention(
+            q, k, v, g[..., None], starts, state, chunk=8, interpret=params)
+    else:
+        fn = lambda q, k, v, g: delta_rule.gated_delta_rule(
+            q, k / jnp.linalg.norm(k, axis=-1, keepdims=True), v, jax.nn.sigmoid(g), g, starts,
+            state, chunk=8, interpret=params)
+    loss = lambda *a: sum(jnp.sum(x * x) for x in fn(*a))
+    pltpu.reset_tpu_interpret_mode_state()
+    jax.block_until_ready(jax.grad(loss, argnums=range(4))(q, k, v, g))
+    assert interpreter.races is not None and not interpreter.races.races_found
