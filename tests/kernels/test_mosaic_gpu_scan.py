@@ -4,7 +4,7 @@
 On CPU they run in Mosaic GPU's interpreter at tiny shapes (batch 1, 64 channels, d_state 16,
 length 40: three chunks of 16, the last ragged, a packed document starting inside the second
 chunk, an initial state and the final state) against the op's float64 sequential reference,
-with race detection on. The lowering tests run Mosaic GPU's compiler front end for CUDA at
+with race detection on (forward and backward). The lowering tests run Mosaic GPU's compiler front end for CUDA at
 production widths (1024 channels, d_state 16, length 512) on the CPU host; tests marked
 ``gpu`` compile for a real GPU and compare the op's ``impl="pallas"`` (which goes to this
 kernel there) with its XLA form.
@@ -87,8 +87,12 @@ def test_selective_scan_gradients_match_reference_in_interpreter():
     """float16 u here (bfloat16 in the forward test); d_state 8, the smallest."""
     args, weights = inputs(1, 40, 64, 8, seed=1, dtype=jnp.float16)
     u, dt, A, B, C, starts, state = args
-    kernel = lambda *a: mgpu().selective_scan(*a, interpret=True)
+    from jaxlm.kernels.mosaic_gpu import compat
+
+    compat.reset_races()
+    kernel = lambda *a: mgpu().selective_scan(*a, interpret=True, detect_races=True)
     grads = jax.grad(loss_of(kernel, weights, starts), argnums=range(6))(u, dt, A, B, C, state)
+    assert not compat.races_found()
     ref = jax.grad(loss_of(reference, weights, starts), argnums=range(6))(u, dt, A, B, C, state)
     for name, x, g, r in zip(NAMES, (u, dt, A, B, C, state), grads, ref):
         assert g.dtype == x.dtype, name
