@@ -4,10 +4,10 @@
 On CPU they run in Mosaic GPU's interpreter at tiny shapes (batch 1, 64 channels, d_state 16,
 length 40: three chunks of 16, the last ragged, a packed document starting inside the second
 chunk, an initial state and the final state) against the op's float64 sequential reference,
-with race detection on (forward and backward). The lowering tests run Mosaic GPU's compiler front end for CUDA at
-production widths (1024 channels, d_state 16, length 512) on the CPU host; tests marked
-``gpu`` compile for a real GPU and compare the op's ``impl="pallas"`` (which goes to this
-kernel there) with its XLA form.
+with race detection on (forward and backward). The lowering tests run Mosaic GPU's compiler
+front end for CUDA at production widths (1024 channels, d_state 16, length 512) on the CPU
+host; tests marked ``gpu`` compile for a real GPU and compare the op's ``impl="pallas"``
+(which goes to this kernel there) with its XLA form.
 
 Tolerances: every operation runs in float32 (u only enters in its own dtype, and the
 reference reads the same rounded values), so outputs and gradients agree with float64 to about
