@@ -20,7 +20,8 @@ does not know is reported so, never timed on a guess. Each measurement runs unde
 (exceptions become the row's error) and the whole table under a time budget (rows past it are
 marked skipped).
 
-Shapes: bfloat16, batch 4, 16 heads, head dim 128, lengths 4096 and 16384.
+Shapes: bfloat16, batch 4, 16 heads, head dim 128, lengths 4096 and 16384; the selective
+scan at batch 4, d_inner 16 x 128 = 2048, d_state 16, the same lengths.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests package, when run from a bare checkout
 
-from jaxlm.ops import attention, gated_delta_rule, gated_linear_attention  # noqa: E402
+from jaxlm.ops import (attention, gated_delta_rule, gated_linear_attention,  # noqa: E402
+                       selective_scan)
 
 # Dense bf16 matrix-unit FLOP/s and memory bandwidth (bytes/s), vendors' data sheets.
 PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
@@ -173,9 +175,45 @@ def attention_case(batch, heads, length, dim, dtype, *, interpret):
     return (q, k, v), impls, 3, flops, nbytes
 
 
+def scan_case(batch, heads, length, dim, dtype, *, interpret):
+    """Mamba's selective scan at d_inner = heads x dim (2048 at the table's shapes: Mamba-1
+    at d_model 1024), d_state 16, u, B, C in ``dtype``, Δ float32 (as the op passes it on)."""
+    d_inner, d_state = heads * dim, 16
+    keys = jax.random.split(jax.random.key(3), 5)
+    u = jax.random.normal(keys[0], (batch, length, d_inner), dtype)
+    delta = jax.nn.softplus(jax.random.normal(keys[1], (batch, length, d_inner)) - 2.0)
+    A = -jnp.exp(jax.random.normal(keys[2], (d_inner, d_state)))
+    B, C = (jax.random.normal(keys[i], (batch, length, d_state), dtype) for i in (3, 4))
+
+    def mosaic(u, delta, A, B, C):
+        from jaxlm.kernels.mosaic_gpu.selective_scan import selective_scan as kern
+
+        y, _ = kern(u, delta, A, B, C, jnp.zeros((batch, length), bool),
+                    jnp.zeros((batch, d_inner, d_state), jnp.float32), interpret=interpret)
+        return y
+
+    def portable(u, delta, A, B, C):  # chunk 8: a call the Mosaic GPU kernel does not take
+        from jaxlm.kernels.selective_scan import selective_scan as kern
+
+        y, _ = kern(u, delta, A, B, C, jnp.zeros((batch, length), bool),
+                    jnp.zeros((batch, d_inner, d_state), jnp.float32), chunk=8,
+                    interpret=interpret)
+        return y
+
+    impls = {"jaxlm mosaic_gpu": mosaic,
+             "jaxlm pallas": lambda *a: selective_scan(
+                 *a, impl="pallas_interpret" if interpret else "pallas"),
+             "jaxlm pallas portable (chunk 8)": portable,
+             "jaxlm xla": lambda *a: selective_scan(*a, impl="xla")}
+    flops = 0  # no matrix products: the rates are the bytes'
+    nbytes = 3 * batch * length * d_inner * jnp.dtype(dtype).itemsize
+    return (u, delta, A, B, C), impls, 5, flops, nbytes
+
+
 CASES = {"gla per head (ssd)": gla_case,
          "gla per channel": functools.partial(gla_case, per_channel=True),
-         "gated delta rule": delta_case, "attention causal": attention_case}
+         "gated delta rule": delta_case, "attention causal": attention_case,
+         "selective scan": scan_case}
 
 
 # ---------------------------------------------------------------------------------------------

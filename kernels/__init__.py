@@ -11,8 +11,8 @@ ops reach it with ``impl="pallas"`` (``"pallas_interpret"``: Pallas' interpreter
   :mod:`~jaxlm.kernels.selective_scan` on it.
 * :mod:`~jaxlm.kernels.backend`: which lowering runs (Mosaic TPU, Triton on GPU, interpreter).
 * :mod:`~jaxlm.kernels.mosaic_gpu`: hand-placed Mosaic GPU kernels for Hopper (``plgpu.kernel``,
-  TMA, ``wgmma``): compiled GPU calls of GLA / SSD and the gated delta rule go to them where
-  they take the shapes (``impl="pallas"``, or ``"auto"`` once a device measurement earns it).
+  TMA, ``wgmma``): compiled GPU calls of GLA / SSD, the gated delta rule and the selective
+  scan go to them where they take the shapes (``impl="pallas"``, or ``"auto"`` once a device measurement earns it).
 * :mod:`~jaxlm.kernels.split`: a row cut into pieces that run as separate programs (thread
   blocks), joined by LASP-2's fold, when batch x heads is too small to fill the GPU.
 

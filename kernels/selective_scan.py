@@ -56,8 +56,16 @@ def selective_scan(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: j
     document starts (the state resets); state: [batch, d_inner, d_state], float32 or wider.
     Channels go to programs in blocks of ``block_d`` (d_inner is padded to a multiple). Any
     length works (padded with Δ = 0, which leaves the state unchanged).
+    ``platform``: the backend to compile for (default: JAX's default; see
+    :mod:`jaxlm.kernels.backend`); on a GPU the Mosaic GPU (Hopper) kernel takes the call
+    where it can (:func:`_mosaic_gpu_takes`; it walks 64 channels per thread block whatever
+    ``block_d``), else this kernel runs through the Triton lowering.
     Returns (y [batch, length, d_inner], final state), in the state's dtype.
     """
+    if _mosaic_gpu_takes(u, dt, A, state, chunk, interpret, platform):
+        from jaxlm.kernels.mosaic_gpu import selective_scan as mosaic_gpu
+
+        return mosaic_gpu.selective_scan(u, dt, A, B, C, starts, state)
     batch, length, d_inner = u.shape
     d_state = A.shape[1]
     acc = state.dtype
@@ -84,3 +92,19 @@ def selective_scan(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: j
     y = y.reshape(batch, padded, wide)[:, :length, :d_inner]
     h = jnp.swapaxes(h.reshape(batch, n_blocks, d_state, block_d), 2, 3)
     return y, h.reshape(batch, wide, d_state)[:, :d_inner]
+
+
+def _mosaic_gpu_takes(u, dt, A, state, chunk, interpret, platform) -> bool:
+    """Whether a call goes to the Mosaic GPU (Hopper) kernel
+    (:func:`jaxlm.kernels.mosaic_gpu.selective_scan.selective_scan`): compiled (not
+    interpreted) for a GPU by a JAX with Mosaic GPU, chunks of 16 (this kernel's default, the
+    Mosaic GPU kernel's spacing of saved states), d_inner a multiple of 64, d_state a multiple
+    of 8 up to 32, u and Δ in bfloat16, float16 or float32 and a float32 state. The q/k/v
+    conditions of :func:`backend.mosaic_gpu_takes` do not apply: no matrix products here."""
+    from jaxlm.kernels import backend
+
+    if interpret or backend.target_platform(platform, interpret) != "gpu" or chunk != 16:
+        return False
+    from jaxlm.kernels.mosaic_gpu import selective_scan as mosaic_gpu
+
+    return mosaic_gpu.takes(u, dt, A, state) and backend.mosaic_gpu_available()

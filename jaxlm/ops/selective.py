@@ -50,8 +50,8 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         recomputed in the backward pass, so memory grows with one chunk's
         [batch, chunk, d_inner, d_state], not with the sequence).
       impl: "reference" (sequential scan), "xla" (chunked associative scan), "pallas" (the
-        kernel of :mod:`jaxlm.kernels.selective_scan`, one group of B and C; "pallas_interpret"
-        runs it interpreted) or "auto" (the reference on CPU up to length 1024, where its loop
+        kernel of :mod:`jaxlm.kernels.selective_scan`, one group of B and C, on a Hopper GPU
+        its Mosaic GPU form where that takes the call; "pallas_interpret" runs it interpreted) or "auto" (the reference on CPU up to length 1024, where its loop
         is cheaper forward and backward; else xla).
 
     Returns:

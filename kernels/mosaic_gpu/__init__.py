@@ -9,11 +9,16 @@ shared-memory rings with barriers, ``wgmma`` on the tensor cores, recurrent stat
   Gated DeltaNet): the UT transform of every chunk at once in XLA (blocked 16 x 16 solve on
   the tensor cores), then forward and backward kernels over the chunks, the state in
   registers split into 64-column blocks, one thread block each.
+* :mod:`~jaxlm.kernels.mosaic_gpu.selective_scan`: Mamba's selective scan, 64 channels per
+  thread block with the state in registers, chunks of u, Δ, B, C through a TMA ring and the
+  positions stepped in order (no ``wgmma``: A is diagonal); the backward recomputes each
+  chunk's states from saved chunk-start states.
 * :mod:`~jaxlm.kernels.mosaic_gpu.compat`: the differences between JAX 0.10, 0.11 and 0.12's
   Mosaic GPU APIs and interpreters, in one place.
 
 Every entry point takes ``interpret=True`` to run in Mosaic GPU's interpreter on any backend
 (the CPU tests). Rows too few to fill the GPU are cut into pieces that run as separate thread
-blocks by :mod:`jaxlm.kernels.split`, around these kernels. Not built yet: the selective scan,
-and a Mosaic GPU kernel for the delta rule's chunk-parallel stage.
+blocks by :mod:`jaxlm.kernels.split`, around the attention-like kernels. Not built yet: a
+Mosaic GPU kernel for the delta rule's chunk-parallel stage, and a sequence split for the
+selective scan.
 """

@@ -5,8 +5,8 @@ the shims from here.
 * ``InterpretGPUParams`` is exported by ``plgpu`` from JAX 0.11; on 0.10 it lives in
   ``jax._src.pallas.mosaic_gpu.interpret.params`` (and its interpreter imports absl-py, which
   jax does not declare).
-* ``plgpu.load`` takes an index argument up to JAX 0.11 (``load(ref, (), layout=...)``) and
-  none from 0.12 (``load(ref, layout=...)``); the 0.10 interpreter runs neither it nor
+* ``plgpu.load`` needs an index argument in JAX 0.10 (``load(ref, (), layout=...)``), takes it
+  deprecated in 0.11 and none from 0.12 (``load(ref, layout=...)``); the 0.10 interpreter runs neither it nor
   ``layout_cast``, so :func:`load` and :func:`iota` drop layouts when interpreting.
 * :func:`kernel` calls ``plgpu.kernel`` with the keywords every version takes (``out_type``,
   ``scratch_types``, ``grid``, ``grid_names``) and asks for Lane lowering semantics (the
@@ -87,7 +87,10 @@ def kernel(body, *, out_type, scratch_types, grid, grid_names, interpret):
 
 
 def _load_takes_index() -> bool:
-    return "idx" in inspect.signature(plgpu.load).parameters
+    """Whether ``plgpu.load`` needs its index argument (0.10; 0.11 still takes it, deprecated,
+    with a default; 0.12 has none)."""
+    idx = inspect.signature(plgpu.load).parameters.get("idx")
+    return idx is not None and idx.default is inspect.Parameter.empty
 
 
 def load(ref, layout, interpret, *, optimized: bool = True) -> jax.Array:

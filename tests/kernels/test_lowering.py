@@ -62,7 +62,8 @@ def test_forward_and_backward_kernels_lower(name, platform):
     text = lowered.as_text()
     if platform == "tpu":
         assert "tpu_custom_call" in text
-    elif name in ("gla_per_head", "delta_rule") and backend.mosaic_gpu_available():  # Hopper
+    elif (name in ("gla_per_head", "delta_rule", "selective_scan")
+          and backend.mosaic_gpu_available()):  # Hopper
         assert text.count("mosaic_gpu") >= 2
     else:
         assert "xla.gpu.triton" in text
