@@ -22,8 +22,8 @@ from pathlib import Path
 class Measured:
     """One measured win. backend: "tpu" or "gpu"; op: the jaxlm.ops name (with
     "/per_channel" for gated linear attention with one gate per channel, a kernel of its own);
-    dtype: input dtype
-    name; lengths: [min, max] sequence length measured; head_dims: the head dims measured;
+    dtype: input dtype name; lengths: [min, max] sequence length measured; head_dims: the
+    head dims measured (d_state for ``selective_scan``);
     speedup: XLA time / kernel time (forward + backward); device, date, source: where it
     comes from."""
 
@@ -57,7 +57,10 @@ def kernel_wins(op: str, backend: str, dtype, length: int, head_dim: int,
 # experiments/device_check.py's op names -> the jaxlm.ops function each measures
 DEVICE_CHECK_OPS = {"gla per head (ssd)": "gated_linear_attention",
                     "gla per channel": "gated_linear_attention/per_channel",
-                    "gated delta rule": "gated_delta_rule", "attention causal": "attention"}
+                    "gated delta rule": "gated_delta_rule", "attention causal": "attention",
+                    "selective scan": "selective_scan"}
+# the head dim a row is keyed by, where it is not the shape's d: the scan's d_state
+DEVICE_CHECK_HEAD_DIM = {"selective scan": 16}
 KERNEL_IMPLS = ("jaxlm pallas", "jaxlm mosaic_gpu")
 
 
@@ -81,8 +84,9 @@ def rows_from_device_check(path: str | Path) -> list[Measured]:
         kernel_ms, kernel = min(wins, key=lambda w: w[0])
         if kernel_ms < xla_ms:
             dims = dict((part[0], int(part[1:])) for part in shape.split())  # "b4 h16 l4096 d128"
+            head_dim = DEVICE_CHECK_HEAD_DIM.get(op, dims["d"])
             found.append(Measured(backend, DEVICE_CHECK_OPS[op], dtype, (dims["l"], dims["l"]),
-                                  (dims["d"],), round(xla_ms / kernel_ms, 2),
+                                  (head_dim,), round(xla_ms / kernel_ms, 2),
                                   kernel.get("device", "?"), report.get("date", "?"),
                                   f"experiments/device_check.py ({kernel['impl']})"))
     return found

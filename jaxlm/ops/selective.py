@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops import chunking as ch
-from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, check_positive, check_rank,
-                              check_shape, guard_scan, resolve_impl)
+from jaxlm.ops.checks import (Impl, accepts_numpy, as_floats, auto_kernel, check_positive,
+                              check_rank, check_shape, guard_scan, resolve_impl)
 from jaxlm.ops.linear_attention import gated_linear_attention
 from jaxlm.ops.segments import document_ids, segment_starts
 
@@ -85,6 +85,8 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
         check_shape(op, "segment_ids", segment_ids, (batch, length), "[batch, length]")
     check_positive(op, "chunk_size", chunk_size, allow_none=False)
     chosen = resolve_impl(op, impl, ("reference", "xla", "pallas"))
+    if B.shape[2] == 1:  # the kernels take one group; measured per d_state
+        chosen = auto_kernel(op, chosen, u.dtype, length, d_state)
     if chosen.is_pallas and B.shape[2] > 1:
         raise ValueError(f"{op}: impl={chosen.value!r} takes one group of B and C "
                          f"([batch, length, d_state]), got groups={B.shape[2]}")

@@ -45,9 +45,12 @@ def test_rows_from_a_device_check(tmp_path):
         dict(base, op="attention causal", shape="b4 h16 l4096 d128", impl="jaxlm pallas",
              passed=True, fwd_bwd_ms=3.0),
     ]
+    rows += [dict(base, op="selective scan", shape="b4 h16 l4096 d128", impl=impl, passed=True,
+                  fwd_bwd_ms=ms) for impl, ms in (("jaxlm xla", 9.0), ("jaxlm mosaic_gpu", 3.0))]
     path = tmp_path / "device_check.json"
     path.write_text(json.dumps({"date": "2026-11-29", "rows": rows}))
-    (row,) = measured.rows_from_device_check(path)
+    row, scan = measured.rows_from_device_check(path)
+    assert (scan.op, scan.head_dims, scan.speedup) == ("selective_scan", (16,), 3.0)  # d_state
     assert (row.backend, row.op, row.dtype, row.lengths, row.head_dims, row.speedup) == (
         "gpu", "gated_linear_attention", "bfloat16", (4096, 4096), (128,), 2.5)
     assert "mosaic_gpu" in row.source
