@@ -9,7 +9,8 @@
   raises on GPU.
 * GPU, Mosaic GPU (Hopper): hand-placed ``wgmma`` / TMA kernels in
   :mod:`jaxlm.kernels.mosaic_gpu` (so far: GLA / SSD with per-head or per-channel decay, the
-  gated delta rule, Mamba's selective scan; :func:`mosaic_gpu_available`,
+  gated delta rule, Mamba's selective scan, the block-sparse flash attention forward;
+  :func:`mosaic_gpu_available`,
   :func:`mosaic_gpu_takes`), tested in Mosaic GPU's interpreter.
 * CPU without ``interpret``: raises (Pallas compiles for CPU only through the interpreter).
 """
@@ -83,7 +84,8 @@ def compiler_params(kernel: str, interpret: bool, grid_rank: int, *,
                 "longer ships, and jaxlm's Mosaic GPU kernels (GLA / SSD and the gated delta rule "
                 "with 16-bit q, k, v, head dims multiples of 64 and chunks of 64; the selective "
                 "scan with d_inner a multiple of 64, d_state a multiple of 8 up to 32 and chunks "
-                "of 16) do not take this call; use impl='xla'")
+                "of 16; flash attention with 16-bit q, k, v, head dims 64 or 128, blocks a "
+                "multiple of 64 and no window) do not take this call; use impl='xla'")
         from jax.experimental.pallas import triton as pltriton
 
         return pltriton.CompilerParams(num_warps=num_warps, num_stages=num_stages)

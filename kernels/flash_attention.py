@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxlm.kernels import blocks
-from jaxlm.kernels.backend import compiler_params, target_platform
+from jaxlm.kernels.backend import compiler_params, mosaic_gpu_available, target_platform
 
 _NAME = "flash_attention"
 
@@ -54,9 +54,17 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     Returns [batch, length, heads, dv] in q's dtype; scores and softmax run in float32 or wider.
 
     On TPU (and interpreted on a CPU host) this runs the block-pipelined kernels of
-    :mod:`jaxlm.kernels.tpu.flash_attention`; the whole-row kernels below are for the Triton
+    :mod:`jaxlm.kernels.tpu.flash_attention`. A compiled GPU call with 16-bit q, k, v, head
+    dims 64 or 128, ``block_size`` a multiple of 64 and no window runs the Mosaic GPU (Hopper)
+    forward kernel of :mod:`jaxlm.kernels.mosaic_gpu.flash_attention` (its backward
+    recomputes through the reference form); the whole-row kernels below are for the Triton
     lowering on GPU (``platform="gpu"``, also interpreted).
     """
+    if _mosaic_gpu_takes(q, k, v, window, block_size, interpret, platform):
+        from jaxlm.kernels.mosaic_gpu import flash_attention as mgpu
+
+        return mgpu.flash_attention(q, k, v, causal=causal, segment_ids=segment_ids,
+                                    block_mask=block_mask, scale=scale, block_size=block_size)
     if target_platform(platform, interpret) == "tpu":  # the block-pipelined Mosaic kernels
         from jaxlm.kernels.tpu.flash_attention import flash_attention as tpu_flash_attention
 
@@ -79,6 +87,16 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
             else block_mask.astype(jnp.int32))
     out = _attention(cfg, to_heads(q), to_heads(k), to_heads(v), seg, mask)
     return jnp.moveaxis(out, 1, 2)[:, :length]
+
+
+def _mosaic_gpu_takes(q, k, v, window, block_size, interpret, platform) -> bool:
+    """Whether a call goes to the Mosaic GPU kernel: compiled for a GPU whose JAX has Mosaic
+    GPU, and a call that kernel takes."""
+    if interpret or target_platform(platform, interpret) != "gpu" or not mosaic_gpu_available():
+        return False
+    from jaxlm.kernels.mosaic_gpu import flash_attention as mgpu
+
+    return mgpu.takes(q, k, v, block_size, window)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

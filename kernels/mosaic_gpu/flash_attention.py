@@ -183,9 +183,12 @@ def _attention_fwd(q, k, v, segment_ids, block_mask, cfg):
 def _attention_bwd(cfg, residuals, d_out):
     q, k, v, segment_ids, block_mask = residuals
     causal, scale = cfg[0], cfg[1]
+    wide = jnp.promote_types(q.dtype, _F32)  # recompute in float32, cast the gradients back
     _, vjp = jax.vjp(lambda q, k, v: _reference(q, k, v, segment_ids, block_mask,
-                                                causal=causal, scale=scale), q, k, v)
-    return (*vjp(d_out.astype(q.dtype)), None, None)
+                                                causal=causal, scale=scale),
+                     *(x.astype(wide) for x in (q, k, v)))
+    d_q, d_k, d_v = vjp(d_out.astype(wide))
+    return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -224,8 +227,8 @@ def check(name, q, k, v, block_size):
     if q.shape[-1] not in (64, 128) or v.shape[-1] not in (64, 128):
         raise ValueError(f"{name}: head dims must be 64 or 128, got d={q.shape[-1]}, "
                          f"dv={v.shape[-1]}")
-    if block_size != BLOCK:
-        raise ValueError(f"{name}: block_size must be {BLOCK}, got {block_size}")
+    if block_size % BLOCK:
+        raise ValueError(f"{name}: block_size must be a multiple of {BLOCK}, got {block_size}")
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"{name}: heads ({q.shape[2]}) must be a multiple of kv_heads "
                          f"({k.shape[2]})")
@@ -233,7 +236,8 @@ def check(name, q, k, v, block_size):
 
 def takes(q, k, v, block_size: int, window) -> bool:
     """Whether a compiled GPU call of :func:`jaxlm.kernels.flash_attention.flash_attention`
-    can go to this kernel: 16-bit q, k, v, head dims 64 or 128, blocks of 64, no window."""
+    can go to this kernel: 16-bit q, k, v, head dims 64 or 128, blocks a multiple of 64, no
+    window."""
     try:
         check("flash_attention", q, k, v, block_size)
     except ValueError:
@@ -253,21 +257,26 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     q: [batch, length, heads, d]; k: [batch, length, kv_heads, d]; v: [batch, length,
     kv_heads, dv], one 16-bit dtype, d and dv 64 or 128, heads a multiple of kv_heads (GQA);
     segment_ids: int [batch, length] (packed documents; |id| < 2^24) or None; block_mask: bool
-    [batch or 1, heads or 1, n, n] with n = ceil(length / 64), or None (every block): key
-    blocks it rules out are never fetched. ``scale`` defaults to d^-0.5; ``block_size`` must
-    be 64; ``stages``: depth of the TMA ring; ``interpret``: run in Mosaic GPU's interpreter.
+    [batch or 1, heads or 1, n, n] with n = ceil(length / block_size), or None (every block):
+    key blocks it rules out are never fetched. ``scale`` defaults to d^-0.5; ``block_size``:
+    the block mask's block, a multiple of 64 (the kernel's blocks are 64; a coarser mask is
+    refined to them); ``stages``: depth of the TMA ring; ``interpret``: run in Mosaic GPU's
+    interpreter.
     Any length (padded to whole blocks). Returns [batch, length, heads, dv] in q's dtype; a
     query that reads no key gets 0. Raises ValueError for what the kernel cannot take.
     """
     name = "mosaic_gpu.flash_attention"
     check(name, q, k, v, block_size)
     batch, length, heads, d = q.shape
-    n = -(-length // BLOCK)
+    n = -(-length // block_size)
     if block_mask is not None and (block_mask.ndim != 4 or block_mask.shape[2:] != (n, n)
                                    or block_mask.shape[0] not in (1, batch)
                                    or block_mask.shape[1] not in (1, heads)):
         raise ValueError(f"{name}: block_mask must have shape [batch or 1, heads or 1, {n}, "
                          f"{n}], got {tuple(block_mask.shape)}")
+    if block_mask is not None and block_size != BLOCK:  # refine to the kernel's blocks
+        r, fine = block_size // BLOCK, -(-length // BLOCK)
+        block_mask = jnp.repeat(jnp.repeat(block_mask, r, 2), r, 3)[:, :, :fine, :fine]
     scale = d ** -0.5 if scale is None else float(scale)
     depth = _stages(d, v.shape[-1], jnp.dtype(q.dtype).itemsize, stages)
     cfg = (causal, scale, depth, compat.interpret_params() if interpret else None)

@@ -1,0 +1,163 @@
+"""The Mosaic GPU (Hopper) block-sparse flash attention of
+:mod:`jaxlm.kernels.mosaic_gpu.flash_attention`.
+
+On CPU the forward kernel runs in Mosaic GPU's interpreter (TMA ring, barriers and shared
+memory simulated) at tiny shapes: batch 1, 1-2 heads, 2-3 blocks of 64, head dim 64, bfloat16
+inputs against the op's float64 reference with the same masks. Its backward is not a kernel (it
+recomputes through the reference form); one test checks the gradients. A lowering test runs
+Mosaic GPU's compiler front end for CUDA at head dim 128 and length 1024 on the CPU host; the
+``gpu`` test compiles for a real GPU and compares with the XLA form (skipped without one).
+
+Tolerance: bfloat16 operands (q, k, v and the probabilities as read by P V) give relative
+errors near 2e-3 against float64; the tests allow 1e-2.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxlm.kernels import backend
+from jaxlm.ops import attention, block_sparse_attention
+from tests.helpers import rel_err
+
+pytestmark = pytest.mark.skipif(not backend.mosaic_gpu_available(),
+                                reason="this JAX has no Mosaic GPU Pallas front end")
+TOL = 1e-2
+ON_GPU = jax.default_backend() == "gpu"
+
+
+def kernel():
+    from jaxlm.kernels.mosaic_gpu import flash_attention
+
+    return flash_attention.flash_attention
+
+
+def qkv(batch, length, heads, kv_heads, d, seed=0, dtype=jnp.bfloat16):
+    ks = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(ks[0], (batch, length, heads, d)).astype(dtype)
+    k = jax.random.normal(ks[1], (batch, length, kv_heads, d)).astype(dtype)
+    v = jax.random.normal(ks[2], (batch, length, kv_heads, d)).astype(dtype)
+    return q, k, v
+
+
+f64 = lambda *xs: [x.astype(jnp.float64) for x in xs]
+
+
+def test_causal_packed_rows_with_gqa_match_reference():
+    """Causal, two packed documents, ragged length (150: 3 blocks, the last partial), two
+    query heads on one kv head."""
+    q, k, v = qkv(1, 150, 2, 1, 64)
+    seg = jnp.zeros((1, 150), jnp.int32).at[:, 70:].set(3)
+    out = kernel()(q, k, v, causal=True, segment_ids=seg, interpret=True)
+    ref = attention(*f64(q, k, v), causal=True, segment_ids=seg, impl="reference")
+    assert out.dtype == q.dtype and out.shape == ref.shape
+    assert rel_err(out, ref) < TOL
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_mask_skips_blocks_and_matches_reference(causal):
+    """A per-head block mask over 3 blocks with skipped blocks; on head 1 query block 1 reads
+    nothing (its output must be 0)."""
+    q, k, v = qkv(1, 192, 2, 2, 64, seed=1)
+    mask = jnp.array([[[1, 0, 1], [1, 1, 0], [0, 1, 1]],
+                      [[1, 1, 0], [0, 0, 0], [1, 0, 1]]], bool)[None]
+    out = kernel()(q, k, v, causal=causal, block_mask=mask, interpret=True)
+    ref = block_sparse_attention(*f64(q, k, v), mask, block_size=64, causal=causal,
+                                 impl="reference")
+    assert rel_err(out, ref) < TOL
+    assert jnp.all(out[0, 64:128, 1] == 0)
+
+
+def test_gradients_through_the_custom_vjp_match_reference():
+    """Causal, packed rows, a block mask and GQA: gradients of q, k, v (the backward
+    recomputes through the reference form in float32)."""
+    q, k, v = qkv(1, 128, 2, 1, 64, seed=2)
+    seg = jnp.zeros((1, 128), jnp.int32).at[:, 90:].set(1)
+    mask = jnp.array([[1, 0], [0, 1]], bool)[None, None]
+    w = jax.random.normal(jax.random.key(3), (1, 128, 2, 64))
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v).astype(w.dtype) * w)
+
+    fast = lambda q, k, v: kernel()(q, k, v, causal=True, segment_ids=seg, block_mask=mask,
+                                    interpret=True)
+
+    def slow(q, k, v):
+        full = jnp.repeat(jnp.repeat(mask, 64, 2), 64, 3)
+        pos = jnp.arange(128)
+        m = full & (pos[None, :] <= pos[:, None]) & (seg[:, None, :, None] == seg[:, None, None, :])
+        from jaxlm.ops.attention import masked_attention
+
+        return masked_attention(q, k, v, m, 64 ** -0.5)
+
+    grads = jax.grad(loss(fast), argnums=(0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(slow), argnums=(0, 1, 2))(*f64(q, k, v))
+    for name, g, r in zip("qkv", grads, ref):
+        assert g.dtype == jnp.bfloat16 and rel_err(g, r) < TOL, name
+
+
+def test_kernel_lowers_for_cuda_at_production_widths():
+    """The forward kernel goes through Mosaic GPU's lowering for CUDA on this host (layouts,
+    transforms, wgmma shapes, scalar reads of the fetch tables) at head dim 128, length 1024,
+    with GQA, packed rows and a block mask."""
+    batch, length, heads, kv_heads, d = 2, 1024, 4, 2, 128
+    n = length // 64
+    spec = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
+
+    def run(q, k, v, seg, mask):
+        return kernel()(q, k, v, causal=True, segment_ids=seg, block_mask=mask)
+
+    args = (spec(batch, length, heads, d), spec(batch, length, kv_heads, d),
+            spec(batch, length, kv_heads, d), spec(batch, length, dtype=jnp.int32),
+            spec(1, heads, n, n, dtype=bool))
+    text = jax.jit(run).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text
+
+
+def test_compiled_gpu_calls_go_to_mosaic_gpu():
+    from jaxlm.kernels.flash_attention import _mosaic_gpu_takes
+
+    q, k, v = qkv(1, 64, 2, 1, 64)
+    assert _mosaic_gpu_takes(q, k, v, None, 64, False, "gpu")
+    assert _mosaic_gpu_takes(q, k, v, None, 128, False, "gpu")  # mask refined to 64
+    assert not _mosaic_gpu_takes(q, k, v, None, 64, True, "gpu")  # interpreted
+    assert not _mosaic_gpu_takes(q, k, v, None, 64, False, "tpu")
+    assert not _mosaic_gpu_takes(q, k, v, 32, 64, False, "gpu")  # a window: cuDNN's
+    assert not _mosaic_gpu_takes(q, k, v, None, 32, False, "gpu")
+    assert not _mosaic_gpu_takes(*(x.astype(jnp.float32) for x in (q, k, v)), None, 64,
+                                 False, "gpu")
+    assert not _mosaic_gpu_takes(q[..., :32], k[..., :32], v, None, 64, False, "gpu")
+
+
+def test_rejects_what_it_cannot_run():
+    q, k, v = qkv(1, 64, 2, 1, 64)
+    with pytest.raises(ValueError, match="16-bit dtype"):
+        kernel()(q.astype(jnp.float32), k, v, interpret=True)
+    with pytest.raises(ValueError, match="64 or 128"):
+        kernel()(q[..., :32], k[..., :32], v, interpret=True)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        kernel()(q, k, v, block_size=32, interpret=True)
+    with pytest.raises(ValueError, match="block_mask must have shape"):
+        kernel()(q, k, v, block_mask=jnp.ones((1, 2, 2, 2), bool), interpret=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
+@pytest.mark.parametrize("causal", [False, True])
+def test_on_gpu_matches_xla_form(causal):
+    """Compiled for the GPU through impl='pallas': values and gradients against the XLA form,
+    half the key blocks masked, GQA."""
+    q, k, v = qkv(2, 1000, 8, 2, 128, seed=4)
+    n = -(-1000 // 64)
+    mask = jax.random.bernoulli(jax.random.key(5), 0.5, (2, 8, n, n))
+    fn = lambda impl: lambda q, k, v: block_sparse_attention(
+        q, k, v, mask, block_size=64, causal=causal, impl=impl)
+    out = jax.jit(fn("pallas"))(q, k, v)
+    ref = jax.jit(fn("xla"))(*f64(q, k, v))
+    assert rel_err(out, ref) < TOL
+    w = jax.random.normal(jax.random.key(6), out.shape)
+    loss = lambda f: lambda *a: jnp.sum(f(*a).astype(w.dtype) * w)
+    grads = jax.jit(jax.grad(loss(fn("pallas")), argnums=(0, 1, 2)))(q, k, v)
+    refs = jax.jit(jax.grad(loss(fn("xla")), argnums=(0, 1, 2)))(*f64(q, k, v))
+    for name, g, r in zip("qkv", grads, refs):
+        assert rel_err(g, r) < TOL, name
