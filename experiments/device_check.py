@@ -44,8 +44,8 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests package, when run from a bare checkout
 
-from jaxlm.ops import (attention, gated_delta_rule, gated_linear_attention,  # noqa: E402
-                       selective_scan)
+from jaxlm.ops import (attention, block_sparse_attention, gated_delta_rule,  # noqa: E402
+                       gated_linear_attention, selective_scan)
 
 # Dense bf16 matrix-unit FLOP/s and memory bandwidth (bytes/s), vendors' data sheets.
 PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
@@ -175,6 +175,30 @@ def attention_case(batch, heads, length, dim, dtype, *, interpret):
     return (q, k, v), impls, 3, flops, nbytes
 
 
+def block_sparse_case(batch, heads, length, dim, dtype, *, interpret):
+    """Non-causal attention over blocks of 64 with half the key blocks of every query block
+    masked (a checkerboard): jaxlm's kernel (the Mosaic GPU forward on Hopper) against the
+    XLA form gathering the allowed blocks."""
+    keys = jax.random.split(jax.random.key(4), 3)
+    q, k, v = (jax.random.normal(keys[i], (batch, length, heads, dim), dtype) for i in range(3))
+    n = -(-length // CHUNK)
+    i, j = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
+    mask = ((i + j) % 2 == 0)[None, None]
+    run = lambda impl, **kw: lambda *a: block_sparse_attention(
+        *a, mask, block_size=CHUNK, causal=False, impl=impl, **kw)
+    def mosaic(q, k, v):  # the kernel itself (interpreted in a dry run on CPU)
+        from jaxlm.kernels.mosaic_gpu.flash_attention import flash_attention as kern
+
+        return kern(q, k, v, causal=False, block_mask=mask, interpret=interpret)
+
+    impls = {"jaxlm mosaic_gpu": mosaic,
+             "jaxlm pallas": run("pallas_interpret" if interpret else "pallas"),
+             "jaxlm xla": run("xla", max_blocks=-(-n // 2))}
+    flops = 2 * batch * heads * length * length * dim  # half of 4·L²·d
+    nbytes = 4 * batch * heads * length * dim * jnp.dtype(dtype).itemsize
+    return (q, k, v), impls, 3, flops, nbytes
+
+
 def scan_case(batch, heads, length, dim, dtype, *, interpret):
     """Mamba's selective scan at d_inner = heads x dim (2048 at the table's shapes: Mamba-1
     at d_model 1024), d_state 16, u, B, C in ``dtype``, Δ float32 (as the op passes it on)."""
@@ -213,7 +237,7 @@ def scan_case(batch, heads, length, dim, dtype, *, interpret):
 CASES = {"gla per head (ssd)": gla_case,
          "gla per channel": functools.partial(gla_case, per_channel=True),
          "gated delta rule": delta_case, "attention causal": attention_case,
-         "selective scan": scan_case}
+         "block-sparse attention": block_sparse_case, "selective scan": scan_case}
 
 
 # ---------------------------------------------------------------------------------------------

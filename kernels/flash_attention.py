@@ -57,7 +57,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     :mod:`jaxlm.kernels.tpu.flash_attention`. A compiled GPU call with 16-bit q, k, v, head
     dims 64 or 128, ``block_size`` a multiple of 64 and no window runs the Mosaic GPU (Hopper)
     forward kernel of :mod:`jaxlm.kernels.mosaic_gpu.flash_attention` (its backward
-    recomputes through the reference form); the whole-row kernels below are for the Triton
+    recomputes in XLA block by block: exact, dense work); the whole-row kernels below are for the Triton
     lowering on GPU (``platform="gpu"``, also interpreted).
     """
     if _mosaic_gpu_takes(q, k, v, window, block_size, interpret, platform):

@@ -232,6 +232,7 @@ def gathered_attention(q: jax.Array, k_blocks: jax.Array, v_blocks: jax.Array,
     if window is not None:
         mask &= (qp - kp < window) | (kp < sink_tokens)
     shape = scores.shape
+    mask = jnp.broadcast_to(mask, shape)  # without causal or window it has no query axis yet
     flat = jnp.where(mask, scores, -jnp.inf).reshape(*shape[:4], -1)
     any_key = jnp.any(mask.reshape(flat.shape), axis=-1, keepdims=True)
     probs = jax.nn.softmax(jnp.where(any_key, flat, 0.0), axis=-1)

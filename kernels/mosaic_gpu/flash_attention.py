@@ -2,8 +2,9 @@
 IO-Awareness", "FlashAttention-2") as a Mosaic GPU forward kernel for Hopper.
 
 Only the forward pass is a Mosaic GPU kernel. The backward pass (a custom VJP) recomputes the
-attention through the op's reference form with the same masks and differentiates that: exact
-gradients, at the reference's cost and memory (the [length, length] scores are materialized).
+attention in XLA with the same masks, one query block at a time under ``jax.checkpoint``, and
+differentiates that: exact gradients, memory of one block's scores, but the work of dense
+attention (masked blocks are not skipped) and no kernel: correct, not fast.
 
 One thread block (one warpgroup) per (batch row, query head, query block of 64) runs an online
 softmax in float32 registers over the key blocks its masks allow. Which key blocks those are
@@ -153,22 +154,39 @@ def _stages(d, dv, itemsize, want):
     raise ValueError(f"mosaic_gpu.flash_attention: d={d}, dv={dv} do not fit in shared memory")
 
 
-def _reference(q, k, v, segment_ids, block_mask, *, causal, scale):
-    """The op's reference form with the same masks (the custom VJP's backward)."""
+def _recompute(q, k, v, segment_ids, block_mask, *, causal, scale):
+    """The attention again in XLA, one query block of 64 at a time against every key with the
+    same masks (``masked_attention``, the op's reference form, per block), each block under
+    ``jax.checkpoint``: what the custom VJP differentiates. Exact; its memory is one block's
+    scores [batch, heads, 64, length] at a time, its work that of dense attention (masked
+    blocks are computed and zeroed, not skipped)."""
     from jaxlm.ops.attention import masked_attention
 
-    batch, length, heads, _ = q.shape
-    pos = jnp.arange(length)
-    mask = jnp.ones((length, length), bool)
-    if causal:
-        mask &= pos[None, :] <= pos[:, None]
-    mask = jnp.broadcast_to(mask, (1, 1, length, length))
-    if segment_ids is not None:
-        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-    if block_mask is not None:
-        blk = pos // BLOCK
-        mask = mask & block_mask.astype(bool)[:, :, blk][:, :, :, blk]
-    return masked_attention(q, k, v, mask, scale)
+    batch, length, heads, d = q.shape
+    n = -(-length // BLOCK)
+    padded = n * BLOCK
+    q_blocks = jnp.moveaxis(jnp.pad(q, ((0, 0), (0, padded - length), (0, 0), (0, 0)))
+                            .reshape(batch, n, BLOCK, heads, d), 1, 0)
+    k_pos = jnp.arange(length)
+
+    @jax.checkpoint
+    def one(args):
+        i, q_i = args
+        q_pos = i * BLOCK + jnp.arange(BLOCK)
+        mask = jnp.ones((1, 1, BLOCK, length), bool)
+        if causal:
+            mask &= k_pos[None, :] <= q_pos[:, None]
+        if segment_ids is not None:
+            q_seg = jax.lax.dynamic_slice_in_dim(
+                jnp.pad(segment_ids, ((0, 0), (0, padded - length))), i * BLOCK, BLOCK, 1)
+            mask = mask & (q_seg[:, None, :, None] == segment_ids[:, None, None, :])
+        if block_mask is not None:
+            row = jax.lax.dynamic_index_in_dim(block_mask.astype(bool), i, 2, keepdims=False)
+            mask = mask & row[:, :, None, k_pos // BLOCK]
+        return masked_attention(q_i, k, v, mask, scale)
+
+    out = jax.lax.map(one, (jnp.arange(n), q_blocks))  # [n, batch, 64, heads, dv]
+    return jnp.moveaxis(out, 0, 1).reshape(batch, padded, heads, -1)[:, :length]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -184,7 +202,7 @@ def _attention_bwd(cfg, residuals, d_out):
     q, k, v, segment_ids, block_mask = residuals
     causal, scale = cfg[0], cfg[1]
     wide = jnp.promote_types(q.dtype, _F32)  # recompute in float32, cast the gradients back
-    _, vjp = jax.vjp(lambda q, k, v: _reference(q, k, v, segment_ids, block_mask,
+    _, vjp = jax.vjp(lambda q, k, v: _recompute(q, k, v, segment_ids, block_mask,
                                                 causal=causal, scale=scale),
                      *(x.astype(wide) for x in (q, k, v)))
     d_q, d_k, d_v = vjp(d_out.astype(wide))
@@ -252,7 +270,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
                     scale: float | None = None, block_size: int = BLOCK, stages: int = 3,
                     interpret: bool = False) -> jax.Array:
     """Block-sparse attention with a Mosaic GPU (Hopper) forward kernel; differentiable (custom
-    VJP whose backward recomputes through the reference form: only the forward is a kernel).
+    VJP whose backward recomputes in XLA, block by block, with the same masks: exact, but
+    dense work; only the forward is a kernel).
 
     q: [batch, length, heads, d]; k: [batch, length, kv_heads, d]; v: [batch, length,
     kv_heads, dv], one 16-bit dtype, d and dv 64 or 128, heads a multiple of kv_heads (GQA);

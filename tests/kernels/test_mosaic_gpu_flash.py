@@ -4,7 +4,7 @@
 On CPU the forward kernel runs in Mosaic GPU's interpreter (TMA ring, barriers and shared
 memory simulated) at tiny shapes: batch 1, 1-2 heads, 2-3 blocks of 64, head dim 64, bfloat16
 inputs against the op's float64 reference with the same masks. Its backward is not a kernel (it
-recomputes through the reference form); one test checks the gradients. A lowering test runs
+recomputes in XLA block by block); one test checks the gradients. A lowering test runs
 Mosaic GPU's compiler front end for CUDA at head dim 128 and length 1024 on the CPU host; the
 ``gpu`` test compiles for a real GPU and compares with the XLA form (skipped without one).
 
@@ -18,6 +18,7 @@ import pytest
 
 from jaxlm.kernels import backend
 from jaxlm.ops import attention, block_sparse_attention
+from jaxlm.ops.attention import masked_attention
 from tests.helpers import rel_err
 
 pytestmark = pytest.mark.skipif(not backend.mosaic_gpu_available(),
@@ -69,12 +70,13 @@ def test_block_mask_skips_blocks_and_matches_reference(causal):
 
 
 def test_gradients_through_the_custom_vjp_match_reference():
-    """Causal, packed rows, a block mask and GQA: gradients of q, k, v (the backward
-    recomputes through the reference form in float32)."""
-    q, k, v = qkv(1, 128, 2, 1, 64, seed=2)
-    seg = jnp.zeros((1, 128), jnp.int32).at[:, 90:].set(1)
+    """Causal, packed rows, a block mask, GQA and a ragged length (100): gradients of q, k, v
+    (the backward recomputes in XLA, block by block, in float32)."""
+    length = 100
+    q, k, v = qkv(1, length, 2, 1, 64, seed=2)
+    seg = jnp.zeros((1, length), jnp.int32).at[:, 70:].set(1)
     mask = jnp.array([[1, 0], [0, 1]], bool)[None, None]
-    w = jax.random.normal(jax.random.key(3), (1, 128, 2, 64))
+    w = jax.random.normal(jax.random.key(3), (1, length, 2, 64))
 
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v).astype(w.dtype) * w)
@@ -83,11 +85,10 @@ def test_gradients_through_the_custom_vjp_match_reference():
                                     interpret=True)
 
     def slow(q, k, v):
-        full = jnp.repeat(jnp.repeat(mask, 64, 2), 64, 3)
-        pos = jnp.arange(128)
-        m = full & (pos[None, :] <= pos[:, None]) & (seg[:, None, :, None] == seg[:, None, None, :])
-        from jaxlm.ops.attention import masked_attention
-
+        pos = jnp.arange(length)
+        blocks = mask[:, :, pos // 64][:, :, :, pos // 64]
+        m = (blocks & (pos[None, :] <= pos[:, None])
+             & (seg[:, None, :, None] == seg[:, None, None, :]))
         return masked_attention(q, k, v, m, 64 ** -0.5)
 
     grads = jax.grad(loss(fast), argnums=(0, 1, 2))(q, k, v)
