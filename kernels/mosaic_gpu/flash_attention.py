@@ -264,11 +264,11 @@ def takes(q, k, v, block_size: int, window) -> bool:
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "scale", "block_size", "stages",
-                                             "interpret"))
+                                             "interpret", "detect_races"))
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                     segment_ids: jax.Array | None = None, block_mask: jax.Array | None = None,
                     scale: float | None = None, block_size: int = BLOCK, stages: int = 3,
-                    interpret: bool = False) -> jax.Array:
+                    interpret: bool = False, detect_races: bool = False) -> jax.Array:
     """Block-sparse attention with a Mosaic GPU (Hopper) forward kernel; differentiable (custom
     VJP whose backward recomputes in XLA, block by block, with the same masks: exact, but
     dense work; only the forward is a kernel).
@@ -280,7 +280,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     key blocks it rules out are never fetched. ``scale`` defaults to d^-0.5; ``block_size``:
     the block mask's block, a multiple of 64 (the kernel's blocks are 64; a coarser mask is
     refined to them); ``stages``: depth of the TMA ring; ``interpret``: run in Mosaic GPU's
-    interpreter.
+    interpreter (``detect_races``: with its shared-memory race detection).
     Any length (padded to whole blocks). Returns [batch, length, heads, dv] in q's dtype; a
     query that reads no key gets 0. Raises ValueError for what the kernel cannot take.
     """
@@ -298,5 +298,6 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
         block_mask = jnp.repeat(jnp.repeat(block_mask, r, 2), r, 3)[:, :, :fine, :fine]
     scale = d ** -0.5 if scale is None else float(scale)
     depth = _stages(d, v.shape[-1], jnp.dtype(q.dtype).itemsize, stages)
-    cfg = (causal, scale, depth, compat.interpret_params() if interpret else None)
+    cfg = (causal, scale, depth,
+           compat.interpret_params(detect_races) if interpret else None)
     return _attention(q, k, v, segment_ids, block_mask, cfg)

@@ -2,7 +2,7 @@
 :mod:`jaxlm.kernels.mosaic_gpu.flash_attention`.
 
 On CPU the forward kernel runs in Mosaic GPU's interpreter (TMA ring, barriers and shared
-memory simulated) at tiny shapes: batch 1, 1-2 heads, 2-3 blocks of 64, head dim 64, bfloat16
+memory simulated, races detected in one test) at tiny shapes: batch 1, 1-2 heads, 2-3 blocks of 64, head dim 64, bfloat16
 inputs against the op's float64 reference with the same masks. Its backward is not a kernel (it
 recomputes in XLA block by block); one test checks the gradients. A lowering test runs
 Mosaic GPU's compiler front end for CUDA at head dim 128 and length 1024 on the CPU host; the
@@ -58,11 +58,15 @@ def test_causal_packed_rows_with_gqa_match_reference():
 @pytest.mark.parametrize("causal", [False, True])
 def test_block_mask_skips_blocks_and_matches_reference(causal):
     """A per-head block mask over 3 blocks with skipped blocks; on head 1 query block 1 reads
-    nothing (its output must be 0)."""
+    nothing (its output must be 0). Shared-memory race detection on."""
+    from jaxlm.kernels.mosaic_gpu import compat
+
     q, k, v = qkv(1, 192, 2, 2, 64, seed=1)
     mask = jnp.array([[[1, 0, 1], [1, 1, 0], [0, 1, 1]],
                       [[1, 1, 0], [0, 0, 0], [1, 0, 1]]], bool)[None]
-    out = kernel()(q, k, v, causal=causal, block_mask=mask, interpret=True)
+    compat.reset_races()
+    out = kernel()(q, k, v, causal=causal, block_mask=mask, interpret=True, detect_races=True)
+    assert not compat.races_found()
     ref = block_sparse_attention(*f64(q, k, v), mask, block_size=64, causal=causal,
                                  impl="reference")
     assert rel_err(out, ref) < TOL
