@@ -119,6 +119,24 @@ def test_kernel_lowers_for_cuda_at_production_widths():
     assert "mosaic_gpu" in text
 
 
+def test_pallas_entry_lowers_to_mosaic_gpu_for_cuda_forward_and_backward():
+    """impl='pallas''s entry point, compiled for a GPU with a block mask, runs this kernel
+    (its backward the XLA recomputation)."""
+    from jaxlm.kernels.flash_attention import flash_attention as entry
+
+    spec = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
+    mask = jnp.ones((1, 2, 2, 2), bool)
+
+    def loss(q, k, v):
+        out = entry(q, k, v, block_mask=mask, block_size=128, platform="gpu")
+        return jnp.sum(out.astype(jnp.float32))
+
+    args = (spec(1, 256, 2, 64), spec(1, 256, 1, 64), spec(1, 256, 1, 64))
+    text = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(*args).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "mosaic_gpu" in text and "triton" not in text
+
+
 def test_compiled_gpu_calls_go_to_mosaic_gpu():
     from jaxlm.kernels.flash_attention import _mosaic_gpu_takes
 
