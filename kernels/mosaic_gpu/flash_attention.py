@@ -54,18 +54,18 @@ def _cast(x, layout, interpret):
     return x if interpret is not None else plgpu.layout_cast(x, layout)
 
 
-def _forward(q, k, v, q_seg, k_seg, idx, count, *, heads, groups, mask_heads, mask_batch,
+def _forward(q, k, v, seg, idx, count, *, heads, groups, mask_heads, mask_batch,
              causal, scale, stages, interpret):
     """The kernel on flat heads-first inputs: q [batch * heads, padded, d], k [batch * kv_heads,
-    padded, d], v [batch * kv_heads, padded, dv], q_seg / k_seg float32 [batch, padded]
-    (padded keys carry an id no query has). Returns o [batch * heads, padded, dv]."""
+    padded, d], v [batch * kv_heads, padded, dv], seg int32 [batch, padded] segment ids
+    (padded positions carry an id no real one has). Returns o [batch * heads, padded, dv]."""
     programs, padded, d = q.shape
     dv = v.shape[-1]
     dt = q.dtype
     n = padded // BLOCK
     mma = compat.mma_transforms(dt)
 
-    def body(q_g, k_g, v_g, qs_g, ks_g, idx_g, cnt_g, o_g,
+    def body(q_g, k_g, v_g, seg_g, idx_g, cnt_g, o_g,
              q_s, qs_s, k_r, v_r, ks_r, p_s, o_s, q_bar, bars):
         p = jax.lax.axis_index("program")
         i = jax.lax.axis_index("qblock")
@@ -75,7 +75,7 @@ def _forward(q, k, v, q_seg, k_seg, idx, count, *, heads, groups, mask_heads, ma
         row = ((b if mask_batch > 1 else 0) * mask_heads + (h if mask_heads > 1 else 0)) * n + i
         rows_q = pl.ds(i * BLOCK, BLOCK)
         plgpu.copy_gmem_to_smem(q_g.at[p, rows_q], q_s, q_bar.at[0])
-        plgpu.copy_gmem_to_smem(qs_g.at[b, rows_q], qs_s, q_bar.at[0])
+        plgpu.copy_gmem_to_smem(seg_g.at[b, rows_q], qs_s, q_bar.at[0])
         total = cnt_g[row]
 
         def fetch(step, slot):
@@ -83,7 +83,7 @@ def _forward(q, k, v, q_seg, k_seg, idx, count, *, heads, groups, mask_heads, ma
             rows = pl.ds(j * BLOCK, BLOCK)
             plgpu.copy_gmem_to_smem(k_g.at[kvp, rows], k_r.at[slot], bars.at[slot])
             plgpu.copy_gmem_to_smem(v_g.at[kvp, rows], v_r.at[slot], bars.at[slot])
-            plgpu.copy_gmem_to_smem(ks_g.at[b, rows], ks_r.at[slot], bars.at[slot])
+            plgpu.copy_gmem_to_smem(seg_g.at[b, rows], ks_r.at[slot], bars.at[slot])
 
         for s in range(stages):  # the prologue: the first allowed blocks in flight
             pl.when(s < total)(functools.partial(fetch, s, s))
@@ -129,8 +129,9 @@ def _forward(q, k, v, q_seg, k_seg, idx, count, *, heads, groups, mask_heads, ma
         plgpu.wait_smem_to_gmem(0)
 
     ring = lambda rows, dd, dtype, tr=(): plgpu.SMEM((stages, rows, *dd), dtype, transforms=tr)
-    scratch = [plgpu.SMEM((BLOCK, d), dt, transforms=mma), plgpu.SMEM((BLOCK,), _F32),
-               ring(BLOCK, (d,), dt, mma), ring(BLOCK, (dv,), dt, mma), ring(BLOCK, (), _F32),
+    scratch = [plgpu.SMEM((BLOCK, d), dt, transforms=mma), plgpu.SMEM((BLOCK,), jnp.int32),
+               ring(BLOCK, (d,), dt, mma), ring(BLOCK, (dv,), dt, mma),
+               ring(BLOCK, (), jnp.int32),
                plgpu.SMEM((BLOCK, BLOCK), dt, transforms=mma),
                plgpu.SMEM((BLOCK, dv), dt, transforms=mma),
                plgpu.Barrier(num_arrivals=2, num_barriers=1),
@@ -138,7 +139,7 @@ def _forward(q, k, v, q_seg, k_seg, idx, count, *, heads, groups, mask_heads, ma
     out_type = jax.ShapeDtypeStruct((programs, padded, dv), dt)
     return compat.kernel(body, out_type=out_type, scratch_types=scratch, grid=(programs, n),
                          grid_names=("program", "qblock"), interpret=interpret)(
-        q, k, v, q_seg, k_seg, idx, count)
+        q, k, v, seg, idx, count)
 
 
 def _smem_bytes(d, dv, itemsize, stages):
@@ -222,15 +223,13 @@ def _run(q, k, v, segment_ids, block_mask, cfg):
                                                       (0, 0))).reshape(-1, padded, x.shape[-1])
     seg = (jnp.zeros((batch, length), jnp.int32) if segment_ids is None
            else segment_ids.astype(jnp.int32))
-    # Ids go in as float32 (exact below 2^24 in magnitude; the kernel only compares them).
     # Padded keys get an id below every real one, so no real query reads them; padded queries
     # read only them, and are cut off below.
     low = jnp.min(seg) - 1 if length else 0
-    q_seg = jnp.pad(seg, ((0, 0), (0, padded - length)), constant_values=low).astype(_F32)
-    k_seg = q_seg
+    seg = jnp.pad(seg, ((0, 0), (0, padded - length)), constant_values=low)
     mb, mh = (1, 1) if block_mask is None else block_mask.shape[:2]
     idx, count = block_tables(block_mask, n, causal)
-    o = _forward(flat(q), flat(k), flat(v), q_seg, k_seg, idx, count, heads=heads,
+    o = _forward(flat(q), flat(k), flat(v), seg, idx, count, heads=heads,
                  groups=heads // kv_heads, mask_heads=mh, mask_batch=mb, causal=causal,
                  scale=scale, stages=min(stages, n), interpret=interpret)
     return jnp.moveaxis(o.reshape(batch, heads, padded, dv)[:, :, :length], 1, 2)
@@ -275,7 +274,7 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
 
     q: [batch, length, heads, d]; k: [batch, length, kv_heads, d]; v: [batch, length,
     kv_heads, dv], one 16-bit dtype, d and dv 64 or 128, heads a multiple of kv_heads (GQA);
-    segment_ids: int [batch, length] (packed documents; |id| < 2^24) or None; block_mask: bool
+    segment_ids: int [batch, length] (packed documents) or None; block_mask: bool
     [batch or 1, heads or 1, n, n] with n = ceil(length / block_size), or None (every block):
     key blocks it rules out are never fetched. ``scale`` defaults to d^-0.5; ``block_size``:
     the block mask's block, a multiple of 64 (the kernel's blocks are 64; a coarser mask is
