@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxlm.kernels import blocks
-from jaxlm.kernels.backend import compiler_params, mosaic_gpu_available, target_platform
+from jaxlm.kernels.backend import (compiler_params, mosaic_gpu_available, target_platform,
+                                   triton_available)
 
 _NAME = "flash_attention"
 
@@ -54,11 +55,12 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     Returns [batch, length, heads, dv] in q's dtype; scores and softmax run in float32 or wider.
 
     On TPU (and interpreted on a CPU host) this runs the block-pipelined kernels of
-    :mod:`jaxlm.kernels.tpu.flash_attention`. A compiled GPU call with 16-bit q, k, v, head
+    :mod:`jaxlm.kernels.tpu.flash_attention`. On GPU the whole-row kernels below run through
+    Pallas' Triton lowering (``platform="gpu"``, also interpreted) where the installed JAX
+    still has it; where it does not (JAX 0.12), a compiled GPU call with 16-bit q, k, v, head
     dims 64 or 128, ``block_size`` a multiple of 64 and no window runs the Mosaic GPU (Hopper)
     forward kernel of :mod:`jaxlm.kernels.mosaic_gpu.flash_attention` (its backward
-    recomputes in XLA block by block: exact, dense work); the whole-row kernels below are for the Triton
-    lowering on GPU (``platform="gpu"``, also interpreted).
+    recomputes in XLA block by block: exact, dense work).
     """
     if _mosaic_gpu_takes(q, k, v, window, block_size, interpret, platform):
         from jaxlm.kernels.mosaic_gpu import flash_attention as mgpu
@@ -91,8 +93,11 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
 
 def _mosaic_gpu_takes(q, k, v, window, block_size, interpret, platform) -> bool:
     """Whether a call goes to the Mosaic GPU kernel: compiled for a GPU whose JAX has Mosaic
-    GPU, and a call that kernel takes."""
-    if interpret or target_platform(platform, interpret) != "gpu" or not mosaic_gpu_available():
+    GPU but no longer Pallas' Triton lowering (where Triton is there, its whole-row kernels
+    keep the call: they have a backward kernel, the Mosaic GPU one recomputes in XLA; a device
+    check compares the two), and a call that kernel takes."""
+    if (interpret or target_platform(platform, interpret) != "gpu" or not mosaic_gpu_available()
+            or triton_available()):
         return False
     from jaxlm.kernels.mosaic_gpu import flash_attention as mgpu
 

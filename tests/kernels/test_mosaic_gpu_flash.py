@@ -119,10 +119,14 @@ def test_kernel_lowers_for_cuda_at_production_widths():
     assert "mosaic_gpu" in text
 
 
-def test_pallas_entry_lowers_to_mosaic_gpu_for_cuda_forward_and_backward():
-    """impl='pallas''s entry point, compiled for a GPU with a block mask, runs this kernel
-    (its backward the XLA recomputation)."""
-    from jaxlm.kernels.flash_attention import flash_attention as entry
+def test_pallas_entry_lowers_to_mosaic_gpu_for_cuda_forward_and_backward(monkeypatch):
+    """impl='pallas''s entry point, compiled for a GPU with a block mask and a JAX without
+    the Triton lowering (0.12), runs this kernel (its backward the XLA recomputation)."""
+    from jaxlm.kernels import flash_attention as flash
+
+    monkeypatch.setattr(flash, "triton_available", lambda: False)
+    entry = flash.flash_attention.__wrapped__ if hasattr(flash.flash_attention, "__wrapped__") \
+        else flash.flash_attention
 
     spec = lambda *s, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(s, dtype)
     mask = jnp.ones((1, 2, 2, 2), bool)
@@ -137,10 +141,14 @@ def test_pallas_entry_lowers_to_mosaic_gpu_for_cuda_forward_and_backward():
     assert "mosaic_gpu" in text and "triton" not in text
 
 
-def test_compiled_gpu_calls_go_to_mosaic_gpu():
+def test_compiled_gpu_calls_go_to_mosaic_gpu_where_triton_is_gone(monkeypatch):
+    from jaxlm.kernels import flash_attention as flash
     from jaxlm.kernels.flash_attention import _mosaic_gpu_takes
 
     q, k, v = qkv(1, 64, 2, 1, 64)
+    monkeypatch.setattr(flash, "triton_available", lambda: True)
+    assert not _mosaic_gpu_takes(q, k, v, None, 64, False, "gpu")  # Triton's kernels keep it
+    monkeypatch.setattr(flash, "triton_available", lambda: False)
     assert _mosaic_gpu_takes(q, k, v, None, 64, False, "gpu")
     assert _mosaic_gpu_takes(q, k, v, None, 128, False, "gpu")  # mask refined to 64
     assert not _mosaic_gpu_takes(q, k, v, None, 64, True, "gpu")  # interpreted
