@@ -28,7 +28,7 @@ def gla_inputs(batch, heads, length, dk, dv, per_channel, seed=0):
 
 @pytest.mark.parametrize("per_channel,pieces", [(False, 2), (True, 3)])
 def test_gla_split_equals_whole_row(per_channel, pieces):
-    args = gla_inputs(2, 2, 45, 4, 3, per_channel)  # ragged: 45 = 3 pieces of 16, padded
+    args = gla_inputs(1, 2, 45, 4, 3, per_channel)  # ragged: 45 = 3 pieces of 16, padded
     out, final = split.gated_linear_attention(gla_reference, *args, pieces=pieces, chunk=8)
     ref_out, ref_final = gla_reference(*args)
     assert out.shape == ref_out.shape and rel_err(out, ref_out) < 1e-10
@@ -57,7 +57,7 @@ def test_gla_split_keeps_a_nan_out_of_a_later_document():
 
 
 def test_delta_rule_split_equals_whole_row():
-    batch, heads, length, dk, dv = 1, 2, 37, 4, 3
+    batch, heads, length, dk, dv = 1, 1, 37, 4, 3
     ks = jax.random.split(jax.random.key(1), 6)
     normal = lambda i, shape: jax.random.normal(ks[i], shape, jnp.float64)
     q = normal(0, (batch, heads, length, dk))
@@ -65,7 +65,7 @@ def test_delta_rule_split_equals_whole_row():
     k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
     v = normal(2, (batch, heads, length, dv))
     beta = jax.nn.sigmoid(normal(3, (batch, heads, length)))
-    log_a = (-jax.nn.softplus(normal(4, (batch, heads, length)))).at[0, 1, 20].set(-40.0)
+    log_a = (-jax.nn.softplus(normal(4, (batch, heads, length)))).at[0, 0, 20].set(-40.0)
     starts = jnp.zeros((batch, length), bool).at[:, 11].set(True)
     state = normal(5, (batch, heads, dk, dv))
     args = (q, k, v, (beta, log_a), starts, state)
