@@ -52,7 +52,7 @@ from jax.experimental import pallas as pl
 from jaxlm.kernels import blocks
 from jaxlm.kernels.mosaic_gpu import compat
 from jaxlm.kernels.mosaic_gpu.compat import plgpu
-from jaxlm.kernels.mosaic_gpu.linear_attention import (CHUNK, _check, _decay_matrix,
+from jaxlm.kernels.mosaic_gpu.linear_attention import (CHUNK, _check, _decay_matrix, _emit,
                                                         _load_state, _ring, _rows, _walk,
                                                         decay_factors, program_rows)
 from jaxlm.ops.delta_rule import forward_substitution, with_closed_form_vjp
@@ -263,13 +263,6 @@ def _backward(q, k, w, u, b, seg, qd, kd, c, states, d_o, d_final, *, stages, in
         fetch, wait = _ring(ins, (q_r, k_r, w_r, u_r, do_r, b_r, seg_r, qd_r, kd_r, c_r),
                             bars, stages, n, order)
 
-        def emit(value, smem, gmem):
-            """Registers -> SMEM -> GMEM, the SMEM buffer free again on return."""
-            smem[...] = value
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(smem, gmem)
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
         def step(i, slot, ds):
             chunk = order(i)
             rows_c, rows_k = pl.ds(chunk * CHUNK, CHUNK), pl.ds(chunk * dk, dk)
@@ -282,11 +275,11 @@ def _backward(q, k, w, u, b, seg, qd, kd, c, states, d_o, d_final, *, stages, in
             scores = compat.mma(q_s, compat.T(k_s), (CHUNK, CHUNK), interpret) * decay
             cc16[...] = scores.astype(dt)
             plgpu.commit_smem()
-            emit(jnp.sum(s * ds, axis=1), vec_k, dc_g.at[p, j, rows_k])
+            _emit(jnp.sum(s * ds, axis=1), vec_k, dc_g.at[p, j, rows_k])
             upd = (compat.load(u_r.at[slot], wgmma, interpret).astype(_F32)
                    - compat.mma(w_s, s16, (CHUNK, TILE), interpret))  # U = Ũ - W S
             z = compat.mma(k_s, ds16, (CHUNK, TILE), interpret)  # K dS'
-            emit(jnp.sum(upd * z, axis=1), vec_c, dkd_g.at[p, j, rows_c])
+            _emit(jnp.sum(upd * z, axis=1), vec_c, dkd_g.at[p, j, rows_c])
             a16[...] = upd.astype(dt)
             d_u = (compat.mma(compat.T(cc16), do_s, (CHUNK, TILE), interpret)
                    + z * bc(kd_r.at[slot], TILE))
@@ -295,21 +288,21 @@ def _backward(q, k, w, u, b, seg, qd, kd, c, states, d_o, d_final, *, stages, in
             plgpu.copy_smem_to_gmem(du16, du_g.at[p, rows_c, cols])  # dŨ = dU
             d_scores = compat.mma(do_s, compat.T(a16), (CHUNK, CHUNK), interpret)  # dO Uᵀ
             grad = d_scores * scores  # dΓ ⊙ Γ: the gradient of each b_t - b_s
-            emit(jnp.sum(grad, axis=1), vec_c, dbr_g.at[p, j, rows_c])
-            emit(jnp.sum(grad, axis=0), vec_c, dbc_g.at[p, j, rows_c])
+            _emit(jnp.sum(grad, axis=1), vec_c, dbr_g.at[p, j, rows_c])
+            _emit(jnp.sum(grad, axis=0), vec_c, dbc_g.at[p, j, rows_c])
             cc16[...] = (d_scores * decay).astype(dt)
             plgpu.commit_smem()
             x = compat.mma(do_s, compat.T(s16), (CHUNK, dk), interpret)  # dO Sᵀ
             q_reg = compat.load(q_s, wgmma, interpret).astype(_F32)
-            emit(jnp.sum(x * q_reg, axis=1), vec_c, dqd_g.at[p, j, rows_c])
+            _emit(jnp.sum(x * q_reg, axis=1), vec_c, dqd_g.at[p, j, rows_c])
             d_q = compat.mma(cc16, k_s, (CHUNK, dk), interpret) + x * bc(qd_r.at[slot], dk)
-            emit(d_q.astype(dt), out_k, dq_g.at[p, j, rows_c])
+            _emit(d_q.astype(dt), out_k, dq_g.at[p, j, rows_c])
             d_k = (compat.mma(compat.T(cc16), q_s, (CHUNK, dk), interpret)
                    + compat.mma(a16, compat.T(ds16), (CHUNK, dk), interpret)
                    * bc(kd_r.at[slot], dk))  # diag(kd) U dS'ᵀ
-            emit(d_k.astype(dt), out_k, dk_g.at[p, j, rows_c])
+            _emit(d_k.astype(dt), out_k, dk_g.at[p, j, rows_c])
             d_w = -compat.mma(du16, compat.T(s16), (CHUNK, dk), interpret)
-            emit(d_w.astype(dt), out_k, dw_g.at[p, j, rows_c])
+            _emit(d_w.astype(dt), out_k, dw_g.at[p, j, rows_c])
             do_reg = compat.load(do_s, wgmma, interpret).astype(_F32)
             a16[...] = (do_reg * bc(qd_r.at[slot], TILE)).astype(dt)  # diag(γ) dO
             plgpu.commit_smem()

@@ -142,6 +142,14 @@ def _walk(n, stages, fetch, wait, step, carry):
     return jax.lax.fori_loop(jnp.int32(0), jnp.int32(n), body, carry)
 
 
+def _emit(value, smem, gmem):
+    """Registers -> SMEM -> GMEM inside a kernel, the SMEM buffer free again on return."""
+    smem[...] = value
+    plgpu.commit_smem()
+    plgpu.copy_smem_to_gmem(smem, gmem)
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+
+
 def _load_state(gmem, interpret):
     """A float32 [d_k, d_v] state straight from GMEM into WGMMA-layout registers."""
     return compat.load(gmem, plgpu.Layout.WGMMA, interpret, optimized=False)
@@ -263,13 +271,6 @@ def _backward(q, k, v, b, seg, qd, kd, c, states, d_o, d_final, *, stages, inter
         fetch, wait = _ring(ins, (q_r, k_r, v_r, do_r, b_r, seg_r, qd_r, kd_r, c_r), bars,
                             stages, n, order)
 
-        def emit(value, smem, gmem):
-            """Registers -> SMEM -> GMEM, the SMEM buffer free again on return."""
-            smem[...] = value
-            plgpu.commit_smem()
-            plgpu.copy_smem_to_gmem(smem, gmem)
-            plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-
         def step(i, slot, ds):
             chunk = order(i)
             rows_c, rows_k = pl.ds(chunk * CHUNK, CHUNK), pl.ds(chunk * dk, dk)
@@ -289,24 +290,24 @@ def _backward(q, k, v, b, seg, qd, kd, c, states, d_o, d_final, *, stages, inter
             da16[...] = (d_scores * decay).astype(dt)
             plgpu.commit_smem()
             grad = d_scores * scores  # dD ⊙ D: the gradient of each b_t - b_s
-            emit(jnp.sum(grad, axis=1), vec_c, dbr_g.at[p, rows_c])
-            emit(jnp.sum(grad, axis=0), vec_c, dbc_g.at[p, rows_c])
+            _emit(jnp.sum(grad, axis=1), vec_c, dbr_g.at[p, rows_c])
+            _emit(jnp.sum(grad, axis=0), vec_c, dbc_g.at[p, rows_c])
             x = compat.mma(do_s, compat.T(s16), (CHUNK, dk), interpret)  # dO Sᵀ
             q_reg = compat.load(q_s, row, interpret).astype(_F32)
-            emit(jnp.sum(x * q_reg, axis=1), vec_c, dqd_g.at[p, rows_c])
+            _emit(jnp.sum(x * q_reg, axis=1), vec_c, dqd_g.at[p, rows_c])
             d_q = compat.mma(da16, k_s, (CHUNK, dk), interpret) + x * bc(qd_rows, dk)
-            emit(d_q.astype(dt), out_c, dq_g.at[p, rows_c])
+            _emit(d_q.astype(dt), out_c, dq_g.at[p, rows_c])
             y = compat.mma(v_s, compat.T(ds16), (CHUNK, dk), interpret)  # V dS'ᵀ
             k_reg = compat.load(k_s, row, interpret).astype(_F32)
-            emit(jnp.sum(y * k_reg, axis=1), vec_c, dkd_g.at[p, rows_c])
+            _emit(jnp.sum(y * k_reg, axis=1), vec_c, dkd_g.at[p, rows_c])
             d_k = compat.mma(compat.T(da16), q_s, (CHUNK, dk), interpret) + y * bc(kd_rows, dk)
-            emit(d_k.astype(dt), out_c.at[:, pl.ds(0, dk)] if dk != out_c.shape[1] else out_c,
+            _emit(d_k.astype(dt), out_c.at[:, pl.ds(0, dk)] if dk != out_c.shape[1] else out_c,
                  dk_g.at[p, rows_c])
             z = compat.mma(k_s, ds16, (CHUNK, dv), interpret)  # K dS'
             d_v = compat.mma(compat.T(p16), do_s, (CHUNK, dv), interpret) + z * bc(kd_rows, dv)
-            emit(d_v.astype(dt), out_c.at[:, pl.ds(0, dv)] if dv != out_c.shape[1] else out_c,
+            _emit(d_v.astype(dt), out_c.at[:, pl.ds(0, dv)] if dv != out_c.shape[1] else out_c,
                  dv_g.at[p, rows_c])
-            emit(jnp.sum(s * ds, axis=1), vec_k, dc_g.at[p, rows_k])
+            _emit(jnp.sum(s * ds, axis=1), vec_k, dc_g.at[p, rows_k])
             c_rows = _rows(c_r.at[slot], (dk, dv), interpret)
             return ds * c_rows + compat.mma(compat.T(q_s), doq16, (dk, dv), interpret)
 
