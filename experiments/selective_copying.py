@@ -1,6 +1,9 @@
 """Selective copying (Mamba Table 1): recall the few data tokens scattered among noise, in order.
 
 Run:  jaxlm sweep experiments/selective_copying.py     (CPU: 25 minutes measured, 16 of them Mamba)
+      jaxlm sweep experiments/selective_copying.py --preset zoology --stack
+      (Zoology's protocol: each model at four learning rates, trained as one stacked program,
+      reported at its best rate)
 Rows of 128 positions: 8 data tokens (vocab 16) at random places among 120 noise tokens, then 8
 markers where the model must write the data tokens in order. 2-layer models of width 64, 3000
 steps of fresh data (at 1500 Mamba was still climbing, at 0.43). The finding: a time-invariant
@@ -15,7 +18,10 @@ from jaxlm.layers import AttentionConfig, H3Config, MambaConfig, S4DConfig
 from jaxlm.models import ModelConfig
 from jaxlm.runner import grid
 
-PRESETS = {"full": {"data.selective_copy.seq_len": 4096, "data.selective_copy.num_tokens": 16,
+from mqar_width import ZOOLOGY
+
+PRESETS = {"zoology": ZOOLOGY,
+           "full": {"data.selective_copy.seq_len": 4096, "data.selective_copy.num_tokens": 16,
                     "train.steps": 400_000, "train.batch_size": 64}}
 
 
