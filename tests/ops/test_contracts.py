@@ -251,10 +251,12 @@ def _random_gates(shape, seed):
     return jnp.where(jnp.asarray(cut), -jnp.inf, g)
 
 
-@pytest.mark.parametrize("name", ["gla_per_channel", "gla_per_head", "gated_delta_rule", "ssd"])
+@pytest.mark.parametrize("name", ["gla_per_channel", "gla_per_head", "gated_delta_rule", "ssd",
+                                  "selective_scan"])
 def test_random_gates_with_resets_match_the_reference(name):
-    """Gates with about one -inf in four (chunks of 3, length 7): the xla form equals the
-    float64 reference, values and gradients, and every gradient is finite."""
+    """Gates with about one -inf in four (chunks of 3, length 7; for the SSMs A = -inf in one
+    channel): the xla form equals the float64 reference, values and gradients, and every
+    gradient is finite."""
     q, k, v = _inputs(1)
     k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
     g4 = _random_gates((1, L, 2, 4), 5)
@@ -267,9 +269,12 @@ def test_random_gates_with_resets_match_the_reference(name):
             return ops.gated_linear_attention(q, k, v, g4[..., 0], chunk_size=3, impl=impl)
         if name == "gated_delta_rule":
             return ops.gated_delta_rule(q, k, v, beta, g4[..., 0], chunk_size=3, impl=impl)
-        # Head 1: dt·A underflows exp to 0 at every step (A = -inf itself would make the
-        # gradient of dt·A with respect to dt -inf · 0, in the definition too).
-        A = jnp.array([-1.0, -1e300])
+        if name == "selective_scan":  # channel 1, state 0: a reset at every step
+            A = jnp.array([[-1.0, -0.5], [-jnp.inf, -0.3]])
+            return ops.selective_scan(v[..., 0], jax.nn.softplus(q[..., 0]), A,
+                                      k[:, :, 0, :2], q[:, :, 1, :2], chunk_size=3, impl=impl)
+        # Head 1: dt·A = -inf, a reset at every step (finite gradients in dt too).
+        A = jnp.array([-1.0, -jnp.inf])
         return ops.ssd(v, jax.nn.softplus(q[..., 0]), A, k[:, :, :1], q[:, :, :1],
                        chunk_size=3, impl=impl)
 
