@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stack", action="store_true",
                    help="train the points that share the model's shapes (learning rates, "
                         "seeds, weight decay, data seeds) as one vmapped program each")
+    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="run only the sweep points with these values, e.g. --only "
+                        "model.d_model=32 (a slice of the grid; the table covers what --out "
+                        "holds)")
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 
@@ -128,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {convert(args.path, args.to)}")
     elif args.command == "sweep":
         experiment = runner.load_experiment(args.config, args.overrides, args.preset)
-        experiment = runner.with_seeds(experiment, args.seeds)
+        experiment = runner.with_seeds(runner.with_only(experiment, args.only), args.seeds)
         out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
         runner.run_sweep(experiment, out, progress=not args.no_progress, workers=args.workers,
                          stack=args.stack)

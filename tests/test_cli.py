@@ -78,6 +78,8 @@ def test_sweep_with_seeds(experiment, tmp_path, capsys):
         "pattern=attention_window,seed=3", "pattern=attention_window,seed=4"]
     assert main(args + ["--seeds", "0"]) == 2
     assert "seeds must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(args + ["--only", "model.pattern=gla"]) == 2
+    assert "no sweep point has model.pattern=gla" in capsys.readouterr().err
 
 
 def test_sweep_with_worker_processes(experiment, tmp_path, capsys):

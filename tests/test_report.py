@@ -61,3 +61,26 @@ def test_seed_axis_is_added_once():
     assert with_seeds(experiment, 1) is experiment
     with pytest.raises(ConfigError, match="already sets train.seed"):
         with_seeds(seeded, 2)
+
+
+def test_only_keeps_a_slice_of_the_grid():
+    """``with_only`` (``jaxlm sweep --only``) keeps the points with the given values, read by
+    the field's type; a key a point leaves at the base value matches it; no match is an error
+    listing the sweep's values."""
+    from jaxlm.config import Config, ConfigError
+    from jaxlm.runner import Experiment, grid, with_only
+    base = Config()
+    points = grid({"model.pattern": ["attention", "gla"], "model.d_model": [32, 64]})
+    experiment = Experiment("x.py", base, points + [{"train.steps": 7}])
+    assert with_only(experiment, ["model.d_model=32"]).points == [
+        {"model.pattern": "attention", "model.d_model": 32},
+        {"model.pattern": "gla", "model.d_model": 32}]
+    assert with_only(experiment, ["model.d_model=32", "model.pattern=gla"]).points == [
+        {"model.pattern": "gla", "model.d_model": 32}]
+    at_base = with_only(experiment, [f"model.d_model={base.model.d_model}"]).points
+    assert {"train.steps": 7} in at_base
+    assert with_only(experiment, []).points == experiment.points
+    with pytest.raises(ConfigError, match=r"no sweep point has model.d_model=48 .*32, 64"):
+        with_only(experiment, ["model.d_model=48"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        with_only(experiment, ["model.d_model"])

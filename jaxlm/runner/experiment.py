@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxlm.config import Config, ConfigError, apply_overrides
+from jaxlm.config import Config, ConfigError, apply_overrides, parse_override
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +136,34 @@ def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
     points = [{**point, "train.seed": first + i} for point in experiment.points
               for i in range(seeds)]
     return dataclasses.replace(experiment, points=points)
+
+
+def with_only(experiment: Experiment, conditions: Sequence[str]) -> Experiment:
+    """The points of ``experiment`` whose config has every ``"key=value"`` of ``conditions``
+    (a slice of a grid, e.g. ``["model.d_model=32"]``); values are read by the field's type,
+    so ``model.d_model=32`` and a point's 32 agree, and a key the point leaves at the base
+    value matches that value. Raises ``ConfigError`` naming the condition and the values the
+    sweep has when no point is left."""
+    points = list(experiment.points)
+    for condition in conditions:
+        key, _ = parse_override(condition)
+        want = _config_value(apply_overrides(experiment.base, [condition]), key)
+        have = [_config_value(apply_overrides(experiment.base, point), key) for point in points]
+        kept = [point for point, value in zip(points, have) if value == want]
+        if not kept:
+            choices = sorted({repr(value) for value in have})
+            raise ConfigError(f"{experiment.path}: no sweep point has {condition} (its "
+                              f"{key} values: {', '.join(choices)})")
+        points = kept
+    return dataclasses.replace(experiment, points=points)
+
+
+def _config_value(config: Config, key: str) -> Any:
+    """The value of a dotted key, e.g. ``_config_value(c, "model.d_model")``."""
+    value = config
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def run_name(point: Mapping[str, Any]) -> str:
