@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                         "seeds, weight decay, data seeds) as one vmapped program each")
     p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE",
                    help="run only the sweep points with these values, e.g. --only "
-                        "model.d_model=32 (a slice of the grid; the table covers what --out "
-                        "holds)")
+                        "model.d_model=32 (a slice of the grid; the table shows every point "
+                        "of the grid with a result in --out)")
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {convert(args.path, args.to)}")
     elif args.command == "sweep":
         experiment = runner.load_experiment(args.config, args.overrides, args.preset)
-        experiment = runner.with_seeds(runner.with_only(experiment, args.only), args.seeds)
+        experiment = runner.with_only(runner.with_seeds(experiment, args.seeds), args.only)
         out = pathlib.Path(args.out or f"runs/{experiment.base.name}")
         runner.run_sweep(experiment, out, progress=not args.no_progress, workers=args.workers,
                          stack=args.stack)

@@ -68,7 +68,7 @@ def test_only_keeps_a_slice_of_the_grid():
     the field's type; a key a point leaves at the base value matches it; no match is an error
     listing the sweep's values."""
     from jaxlm.config import Config, ConfigError
-    from jaxlm.runner import Experiment, grid, with_only
+    from jaxlm.runner import Experiment, grid, with_only, with_seeds
     base = Config()
     points = grid({"model.pattern": ["attention", "gla"], "model.d_model": [32, 64]})
     experiment = Experiment("x.py", base, points + [{"train.steps": 7}])
@@ -84,3 +84,26 @@ def test_only_keeps_a_slice_of_the_grid():
         with_only(experiment, ["model.d_model=48"])
     with pytest.raises(ConfigError, match="must look like key=value"):
         with_only(experiment, ["model.d_model"])
+    with pytest.raises(ConfigError, match="--only model.width=3: .*width"):
+        with_only(experiment, ["model.width=3"])
+    # A slice keeps the whole sweep's run names and tabulates the whole sweep; seeds apply
+    # to both.
+    sliced = with_only(experiment, ["model.pattern=gla"])
+    assert sliced.run_names() == ["pattern=gla,d_model=32", "pattern=gla,d_model=64"]
+    assert sliced.tabulated_names() == experiment.run_names()
+    seeded = with_seeds(sliced, 2)
+    assert seeded.run_names() == [f"pattern=gla,d_model={w},seed={s}" for w in (32, 64)
+                                  for s in (0, 1)]
+    assert len(seeded.tabulated_names()) == 2 * len(experiment.points)
+
+
+def test_only_reads_a_value_within_each_point():
+    """token_free.py's subword point sets data.text.subword_vocab and model.vocab_size
+    together: --only data.text.subword_vocab=1024 finds it although the base config alone
+    would refuse that value."""
+    import pathlib
+
+    from jaxlm.runner import load_experiment, with_only
+    path = pathlib.Path(__file__).parents[1] / "experiments" / "token_free.py"
+    points = with_only(load_experiment(path), ["data.text.subword_vocab=1024"]).points
+    assert [p["data.text.subword_vocab"] for p in points] == [1024]

@@ -101,6 +101,7 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     dt = delta.astype(acc) + (0 if delta_bias is None else delta_bias.astype(acc))
     if delta_softplus:
         dt = jax.nn.softplus(dt)
+    A = finite_rate(A, acc)
     state = (jnp.zeros((batch, d_inner, d_state), acc) if initial_state is None
              else initial_state.astype(acc))
     if batch == 0 or length == 0:
@@ -110,14 +111,14 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     # Per-token decay and input: [batch, length, d_inner, d_state] (formed a chunk at a time).
     parts = (dt, u.astype(acc), B.astype(acc), C.astype(acc), starts)
     if chosen is Impl.REFERENCE:
-        y, state = _scan_reference(parts, A.astype(acc), state)
+        y, state = _scan_reference(parts, A, state)
     elif chosen.is_pallas:
         from jaxlm.kernels.selective_scan import selective_scan as kernel
 
         y, state = kernel(u, dt, A, B[:, :, 0], C[:, :, 0], starts, state,
                           interpret=chosen.interpret)
     else:
-        y, state = _scan_chunked(parts, A.astype(acc), state, max(1, min(chunk_size, length)))
+        y, state = _scan_chunked(parts, A, state, max(1, min(chunk_size, length)))
     if D is not None:
         y = y + D.astype(acc) * u.astype(acc)
     if z is not None:
@@ -125,6 +126,16 @@ def selective_scan(u: jax.Array, delta: jax.Array, A: jax.Array, B: jax.Array, C
     y, state = finish(y, state)
     y = y.astype(u.dtype)
     return (y, state) if return_final_state else y
+
+
+def finite_rate(A: jax.Array, acc) -> jax.Array:
+    """A in ``acc`` with -inf replaced by the most negative finite value: exp(Δ·A) is still 0
+    (a full reset) for every Δ above about 3e-37 in float32 (4e-306 in float64), but Δ = 0
+    (the chunked forms' padding) gives exp(0) = 1 instead of exp(0·(-inf)) = NaN, and the
+    gradient of exp(Δ·A) in Δ is 0·A = 0 instead of 0·(-inf) = NaN. Finite A is unchanged
+    (gradient 1); the gradient at -inf is 0."""
+    A = A.astype(acc)
+    return jnp.where(jnp.isneginf(A), jnp.finfo(acc).min, A)
 
 
 def _grouped(op, name, x, batch, length, d_inner, d_state):
@@ -253,7 +264,7 @@ def ssd(x: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: jax.Array, *
     q = jnp.repeat(C, heads // groups, axis=2).astype(acc)
     k = jnp.repeat(B, heads // groups, axis=2).astype(acc)
     v = (dt[..., None] * x).astype(acc)
-    log_g = (dt * A).astype(acc)
+    log_g = dt.astype(acc) * finite_rate(A, acc)
     if chosen is Impl.REFERENCE:
         y, state = _ssd_reference(q, k, v, log_g, segment_ids, initial_state, acc)
     else:  # gated linear attention keeps its state as [.., d_state, head_dim]: transpose

@@ -28,6 +28,25 @@ class Experiment:
     # config keys of sweep axes whose best run per setting the report shows (a preset's
     # "best_of", e.g. Zoology's learning rates)
     best_of: tuple[str, ...] = ()
+    # the whole sweep when ``points`` is a slice of it (``with_only``): the report tabulates
+    # every point of it that has a result; None: ``points``
+    tabulated: list[dict[str, Any]] | None = None
+
+    def run_names(self) -> list[str]:
+        """Each point's run directory name, as in the whole sweep (a slice keeps its names)."""
+        whole = self.points if self.tabulated is None else self.tabulated
+        names = [run_name(p) for p in whole]
+        if len(set(names)) != len(names):
+            names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
+        if self.tabulated is None:
+            return names
+        return [names[whole.index(point)] for point in self.points]
+
+    def tabulated_names(self) -> list[str]:
+        """The run names the report covers: the whole sweep's, when this is a slice."""
+        if self.tabulated is None:
+            return self.run_names()
+        return dataclasses.replace(self, points=self.tabulated, tabulated=None).run_names()
 
     def configs(self) -> list[Config]:
         """Every run's config, validated (all before any run starts); an invalid one raises
@@ -133,29 +152,54 @@ def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
         raise ConfigError(f"{experiment.path}: its sweep already sets train.seed (e.g. "
                           f"{swept[0]}); leave out seeds={seeds} or the sweep's seed axis")
     first = experiment.base.train.seed
-    points = [{**point, "train.seed": first + i} for point in experiment.points
-              for i in range(seeds)]
-    return dataclasses.replace(experiment, points=points)
+    seeded = lambda points: [{**point, "train.seed": first + i} for point in points
+                             for i in range(seeds)]
+    tabulated = experiment.tabulated
+    return dataclasses.replace(experiment, points=seeded(experiment.points),
+                               tabulated=None if tabulated is None else seeded(tabulated))
 
 
 def with_only(experiment: Experiment, conditions: Sequence[str]) -> Experiment:
     """The points of ``experiment`` whose config has every ``"key=value"`` of ``conditions``
-    (a slice of a grid, e.g. ``["model.d_model=32"]``); values are read by the field's type,
-    so ``model.d_model=32`` and a point's 32 agree, and a key the point leaves at the base
-    value matches that value. Raises ``ConfigError`` naming the condition and the values the
-    sweep has when no point is left."""
+    (a slice of a grid, e.g. ``["model.d_model=32"]``; ``jaxlm sweep --only``). Values are read
+    by the field's type within each point's config, so ``model.d_model=32`` and a point's 32
+    agree, and a key a point leaves at the base value matches that value. The slice keeps the
+    whole sweep as ``tabulated``, so its run names and the report's table are the whole
+    sweep's. Raises ``ConfigError`` naming the condition and the values the sweep has when no
+    point is left, or the condition's own error (an unknown key, a value of the wrong type)."""
+    if not conditions:
+        return experiment
+    whole = experiment.points if experiment.tabulated is None else experiment.tabulated
     points = list(experiment.points)
     for condition in conditions:
         key, _ = parse_override(condition)
-        want = _config_value(apply_overrides(experiment.base, [condition]), key)
-        have = [_config_value(apply_overrides(experiment.base, point), key) for point in points]
-        kept = [point for point, value in zip(points, have) if value == want]
+        kept, have, errors = [], [], []
+        for point in points:
+            config = apply_overrides(experiment.base, point)
+            try:  # an unknown key or a bad value, or one this point's other settings refuse
+                want = _config_value(apply_overrides(config, [condition]), key)
+            except ConfigError as e:
+                errors.append(e)
+                continue
+            have.append(_config_value(config, key))
+            if want == have[-1]:
+                kept.append(point)
         if not kept:
-            choices = sorted({repr(value) for value in have})
-            raise ConfigError(f"{experiment.path}: no sweep point has {condition} (its "
-                              f"{key} values: {', '.join(choices)})")
+            if not have:
+                raise ConfigError(f"{experiment.path}: --only {condition}: {errors[0]}")
+            values = ", ".join(repr(v) for v in _sorted_values(have))
+            raise ConfigError(f"{experiment.path}: no sweep point has {condition} (the "
+                              f"points' {key}: {values})")
         points = kept
-    return dataclasses.replace(experiment, points=points)
+    return dataclasses.replace(experiment, points=points, tabulated=list(whole))
+
+
+def _sorted_values(values: Sequence[Any]) -> list[Any]:
+    unique = list(dict.fromkeys(values))
+    try:
+        return sorted(unique)
+    except TypeError:
+        return sorted(unique, key=repr)
 
 
 def _config_value(config: Config, key: str) -> Any:

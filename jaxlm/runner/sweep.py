@@ -18,7 +18,7 @@ from jaxlm.config import (Config, ConfigError, apply_overrides, load_config, sav
                           to_dict)
 from jaxlm.models import pretrained_config
 from jaxlm.probes import evaluate
-from jaxlm.runner.experiment import Experiment, run_name
+from jaxlm.runner.experiment import Experiment
 from jaxlm.runner.report import RESULTS, TASK_COLUMNS, write_report
 from jaxlm.train import (Checkpointer, build_model, init_train_state, make_optimizer,
                          merge_model, train)
@@ -91,16 +91,16 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
     faster than one run at a time). With ``stack=True`` the pending points that share the
     model's shapes train together as one program (:func:`jaxlm.runner.stacked.run_stacked`),
     each into its own run directory as a separate run would. The rows go
-    to ``out_dir/results.jsonl`` and the table to ``results.{md,csv,png}``.
+    to ``out_dir/results.jsonl`` and the table to ``results.{md,csv,png}``; for a slice of a
+    sweep (:func:`~jaxlm.runner.experiment.with_only`) they cover every point of the whole
+    sweep that has a result in ``out_dir``.
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     configs = experiment.configs()  # every point validated before anything trains
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [run_name(p) for p in experiment.points]
-    if len(set(names)) != len(names):
-        names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
+    names = experiment.run_names()
     pending = []
     for i, name in enumerate(names):
         if (out_dir / name / RESULT).exists():
@@ -120,7 +120,8 @@ def run_sweep(experiment: Experiment, out_dir: str | pathlib.Path, *,
         for i in pending:
             log(f"[{i + 1}/{len(configs)}] {names[i]}")
             run_one(configs[i], out_dir / names[i], name=names[i], progress=progress)
-    rows = [json.loads((out_dir / name / RESULT).read_text()) for name in names]
+    rows = [json.loads((out_dir / name / RESULT).read_text())
+            for name in experiment.tabulated_names() if (out_dir / name / RESULT).exists()]
     with open(out_dir / RESULTS, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     write_report(rows, out_dir, title=experiment.base.name, best_of=experiment.best_of)
