@@ -5,8 +5,8 @@ The quickstart's data, model width and optimizer (see quickstart.py), 2000 steps
 per mixer: attention and its sparse forms (top-k blocks, landmark attention, k-means
 routing), the linear-attention family, the state-space family, the nonlinear RNNs (LSTM, GRU,
 sLSTM), PoNet's causal pooling, Combiner and Core Context Aware attention (blocks / groups of
-8: 8 per row), LongVQ's quantised-key attention and one hybrid. About 45 minutes on 2 CPU
-cores; the table is in RESULTS.md.
+8: 8 per row), LongVQ's quantised-key attention and one hybrid. About 90 minutes of training on one CPU core
+(the rows' train_s; LongVQ and Mamba are a third of it); the table is in RESULTS.md.
 """
 
 import dataclasses
