@@ -107,3 +107,21 @@ def test_only_reads_a_value_within_each_point():
     path = pathlib.Path(__file__).parents[1] / "experiments" / "token_free.py"
     points = with_only(load_experiment(path), ["data.text.subword_vocab=1024"]).points
     assert [p["data.text.subword_vocab"] for p in points] == [1024]
+
+
+def test_a_sweep_axis_the_columns_do_not_show_gets_a_column(tmp_path):
+    """Runs that differ only in an axis no column shows (here ``train.input_mask_rate``) get
+    that axis as a column, after ``model``; an axis a column already shows (``d_model``) or
+    the model (``pattern``) does not."""
+    rows = [{**mqar_row(p, 64, s, acc), "run": f"pattern={p},input_mask_rate={rate},seed={s}"}
+            for p, rate, s, acc in [("attention", 0.0, 0, 0.9), ("attention", 0.0, 1, 0.8),
+                                    ("attention", 0.15, 0, 0.3), ("attention", 0.15, 1, 0.2),
+                                    ("h3", 0.0, 0, 0.4), ("h3", 0.0, 1, 0.4),
+                                    ("h3", 0.15, 0, 0.3), ("h3", 0.15, 1, 0.3)]]
+    text = write_report(rows, tmp_path)
+    assert "| model | input_mask_rate | d_model |" in text
+    assert "| attention | 0.15 | 64 |" in text  # the mean over seeds, and every run
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith(
+        "model,input_mask_rate,d_model")
+    plain = write_report(ROWS, tmp_path)  # d_model and pattern are columns already
+    assert "input_mask_rate" not in plain and "| model | d_model |" in plain

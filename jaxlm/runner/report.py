@@ -32,20 +32,53 @@ _SWEPT = re.compile(r"^(accuracy|error|least_squares|averaging|decipher)@\d+$")
 _SEED_AXIS = re.compile(r"(^|,)seed=[^,]*")  # the ``train.seed`` part of a run name
 
 
+# One "key=value" of a run name (values may hold commas: ``pattern=deltanet,attention_window``).
+_RUN_AXIS = re.compile(r"(?:^|,)([A-Za-z_]\w*)=(.*?)(?=,[A-Za-z_]\w*=|$)")
+
+
+def with_swept_axes(rows: Sequence[dict]) -> list[dict]:
+    """The rows with a field for each sweep axis of their run names (e.g. ``input_mask_rate``
+    from ``pattern=gla,input_mask_rate=0.15``) that tells apart rows the table's description
+    columns (model, width, task settings, ...) would show alike; its value as the run name
+    spells it. The added names are listed in each row's ``axes`` (``table_columns`` shows
+    them after ``model``). The seed axis is left to :func:`over_seeds`."""
+    if not rows:
+        return list(rows)
+    task = rows[0].get("task", "mqar")
+    described = list(BASE_COLUMNS) + list(TASK_COLUMNS.get(task, {}))
+    axes = [dict(_RUN_AXIS.findall(row.get("run", ""))) for row in rows]
+    names = [n for n in dict.fromkeys(n for a in axes for n in a)
+             if n != "seed" and not any(n in row for row in rows)]
+    added = []
+    for name in names:
+        values: dict[tuple, set] = {}
+        for row, axis in zip(rows, axes):
+            values.setdefault(tuple(repr(row.get(c)) for c in described), set()).add(
+                axis.get(name))
+        if any(len(v) > 1 for v in values.values()):
+            added.append(name)
+    if not added:
+        return list(rows)
+    return [{**row, **{n: axis.get(n, "") for n in added}, "axes": tuple(added)}
+            for row, axis in zip(rows, axes)]
+
+
 def table_columns(rows: Sequence[dict]) -> list[str]:
-    """The columns of a results table: the run's description, the task's settings, the probe's
-    metrics (including per-length ones such as ``accuracy@256``), the published number when
-    there is one, and the training time."""
+    """The columns of a results table: the run's description (with the sweep axes that
+    :func:`with_swept_axes` added), the task's settings, the probe's metrics (including
+    per-length ones such as ``accuracy@256``), the published number when there is one, and
+    the training time."""
     task = rows[0].get("task", "mqar") if rows else "mqar"
-    columns = list(BASE_COLUMNS) + list(TASK_COLUMNS.get(task, {})) + list(
-        PROBE_COLUMNS.get(task, ()))
+    axes = list(dict.fromkeys(n for row in rows for n in row.get("axes", ())))
+    columns = list(BASE_COLUMNS[:1]) + axes + list(BASE_COLUMNS[1:]) + list(
+        TASK_COLUMNS.get(task, {})) + list(PROBE_COLUMNS.get(task, ()))
     for row in rows:
         columns += [k for k in row if _SWEPT.match(k) and k not in columns]
     if rows:
         main = _main_metric(rows)
         columns += [f"{main}_min", f"{main}_max", "seeds"]
     if len({row.get("seed") for row in rows}) > 1:
-        columns.insert(len(BASE_COLUMNS), "seed")
+        columns.insert(len(BASE_COLUMNS) + len(axes), "seed")
     if any(row.get("paper") for row in rows):
         columns.append("paper")
     columns.append("train_s")
@@ -155,7 +188,7 @@ def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *,
         best_of = json.loads(saved.read_text())["best_of"] if saved.exists() else ()
     elif best_of:
         (out_dir / PROTOCOL).write_text(json.dumps({"best_of": list(best_of)}))
-    rows = with_published(rows)
+    rows = with_swept_axes(with_published(rows))
     columns = table_columns(rows)
     text = markdown_table(rows, columns)
     merged = over_seeds(rows)
@@ -164,7 +197,7 @@ def write_report(rows: Sequence[dict], out_dir: str | pathlib.Path, *,
     best = best_over(rows if merged is None else merged, best_of)
     if best is not None:
         chosen = [key.split(".")[-1] for key in best_of]
-        best_columns = table_columns(best)
+        best_columns = [c for c in table_columns(best) if c not in chosen]
         at = best_columns.index("model") + 1
         best_columns[at:at] = chosen + ["candidates"]
         text = (f"Best of {', '.join(chosen)} per setting (by {_main_metric(rows)}):\n\n"
