@@ -1,7 +1,7 @@
 """MEAP: masking a fraction of the input tokens while training next-token prediction, and its
 effect on recall ("Mask-Enhanced Autoregressive Prediction: Pay Less Attention to Learn More").
 
-Run:  jaxlm sweep experiments/meap.py --seeds 2      (about 12 minutes on one CPU core)
+Run:  jaxlm sweep experiments/meap.py --seeds 2      (about 10 minutes on one CPU core)
 The quickstart's MQAR (length 64, 4 key-value pairs, 2 layers of width 64, no MLP) with 15% of
 the input tokens replaced by a dedicated mask id (``train.input_mask_rate=0.15``; id 128, one
 past the task's vocabulary, so the model gets one more embedding row in every row of the

@@ -1,7 +1,7 @@
 """Two training recipes on a small byte LM: the learning-rate schedules (cosine,
 warmup-stable-decay, the power scheduler) and dataset decomposition against packing.
 
-Run:  jaxlm sweep experiments/training_recipes.py      (about 15 minutes on one CPU core)
+Run:  jaxlm sweep experiments/training_recipes.py      (about 22 minutes on one CPU core)
 The token-free experiment's byte LM (2 attention layers of width 64, rows of 256 bytes, 16 rows
 a step, 600 steps, peak learning rate 3e-3; the built-in corpus, ``--set data.text.path=DIR``
 for your own), one row per recipe, bits per byte on the same held-out packed rows:
