@@ -1,8 +1,11 @@
 """MQAR accuracy against model width per architecture, as Zoology's Figure 2.
 
-Run:  jaxlm sweep experiments/mqar_width.py     (CPU: about 40 minutes, the sum of its runs' times)
+Run:  jaxlm sweep experiments/mqar_width.py     (CPU: about 80 minutes, the sum of its runs'
+      times; Mamba's token-by-token scan is half of it)
+      jaxlm sweep experiments/mqar_width.py --preset zoology --stack --only model.d_model=64
+      (Zoology's protocol, one width: the best of four learning rates per model)
 The quickstart's MQAR task with vocab 256, length 64 (4 key-value pairs), widths 32, 64 and 128
-for attention, H3 (gated convolution), GLA, DeltaNet and Mamba-2, 3000 steps each (MQAR is
+for attention, H3 (gated convolution), GLA, DeltaNet, Mamba-2 and Mamba, 3000 steps each (MQAR is
 learned in an abrupt transition: at 1500 steps attention is still at chance). The finding:
 attention solves MQAR from a small width, the gated convolution falls short, the
 input-dependent recurrences sit between. Zoology's numbers (vocab 8192, longer training) are
@@ -40,5 +43,5 @@ def config():
 
 
 def sweep() -> list[dict]:
-    return grid({"model.pattern": ["attention", "h3", "gla", "deltanet", "mamba2"],
+    return grid({"model.pattern": ["attention", "h3", "gla", "deltanet", "mamba2", "mamba"],
                  "model.d_model": [32, 64, 128]})
