@@ -167,8 +167,9 @@ def selective_scan_step(state: jax.Array, u: jax.Array, dt: jax.Array, A: jax.Ar
                         B: jax.Array, C: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One token: state [batch, d_inner, d_state]; u, dt: [batch, d_inner] (dt already
     positive); B, C: [batch, groups, d_state]. Returns (y [batch, d_inner] without the D and z
-    terms, new state)."""
-    decay, inp = _decay_and_input(dt, u, B, A)
+    terms, new state). A = -inf is a full reset, as in :func:`selective_scan`
+    (:func:`finite_rate`)."""
+    decay, inp = _decay_and_input(dt, u, B, finite_rate(A, A.dtype))
     state = decay * state + inp
     return jnp.einsum("bdn,bdn->bd", state, _expand(C, u.shape[-1])), state
 

@@ -50,6 +50,7 @@ from jaxlm.kernels.mosaic_gpu import compat
 from jaxlm.kernels.mosaic_gpu.compat import plgpu
 from jaxlm.kernels.mosaic_gpu.gla_per_channel import _zeros
 from jaxlm.kernels.mosaic_gpu.linear_attention import _ring, _walk
+from jaxlm.ops.selective import finite_rate
 
 CHUNK = 16  # positions a TMA copy brings; the saved states' spacing
 BLOCK_D = 64  # channels per thread block (the rows of one WGMMA-layout tile)
@@ -313,10 +314,8 @@ def selective_scan(u: jax.Array, dt: jax.Array, A: jax.Array, B: jax.Array, C: j
     padded = -(-length // CHUNK) * CHUNK
     pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
     keep = jnp.broadcast_to(jnp.logical_not(starts)[..., None], (batch, length, d_state))
-    # A = -inf (a reset at every step) clamped to float32's lowest: the padding's Δ = 0 then
-    # gives exp(0) = 1, not exp(0 · -inf) = NaN, and every Δ above 1e-36 still gives 0.
-    a = jnp.maximum(A.astype(_F32), jnp.finfo(_F32).min)
-    y, final = _scan(pad(u), pad(dt), a, pad(B.astype(_F32)),
+    # A = -inf (a reset at every step) stays a reset, and the padding's Δ = 0 gives exp(0) = 1.
+    y, final = _scan(pad(u), pad(dt), finite_rate(A, _F32), pad(B.astype(_F32)),
                      pad(C.astype(_F32)), jnp.pad(keep.astype(_F32), (
                          (0, 0), (0, padded - length), (0, 0)), constant_values=1.0),
                      state, stages, compat.interpret_params(detect_races) if interpret else None)

@@ -449,3 +449,21 @@ def test_a_float_block_mask_is_named():
     q = jnp.ones((1, 4, 1, 2))
     with pytest.raises(TypeError, match="block_mask"):
         ops.block_sparse_attention(q, q, q, jnp.ones((1, 1, 2, 2)), block_size=2)
+
+
+def test_selective_scan_step_at_a_full_reset():
+    """The step form with A = -inf: Δ > 0 resets the state to the input, Δ = 0 passes it
+    through unchanged, and the gradient in Δ > 0 is finite and exact (the reset channel adds
+    0, not 0 · -inf), as in the scan's forms."""
+    from jaxlm.ops.selective import selective_scan_step
+    A = jnp.array([[-jnp.inf, -0.5]])
+    state, u = jnp.full((1, 1, 2), 3.0), jnp.ones((1, 1))
+    B, C = jnp.ones((1, 1, 2)), jnp.ones((1, 1, 2))
+    _, reset = selective_scan_step(state, u, jnp.full((1, 1), 0.5), A, B, C)
+    np.testing.assert_allclose(reset[0, 0], [0.5, 3.0 * np.exp(-0.25) + 0.5], rtol=1e-12)
+    _, kept = selective_scan_step(state, u, jnp.zeros((1, 1)), A, B, C)
+    np.testing.assert_array_equal(kept, state)
+    grad = jax.grad(lambda dt: selective_scan_step(state, u, dt, A, B, C)[0].sum())(
+        jnp.full((1, 1), 0.5))
+    # d/dΔ of [Δ u] + [3 exp(-0.5 Δ) + Δ u] at Δ = 0.5
+    np.testing.assert_allclose(grad[0, 0], 1.0 + 3.0 * -0.5 * np.exp(-0.25) + 1.0, rtol=1e-12)
