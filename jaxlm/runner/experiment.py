@@ -34,19 +34,14 @@ class Experiment:
 
     def run_names(self) -> list[str]:
         """Each point's run directory name, as in the whole sweep (a slice keeps its names)."""
-        whole = self.points if self.tabulated is None else self.tabulated
-        names = [run_name(p) for p in whole]
-        if len(set(names)) != len(names):
-            names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
         if self.tabulated is None:
-            return names
-        return [names[whole.index(point)] for point in self.points]
+            return _unique_run_names(self.points)
+        names = _unique_run_names(self.tabulated)
+        return [names[self.tabulated.index(point)] for point in self.points]
 
     def tabulated_names(self) -> list[str]:
         """The run names the report covers: the whole sweep's, when this is a slice."""
-        if self.tabulated is None:
-            return self.run_names()
-        return dataclasses.replace(self, points=self.tabulated, tabulated=None).run_names()
+        return _unique_run_names(self.points if self.tabulated is None else self.tabulated)
 
     def configs(self) -> list[Config]:
         """Every run's config, validated (all before any run starts); an invalid one raises
@@ -208,6 +203,14 @@ def _config_value(config: Config, key: str) -> Any:
     for name in key.split("."):
         value = getattr(value, name)
     return value
+
+
+def _unique_run_names(points: Sequence[Mapping[str, Any]]) -> list[str]:
+    """:func:`run_name` of each point, numbered when two points would share a name."""
+    names = [run_name(p) for p in points]
+    if len(set(names)) != len(names):
+        names = [f"{i:03d}-{n}" for i, n in enumerate(names)]
+    return names
 
 
 def run_name(point: Mapping[str, Any]) -> str:

@@ -302,11 +302,11 @@ def _backward(q, k, v, b, seg, qd, kd, c, states, d_o, d_final, *, stages, inter
             _emit(jnp.sum(y * k_reg, axis=1), vec_c, dkd_g.at[p, rows_c])
             d_k = compat.mma(compat.T(da16), q_s, (CHUNK, dk), interpret) + y * bc(kd_rows, dk)
             _emit(d_k.astype(dt), out_c.at[:, pl.ds(0, dk)] if dk != out_c.shape[1] else out_c,
-                 dk_g.at[p, rows_c])
+                  dk_g.at[p, rows_c])
             z = compat.mma(k_s, ds16, (CHUNK, dv), interpret)  # K dS'
             d_v = compat.mma(compat.T(p16), do_s, (CHUNK, dv), interpret) + z * bc(kd_rows, dv)
             _emit(d_v.astype(dt), out_c.at[:, pl.ds(0, dv)] if dv != out_c.shape[1] else out_c,
-                 dv_g.at[p, rows_c])
+                  dv_g.at[p, rows_c])
             _emit(jnp.sum(s * ds, axis=1), vec_k, dc_g.at[p, rows_k])
             c_rows = _rows(c_r.at[slot], (dk, dv), interpret)
             return ds * c_rows + compat.mma(compat.T(q_s), doq16, (dk, dv), interpret)
