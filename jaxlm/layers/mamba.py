@@ -13,7 +13,7 @@ from flax import nnx
 from jaxlm.layers.conv import ShortConv
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops import gated_linear_attention_step
-from jaxlm.ops.selective import selective_scan_step
+from jaxlm.ops.selective import finite_rate, selective_scan_step
 from jaxlm.parallel.dispatch import selective_scan, ssd
 
 
@@ -209,7 +209,7 @@ class Mamba2(nnx.Module):
         xs, b, c = self._heads(xbc)
         repeat = self.n_heads // self.n_groups
         b, c = (jnp.repeat(t, repeat, axis=1) for t in (b, c))
-        log_decay = dt * -jnp.exp(self.a_log[...])
+        log_decay = dt * finite_rate(-jnp.exp(self.a_log[...]), dt.dtype)  # A = -inf: a reset
         y, ssm = gated_linear_attention_step(state["ssm"], c, b, dt[..., None] * xs, log_decay,
                                              scale=1.0)
         y = y + self.d_skip[...][:, None] * xs
