@@ -125,3 +125,32 @@ def test_a_sweep_axis_the_columns_do_not_show_gets_a_column(tmp_path):
         "model,input_mask_rate,d_model")
     plain = write_report(ROWS, tmp_path)  # d_model and pattern are columns already
     assert "input_mask_rate" not in plain and "| model | d_model |" in plain
+
+
+def test_run_names_parse_back_with_commas_in_values():
+    """One parser reads run names for the report: values may hold commas (a hybrid's pattern),
+    and taking out an axis leaves the rest as the name spells it."""
+    from jaxlm.runner.experiment import parse_run_name, run_name, run_name_without
+    point = {"model.pattern": "deltanet,attention_window", "train.learning_rate": 0.01,
+             "train.seed": 1}
+    name = run_name(point)
+    assert parse_run_name(name) == {"pattern": "deltanet,attention_window",
+                                    "learning_rate": "0.01", "seed": "1"}
+    assert (run_name_without(name, ["seed"])
+            == "pattern=deltanet,attention_window,learning_rate=0.01")
+    assert run_name_without(name, ["learning_rate", "seed"]) == "pattern=deltanet,attention_window"
+    assert run_name_without(name, ["pattern"]) == "learning_rate=0.01,seed=1"
+    assert run_name_without("003-pattern=gla,seed=2", ["seed"]) == "003-pattern=gla"
+
+
+def test_best_over_groups_runs_whose_pattern_holds_a_comma():
+    from jaxlm.runner import best_over
+    rows = [{"run": f"pattern={p},learning_rate={lr}", "model": p, "accuracy": acc}
+            for p, lr, acc in [("deltanet,attention", 0.01, 0.9),
+                               ("deltanet,attention", 0.001, 0.5),
+                               ("gla", 0.01, 0.2), ("gla", 0.001, 0.6)]]
+    best = {row["run"]: row for row in best_over(rows, ["train.learning_rate"])}
+    assert set(best) == {"pattern=deltanet,attention", "pattern=gla"}
+    assert best["pattern=deltanet,attention"]["learning_rate"] == "0.01"
+    assert best["pattern=gla"]["learning_rate"] == "0.001"
+    assert best["pattern=gla"]["candidates"] == 2

@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import itertools
 import pathlib
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -218,3 +219,29 @@ def run_name(point: Mapping[str, Any]) -> str:
     if not point:
         return "run"
     return ",".join(f"{key.split('.')[-1]}={value}" for key, value in point.items())
+
+
+# One "key=value" of a run name: the value runs to the next ",key=" or the end, so values may
+# hold commas (``pattern=deltanet,attention_window,d_model=64``).
+_RUN_AXIS = re.compile(r"(?:^|,)([A-Za-z_]\w*)=(.*?)(?=,[A-Za-z_]\w*=|$)")
+
+
+def parse_run_name(name: str) -> dict[str, str]:
+    """The axes of a :func:`run_name`, each value as the name spells it:
+    ``"pattern=gla,d_model=64"`` -> ``{"pattern": "gla", "d_model": "64"}``. A numbered name's
+    ``"003-"`` prefix is not an axis (nor is the first key it is glued to)."""
+    return dict(_RUN_AXIS.findall(name))
+
+
+def run_name_without(name: str, axes: Sequence[str]) -> str:
+    """``name`` with the axes named in ``axes`` (short names, e.g. ``"seed"``) taken out, the
+    rest spelled as in ``name``: ``("pattern=gla,seed=1", ["seed"])`` -> ``"pattern=gla"``.
+    Runs that differ only in those axes get the same string (how the report groups seeds and
+    learning rates)."""
+    kept, last = [], 0
+    for match in _RUN_AXIS.finditer(name):
+        if match.group(1) in axes:
+            kept.append(name[last:match.start()])
+            last = match.end()
+    kept.append(name[last:])
+    return "".join(kept).strip(",")

@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Sequence
 
 from jaxlm.probes import PROBE_COLUMNS, published, published_notes
+from jaxlm.runner.experiment import parse_run_name, run_name_without
 
 RESULTS = "results.jsonl"
 BASE_COLUMNS = ("model", "d_model", "layers", "params", "seq_len", "steps")
@@ -29,11 +30,6 @@ TASK_COLUMNS = {
 # Per-length metrics shown in the table (ridge, nearest_3 and zero stay in result.json and the
 # plot: a table with every baseline at every length is too wide to read).
 _SWEPT = re.compile(r"^(accuracy|error|least_squares|averaging|decipher)@\d+$")
-_SEED_AXIS = re.compile(r"(^|,)seed=[^,]*")  # the ``train.seed`` part of a run name
-
-
-# One "key=value" of a run name (values may hold commas: ``pattern=deltanet,attention_window``).
-_RUN_AXIS = re.compile(r"(?:^|,)([A-Za-z_]\w*)=(.*?)(?=,[A-Za-z_]\w*=|$)")
 
 
 def with_swept_axes(rows: Sequence[dict]) -> list[dict]:
@@ -46,7 +42,7 @@ def with_swept_axes(rows: Sequence[dict]) -> list[dict]:
         return list(rows)
     task = rows[0].get("task", "mqar")
     described = list(BASE_COLUMNS) + list(TASK_COLUMNS.get(task, {}))
-    axes = [dict(_RUN_AXIS.findall(row.get("run", ""))) for row in rows]
+    axes = [parse_run_name(row.get("run", "")) for row in rows]
     names = [n for n in dict.fromkeys(n for a in axes for n in a)
              if n != "seed" and not any(n in row for row in rows)]
     added = []
@@ -96,7 +92,7 @@ def over_seeds(rows: Sequence[dict]) -> list[dict] | None:
     name lists every swept axis, so runs that differ in anything else stay apart.)"""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(_SEED_AXIS.sub("", row.get("run", "")).strip(","), []).append(row)
+        groups.setdefault(run_name_without(row.get("run", ""), ["seed"]), []).append(row)
     if all(len(group) == 1 for group in groups.values()):
         return None
     main = _main_metric(rows)
@@ -125,21 +121,21 @@ def best_over(rows: Sequence[dict], keys: Sequence[str]) -> list[dict] | None:
     keys, e.g. ``("train.learning_rate",)``), the one with the best main metric (highest, or
     lowest for the metrics of :data:`LOWER_IS_BETTER`), with the chosen value of each axis in a
     column named by its last part (``learning_rate``, the value as the run name spells it) and
-    the number of candidates in ``candidates``. Rows that are means over seeds (:func:`over_seeds`) compare by their means.
-    None when ``keys`` is empty."""
+    the number of candidates in ``candidates``. Rows that are means over seeds
+    (:func:`over_seeds`) compare by their means. None when ``keys`` is empty."""
     if not keys or not rows:
         return None
     names = [key.split(".")[-1] for key in keys]
-    axis = re.compile(r"(^|,)(" + "|".join(map(re.escape, names)) + r")=([^,]*)")
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(axis.sub("", row.get("run", "")).strip(","), []).append(row)
+        groups.setdefault(run_name_without(row.get("run", ""), names), []).append(row)
     main = _main_metric(rows)
     sign = -1.0 if main in LOWER_IS_BETTER else 1.0
     best = []
     for key, group in groups.items():
         row = max(group, key=lambda r: sign * r.get(main, float("-inf") * sign))
-        chosen = {m.group(2): m.group(3) for m in axis.finditer(row.get("run", ""))}
+        axes = parse_run_name(row.get("run", ""))
+        chosen = {name: axes[name] for name in names if name in axes}
         best.append({**row, "run": key or "run", **chosen, "candidates": len(group)})
     return best
 
