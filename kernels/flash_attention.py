@@ -4,7 +4,8 @@ sliding-window, packed-document and block-sparse masks and grouped-query attenti
 
 One program per (batch row, query head, query block) runs an online softmax over the key
 blocks its mask can reach: blocks past the diagonal (causal) or outside the window are never
-visited, and key blocks that ``block_mask`` rules out are skipped without computing their
+visited, and key blocks that ``block_mask`` rules out, or that hold only other documents than
+the query block (packed rows, :func:`document_blocks`), are skipped without computing their
 scores. The forward pass saves only the output and the log-sum-exp; the backward pass is two
 more kernels, one per query block (dQ) and one per key block (dK, dV), that recompute the
 probabilities block by block.
@@ -87,6 +88,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
            jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, padded - length))))
     mask = (jnp.ones((1, 1, n, n), jnp.int32) if block_mask is None
             else block_mask.astype(jnp.int32))
+    if segment_ids is not None:  # skip the block pairs of two different documents
+        mask = mask * document_blocks(segment_ids, block)[:, None].astype(jnp.int32)
     out = _attention(cfg, to_heads(q), to_heads(k), to_heads(v), seg, mask)
     return jnp.moveaxis(out, 1, 2)[:, :length]
 
@@ -158,6 +161,25 @@ def _query_range(cfg: _Config, j, n):
         if not cfg.causal:
             lo = jnp.maximum(0, _div(j * cfg.block - cfg.window + 1, cfg.block))
     return lo, hi
+
+
+def document_blocks(segment_ids: jax.Array, block: int) -> jax.Array:
+    """Which (query block, key block) pairs can hold a query and a key of one document.
+
+    segment_ids: int [batch, length] (before padding). Returns bool [batch, n, n] with
+    n = ceil(length / block): [b, i, j] is True where the [min, max] ranges of the ids in
+    query block i and in key block j of row b overlap. That keeps every pair holding a shared
+    id (a shared id lies in both ranges) and is exactly those pairs when ids do not decrease
+    along the row (packed documents, the usual layout), so the kernels skip every block pair
+    of two different documents there. The last block's padding does not count."""
+    batch, length = segment_ids.shape
+    n = -(-length // block)
+    ids = segment_ids.astype(jnp.int32)
+    info = jnp.iinfo(jnp.int32)
+    pad = ((0, 0), (0, n * block - length))
+    low = jnp.pad(ids, pad, constant_values=info.max).reshape(batch, n, block).min(-1)
+    high = jnp.pad(ids, pad, constant_values=info.min).reshape(batch, n, block).max(-1)
+    return (low[:, :, None] <= high[:, None, :]) & (low[:, None, :] <= high[:, :, None])
 
 
 def _scores(cfg: _Config, q, k, q_seg, k_seg, i, j):

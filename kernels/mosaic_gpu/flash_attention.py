@@ -9,8 +9,9 @@ attention (masked blocks are not skipped) and no kernel: correct, not fast.
 One thread block (one warpgroup) per (batch row, query head, query block of 64) runs an online
 softmax in float32 registers over the key blocks its masks allow. Which key blocks those are
 is worked out in XLA before the kernel: per query block, the list of allowed key block indices
-(``block_mask`` and, when causal, the blocks at or before the diagonal) and its length, as
-int32 arrays in GMEM. The kernel reads the count and the indices to drive a TMA ring of K, V
+(``block_mask``, with segment ids the blocks whose documents overlap the query block's
+(:func:`~jaxlm.kernels.flash_attention.document_blocks`), and, when causal, the blocks at or
+before the diagonal) and its length, as int32 arrays in GMEM. The kernel reads the count and the indices to drive a TMA ring of K, V
 and key segment-id blocks (one barrier per stage), so key blocks the mask rules out are never
 fetched. ``wgmma`` computes Q Kᵀ and P V (P through shared memory in the input dtype); causal
 and packed-document masks are applied inside each block. A query that can read no key gets 0.
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jaxlm.kernels.flash_attention import document_blocks
 from jaxlm.kernels.mosaic_gpu import compat
 from jaxlm.kernels.mosaic_gpu.compat import plgpu
 from jaxlm.kernels.mosaic_gpu.linear_attention import _walk
@@ -227,6 +229,9 @@ def _run(q, k, v, segment_ids, block_mask, cfg):
     # read only them, and are cut off below.
     low = jnp.min(seg) - 1 if length else 0
     seg = jnp.pad(seg, ((0, 0), (0, padded - length)), constant_values=low)
+    if segment_ids is not None:  # skip the key blocks of other documents than the query's
+        documents = document_blocks(segment_ids, BLOCK)[:, None]
+        block_mask = documents if block_mask is None else block_mask.astype(bool) & documents
     mb, mh = (1, 1) if block_mask is None else block_mask.shape[:2]
     idx, count = block_tables(block_mask, n, causal)
     o = _forward(flat(q), flat(k), flat(v), seg, idx, count, heads=heads,

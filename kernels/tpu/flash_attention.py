@@ -18,6 +18,13 @@ kernel, whose mask helpers this module reuses), laid out for Mosaic:
   before any is reached. That int32 table goes to SMEM by scalar prefetch and drives both the
   index maps and the skip (a step is visited iff its table entry is its own block). Without a
   ``block_mask`` the index maps are arithmetic and no [n, n] table exists.
+* **Documents.** With segment ids, a step is visited only if its two blocks' id ranges overlap
+  (:func:`~jaxlm.kernels.flash_attention.document_blocks`), so a packed row costs about the sum
+  of its documents' squared lengths, not the row's. Per (row, block) the first and last walked
+  block with an overlap go to SMEM by scalar prefetch (two int32 [batch * n] arrays per
+  kernel): without a ``block_mask`` they also narrow the index maps' clamp, so no other
+  document's block is copied; with one, the fetch table stays per mask row and a skipped
+  step may still copy a block.
 * **GQA** by index map: query head h reads kv head h // groups.
 * **Matrix units.** Products take the input dtype (bfloat16) with float32 accumulation
   (``preferred_element_type``); probabilities are cast to v's dtype for p @ v.
@@ -53,7 +60,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from jaxlm.kernels import blocks
 from jaxlm.kernels.flash_attention import (_Config, _key_range, _probabilities, _query_range,
-                                           _scores)
+                                           _scores, document_blocks)
 
 _NAME = "tpu_flash_attention"
 _SEMANTICS = ("parallel", "parallel", "parallel", "arbitrary")
@@ -95,7 +102,9 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
            jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, padded - length))))
     tables = None if block_mask is None else fetch_tables(cfg, block_mask, n)
     extent = None if block_mask is None else tuple(block_mask.shape[:2])
-    out = _attention(cfg, extent, to_heads(q), to_heads(k), to_heads(v), seg, tables)
+    spans = None if segment_ids is None else document_spans(document_blocks(segment_ids,
+                                                                            block_size))
+    out = _attention(cfg, extent, to_heads(q), to_heads(k), to_heads(v), seg, tables, spans)
     return jnp.moveaxis(out, 1, 2)[:, :length]
 
 
@@ -129,6 +138,23 @@ def _fetch_table(allowed: jax.Array) -> jax.Array:
     return jnp.where(last >= 0, last, first).astype(jnp.int32)
 
 
+def _spans(allowed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """allowed: bool [batch, n, m] -> (first allowed column, last allowed column + 1), each
+    flattened int32 [batch * n] (0, 0 in a row with none)."""
+    cols = jnp.arange(allowed.shape[-1], dtype=jnp.int32)
+    hi = jnp.max(jnp.where(allowed, cols + 1, 0), axis=-1)
+    lo = jnp.min(jnp.where(allowed, cols, allowed.shape[-1]), axis=-1)
+    return jnp.where(hi > 0, lo, 0).reshape(-1), hi.reshape(-1)
+
+
+def document_spans(documents: jax.Array):
+    """The scalar-prefetch spans of a call with segment ids: ((per query block, the first and
+    last + 1 key block of its documents), (per key block, the same in query blocks)), each
+    int32 [batch * n]. documents: bool [batch, n, n] from
+    :func:`~jaxlm.kernels.flash_attention.document_blocks`."""
+    return _spans(documents), _spans(jnp.swapaxes(documents, -1, -2))
+
+
 def fetch_tables(cfg: _Config, block_mask: jax.Array, n: int):
     """The scalar-prefetch tables of a block-masked call: (per query block, the key block each
     step fetches; per key block, the query block each step fetches), flattened int32
@@ -144,8 +170,8 @@ def fetch_tables(cfg: _Config, block_mask: jax.Array, n: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _attention(cfg, extent, q, k, v, seg, tables):
-    return _forward(cfg, extent, *_poison(q, k, v), seg, tables)[0]
+def _attention(cfg, extent, q, k, v, seg, tables, spans):
+    return _forward(cfg, extent, *_poison(q, k, v), seg, tables, spans)[0]
 
 
 def _poison(q, k, v):
@@ -155,13 +181,13 @@ def _poison(q, k, v):
     return q, jnp.where(bad, jnp.nan, k).astype(k.dtype), blocks.finite_or_zero(v)
 
 
-def _attention_fwd(cfg, extent, q, k, v, seg, tables):
-    out, lse = _forward(cfg, extent, *_poison(q, k, v), seg, tables)
-    return out, (q, k, v, seg, tables, out, lse)
+def _attention_fwd(cfg, extent, q, k, v, seg, tables, spans):
+    out, lse = _forward(cfg, extent, *_poison(q, k, v), seg, tables, spans)
+    return out, (q, k, v, seg, tables, spans, out, lse)
 
 
 def _attention_bwd(cfg, extent, residuals, d_out):
-    q, k, v, seg, tables, out, lse = residuals
+    q, k, v, seg, tables, spans, out, lse = residuals
     acc = lse.dtype
     out = out.astype(acc)
     bad = (jnp.isnan(lse) | (lse == -jnp.inf)
@@ -169,11 +195,11 @@ def _attention_bwd(cfg, extent, residuals, d_out):
     lse = jnp.where(bad, jnp.inf, lse)  # p = 0 in every row with a non-finite output
     delta = jnp.where(bad, 0, jnp.sum(d_out.astype(acc) * out, axis=-1, keepdims=True))
     q, k, v = (blocks.finite_or_zero(x) for x in (q, k, v))
-    d_q = _backward_dq(cfg, extent, q, k, v, seg, tables, lse, d_out, delta)
-    d_k, d_v = _backward_dkdv(cfg, extent, q, k, v, seg, tables, lse, d_out, delta)
+    d_q = _backward_dq(cfg, extent, q, k, v, seg, tables, spans, lse, d_out, delta)
+    d_k, d_v = _backward_dkdv(cfg, extent, q, k, v, seg, tables, spans, lse, d_out, delta)
     fold = lambda x: x.reshape(k.shape[0], k.shape[1], cfg.groups, *x.shape[2:]).sum(2)
     return (d_q.astype(q.dtype), fold(d_k).astype(k.dtype), fold(d_v).astype(v.dtype),
-            None, None)
+            None, None, None)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -182,35 +208,47 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 class _Walk:
     """Grid (batch, heads, own block x, walked block y): which walked block a step fetches
     and whether it is visited. ``keys``: x is a query block, y a key block (forward, dQ);
-    else x is a key block, y a query block (dK/dV)."""
+    else x is a key block, y a query block (dK/dV). The step's scalar-prefetch refs are the
+    fetch table (with a block mask) and then, with ``documents``, the span refs
+    (:func:`document_spans`)."""
 
-    def __init__(self, cfg: _Config, n: int, keys: bool, mask_extent):
+    def __init__(self, cfg: _Config, n: int, keys: bool, mask_extent, documents: bool = False):
         self.cfg, self.n, self.keys, self.extent = cfg, n, keys, mask_extent
+        self.documents = documents
 
     @property
     def dense(self) -> bool:  # every step visited
-        return (self.extent is None and not self.cfg.causal and self.cfg.window is None)
+        return (self.extent is None and not self.documents and not self.cfg.causal
+                and self.cfg.window is None)
 
-    def __call__(self, b, h, x, y, table_ref=None):
+    def __call__(self, b, h, x, y, *refs):
         """(the walked block to fetch, whether the step is visited) as int32 / bool."""
         if self.extent is not None:
             mb, mh = self.extent
             row = (b if mb > 1 else 0) * mh + (h if mh > 1 else 0)
-            fetch = table_ref[(row * self.n + x) * self.n + y]
-            return jnp.maximum(fetch, 0), fetch == y
+            fetch = refs[0][(row * self.n + x) * self.n + y]
+            fetch, visited = jnp.maximum(fetch, 0), fetch == y
+            if self.documents:
+                lo, hi = refs[1][b * self.n + x], refs[2][b * self.n + x]
+                visited &= (y >= lo) & (y < hi)
+            return fetch, visited
         lo, hi = (_key_range if self.keys else _query_range)(self.cfg, x, self.n)
-        return jnp.minimum(jnp.maximum(y, lo), hi - 1), (y >= lo) & (y < hi)
+        if self.documents:
+            lo = jnp.maximum(lo, refs[0][b * self.n + x])
+            hi = jnp.minimum(hi, refs[1][b * self.n + x])
+        fetch = jnp.maximum(jnp.minimum(jnp.maximum(y, lo), hi - 1), 0)
+        return fetch, (y >= lo) & (y < hi)
 
-    def fetched(self, b, h, x, y, *table):
-        return self(b, h, x, y, *table)[0]
+    def fetched(self, b, h, x, y, *refs):
+        return self(b, h, x, y, *refs)[0]
 
-    def when_visited(self, table, step):
-        """Runs ``step()`` on the grid steps the mask can reach."""
+    def when_visited(self, refs, step):
+        """Runs ``step()`` on the grid steps the mask can reach (refs: the scalar prefetch)."""
         if self.dense:
             step()
             return
         b, h, x, y = (pl.program_id(a) for a in range(4))
-        pl.when(self(b, h, x, y, *table)[1])(step)
+        pl.when(self(b, h, x, y, *refs)[1])(step)
 
 
 def _specs(cfg: _Config, walk: _Walk, has_seg: bool):
@@ -240,9 +278,8 @@ def _specs(cfg: _Config, walk: _Walk, has_seg: bool):
     return own, walked, [own_col, walk_row] if walk.keys else [walk_col, own_row]
 
 
-def _call(cfg, kernel, n, batch, heads, table, in_specs, out_specs, out_shape, scratch,
+def _call(cfg, kernel, n, batch, heads, prefetch, in_specs, out_specs, out_shape, scratch,
           args, suffix):
-    prefetch = () if table is None else (table,)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=len(prefetch), grid=(batch, heads, n, n), in_specs=in_specs,
         out_specs=out_specs, scratch_shapes=scratch)
@@ -253,10 +290,10 @@ def _call(cfg, kernel, n, batch, heads, table, in_specs, out_specs, out_shape, s
     )(*prefetch, *args)
 
 
-def _split(refs, table, counts):
-    """Kernel refs -> (table refs as a tuple, then one list per count)."""
+def _split(refs, prefetch, counts):
+    """Kernel refs -> (the scalar-prefetch refs as a tuple, then one list per count)."""
     refs = list(refs)
-    head = tuple(refs[:1]) if table is not None else ()
+    head = tuple(refs[:len(prefetch)])
     refs = refs[len(head):]
     out = [head]
     for c in counts:
@@ -274,24 +311,26 @@ def _seg_args(seg):
     return () if seg is None else (seg[..., None], seg[:, None, :])
 
 
-def _plan(cfg: _Config, extent, tables, n: int, keys: bool, seg):
-    """(the fetch table or None, the grid walk, its block specs) of a kernel that walks key
-    blocks (``keys``: forward, dQ) or query blocks (dK/dV)."""
-    walk = _Walk(cfg, n, keys, extent)
-    table = None if tables is None else tables[0 if keys else 1]
-    return table, walk, _specs(cfg, walk, seg is not None)
+def _plan(cfg: _Config, extent, tables, spans, n: int, keys: bool, seg):
+    """(the scalar-prefetch arrays: the fetch table and the document spans, where there are
+    some; the grid walk; its block specs) of a kernel that walks key blocks (``keys``: forward,
+    dQ) or query blocks (dK/dV)."""
+    walk = _Walk(cfg, n, keys, extent, documents=spans is not None)
+    prefetch = () if tables is None else (tables[0 if keys else 1],)
+    prefetch += () if spans is None else spans[0 if keys else 1]
+    return prefetch, walk, _specs(cfg, walk, seg is not None)
 
 
-def _forward(cfg: _Config, extent, q, k, v, seg, tables):
+def _forward(cfg: _Config, extent, q, k, v, seg, tables, spans):
     batch, heads, padded, d = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = jnp.promote_types(q.dtype, jnp.float32)
-    table, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, n, True, seg)
+    prefetch, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, spans, n, True, seg)
     n_in = 3 + len(seg_specs)
 
     def kernel(*refs):
         t, (q_ref, k_ref, v_ref, *seg_refs), (o_ref, lse_ref), (m_ref, l_ref, acc_ref) = (
-            _split(refs, table, (n_in, 2, 3)))
+            _split(refs, prefetch, (n_in, 2, 3)))
         i, j = pl.program_id(2), pl.program_id(3)
 
         @pl.when(j == 0)
@@ -327,19 +366,19 @@ def _forward(cfg: _Config, extent, q, k, v, seg, tables):
     out_specs = [own(dv), own(1)]
     scratch = [pltpu.VMEM((block, 1), acc), pltpu.VMEM((block, 1), acc),
                pltpu.VMEM((block, dv), acc)]
-    return _call(cfg, kernel, n, batch, heads, table, in_specs, out_specs, out_shape,
+    return _call(cfg, kernel, n, batch, heads, prefetch, in_specs, out_specs, out_shape,
                  scratch, (q, k, v, *_seg_args(seg)), "fwd")
 
 
-def _backward_dq(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta):
+def _backward_dq(cfg: _Config, extent, q, k, v, seg, tables, spans, lse, d_out, delta):
     batch, heads, padded, d = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = lse.dtype
-    table, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, n, True, seg)
+    prefetch, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, spans, n, True, seg)
     n_in = 6 + len(seg_specs)
 
     def kernel(*refs):
-        t, ins, (dq_out,), (dq_ref,) = _split(refs, table, (n_in, 1, 1))
+        t, ins, (dq_out,), (dq_ref,) = _split(refs, prefetch, (n_in, 1, 1))
         q_ref, k_ref, v_ref, lse_ref, do_ref, delta_ref, *seg_refs = ins
         i, j = pl.program_id(2), pl.program_id(3)
 
@@ -362,21 +401,21 @@ def _backward_dq(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta):
     out_shape = jax.ShapeDtypeStruct((batch, heads, padded, d), acc)
     in_specs = [own(d), walked(d, kv=True), walked(dv, kv=True), own(1), own(dv), own(1),
                 *seg_specs]
-    return _call(cfg, kernel, n, batch, heads, table, in_specs, own(d), out_shape,
+    return _call(cfg, kernel, n, batch, heads, prefetch, in_specs, own(d), out_shape,
                  [pltpu.VMEM((block, d), acc)], (q, k, v, lse, d_out, delta, *_seg_args(seg)),
                  "bwd_dq")
 
 
-def _backward_dkdv(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta):
+def _backward_dkdv(cfg: _Config, extent, q, k, v, seg, tables, spans, lse, d_out, delta):
     """dK, dV per query head ([batch, heads, padded, d]); the caller sums each group."""
     batch, heads, padded, d = q.shape
     n, block, dv = padded // cfg.block, cfg.block, v.shape[-1]
     acc = lse.dtype
-    table, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, n, False, seg)
+    prefetch, walk, (own, walked, seg_specs) = _plan(cfg, extent, tables, spans, n, False, seg)
     n_in = 6 + len(seg_specs)
 
     def kernel(*refs):
-        t, ins, (dk_out, dv_out), (dk_ref, dv_ref) = _split(refs, table, (n_in, 2, 2))
+        t, ins, (dk_out, dv_out), (dk_ref, dv_ref) = _split(refs, prefetch, (n_in, 2, 2))
         q_ref, k_ref, v_ref, lse_ref, do_ref, delta_ref, *seg_refs = ins
         j, i = pl.program_id(2), pl.program_id(3)
 
@@ -405,5 +444,5 @@ def _backward_dkdv(cfg: _Config, extent, q, k, v, seg, tables, lse, d_out, delta
                 *seg_specs]
     out_specs = [own(d), own(dv)]
     scratch = [pltpu.VMEM((block, d), acc), pltpu.VMEM((block, dv), acc)]
-    return _call(cfg, kernel, n, batch, heads, table, in_specs, out_specs, out_shape,
+    return _call(cfg, kernel, n, batch, heads, prefetch, in_specs, out_specs, out_shape,
                  scratch, (q, k, v, lse, d_out, delta, *_seg_args(seg)), "bwd_dkdv")
