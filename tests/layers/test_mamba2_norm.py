@@ -62,17 +62,19 @@ def test_norm_eps_is_configurable_and_checked():
         Mamba2(4, head_dim=2, norm_eps=-1.0, rngs=nnx.Rngs(0))
 
 
+def scan_steps(m, x):
+    """m.step over every position of x [batch, length, d] from a zero state (float64)."""
+    def body(state, x_t):
+        y, state = m.step(x_t, state)
+        return state, y
+    _, ys = jax.lax.scan(body, m.init_state(x.shape[0], jnp.float64), jnp.swapaxes(x, 0, 1))
+    return jnp.swapaxes(ys, 0, 1)
+
+
 def test_step_equals_parallel_with_two_groups():
     m = to_float64(Mamba2(8, expand=2, head_dim=4, n_groups=2, d_state=3, chunk_size=4,
                           rngs=nnx.Rngs(1)))
     x = jax.random.normal(jax.random.key(2), (2, 7, 8), jnp.float64)
-
-    def scan_steps(m, x):
-        def body(state, x_t):
-            y, state = m.step(x_t, state)
-            return state, y
-        _, ys = jax.lax.scan(body, m.init_state(2, jnp.float64), jnp.swapaxes(x, 0, 1))
-        return jnp.swapaxes(ys, 0, 1)
 
     assert rel_err(jax.jit(scan_steps)(m, x), m(x)) < 1e-12
 
@@ -85,13 +87,6 @@ def test_step_keeps_an_infinite_rate_a_full_reset():
                           rngs=nnx.Rngs(3)))
     m.a_log[...] = m.a_log[...].at[0].set(1000.0)
     x = jax.random.normal(jax.random.key(4), (1, 5, 8), jnp.float64)
-
-    def scan_steps(m, x):
-        def body(state, x_t):
-            y, state = m.step(x_t, state)
-            return state, y
-        _, ys = jax.lax.scan(body, m.init_state(1, jnp.float64), jnp.swapaxes(x, 0, 1))
-        return jnp.swapaxes(ys, 0, 1)
 
     assert rel_err(jax.jit(scan_steps)(m, x), m(x)) < 1e-12
     grads = jax.grad(lambda m: jnp.sum(scan_steps(m, x) ** 2))(m)
