@@ -17,14 +17,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlm.kernels import backend
 from jaxlm.ops.linear_attention import gated_linear_attention as op
 from tests.helpers import rel_err
+from tests.kernels.mosaic_gpu_helpers import (assert_gradients_close, gradients, needs_gpu,
+                                              needs_mosaic_gpu, no_races)
 
-pytestmark = pytest.mark.skipif(not backend.mosaic_gpu_available(),
-                                reason="this JAX has no Mosaic GPU Pallas front end")
+pytestmark = needs_mosaic_gpu
 TOL = 1e-2
-ON_GPU = jax.default_backend() == "gpu"
+NAMES = ("q", "k", "v", "log_g", "state")
 
 
 def mgpu(per_channel=False):
@@ -63,17 +63,6 @@ def reference(q, k, v, log_g, starts, state, impl="reference"):
     return jnp.moveaxis(out, 2, 1), final
 
 
-def loss_of(fn, weights, starts):
-    w_out, w_state = weights
-
-    def loss(q, k, v, log_g, state):
-        out, final = fn(q, k, v, log_g, starts, state)
-        return (jnp.sum(out.astype(jnp.float64) * w_out)
-                + jnp.sum(final.astype(jnp.float64) * w_state))
-
-    return loss
-
-
 def test_gla_forward_matches_reference_in_interpreter():
     args, _ = inputs(1, 2, 150, 64)  # 3 chunks, the last ragged
     out, final = mgpu().gated_linear_attention(*args, interpret=True)
@@ -88,11 +77,9 @@ def test_gla_gradients_match_reference_in_interpreter():
     args, weights = inputs(1, 2, 100, 64, seed=1)  # 2 chunks, ragged
     q, k, v, log_g, starts, state = args
     kernel = lambda *a: mgpu().gated_linear_attention(*a, interpret=True)
-    grads = jax.grad(loss_of(kernel, weights, starts), argnums=range(5))(q, k, v, log_g, state)
-    ref = jax.grad(loss_of(reference, weights, starts), argnums=range(5))(q, k, v, log_g, state)
-    for name, g, r in zip(("q", "k", "v", "log_g", "state"), grads, ref):
-        assert bool(jnp.all(jnp.isfinite(g))), name
-        assert rel_err(g, r) < TOL, name
+    diff = (q, k, v, log_g, state)
+    assert_gradients_close(gradients(kernel, weights, starts, diff),
+                           gradients(reference, weights, starts, diff), NAMES, TOL)
 
 
 @pytest.mark.parametrize("backward", [False, True])
@@ -127,7 +114,7 @@ def test_gla_rejects_what_it_cannot_run():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
+@needs_gpu
 @pytest.mark.parametrize("length", [1000, 2048])
 def test_gla_on_gpu_matches_xla_form(length):
     """Compiled for the GPU: values and gradients against the op's XLA (chunked) form."""
@@ -136,13 +123,11 @@ def test_gla_on_gpu_matches_xla_form(length):
     out, final = jax.jit(mgpu().gated_linear_attention)(*args)
     ref_out, ref_final = reference(*args, impl="xla")
     assert rel_err(out, ref_out) < TOL and rel_err(final, ref_final) < TOL
-    grads = jax.jit(jax.grad(loss_of(mgpu().gated_linear_attention, weights, starts),
-                             argnums=range(5)))(q, k, v, log_g, state)
+    diff = (q, k, v, log_g, state)
     xla = lambda *a: reference(*a, impl="xla")
-    ref = jax.jit(jax.grad(loss_of(xla, weights, starts), argnums=range(5)))(
-        q, k, v, log_g, state)
-    for name, g, r in zip(("q", "k", "v", "log_g", "state"), grads, ref):
-        assert rel_err(g, r) < TOL, name
+    assert_gradients_close(
+        gradients(mgpu().gated_linear_attention, weights, starts, diff, jit=True),
+        gradients(xla, weights, starts, diff, jit=True), NAMES, TOL, finite=False)
 
 
 # Per-channel decay (GLA): gla_per_channel. Race detection on: the interpreter checks every
@@ -150,13 +135,10 @@ def test_gla_on_gpu_matches_xla_form(length):
 
 
 def test_gla_per_channel_forward_matches_reference_in_interpreter():
-    from jaxlm.kernels.mosaic_gpu import compat
-
     args, _ = inputs(1, 2, 150, 64, per_channel=True)  # 3 chunks, the last ragged
-
-    compat.reset_races()
-    out, final = mgpu(True).gated_linear_attention(*args, interpret=True, detect_races=True)
-    assert not compat.races_found()
+    with no_races():
+        out, final = mgpu(True).gated_linear_attention(*args, interpret=True,
+                                                       detect_races=True)
     ref_out, ref_final = reference(*args)
     assert out.dtype == jnp.bfloat16 and final.dtype == jnp.float32
     assert rel_err(out, ref_out) < TOL
@@ -169,16 +151,11 @@ def test_gla_per_channel_gradients_match_reference_in_interpreter():
     One head: the -inf gate, the strong gates and the reset gate all on it."""
     args, weights = inputs(1, 1, 100, 64, seed=1, dtype=jnp.float16, per_channel=True)
     q, k, v, log_g, starts, state = args
-    from jaxlm.kernels.mosaic_gpu import compat
-
-    compat.reset_races()
+    diff = (q, k, v, log_g, state)
     kernel = lambda *a: mgpu(True).gated_linear_attention(*a, interpret=True, detect_races=True)
-    grads = jax.grad(loss_of(kernel, weights, starts), argnums=range(5))(q, k, v, log_g, state)
-    assert not compat.races_found()
-    ref = jax.grad(loss_of(reference, weights, starts), argnums=range(5))(q, k, v, log_g, state)
-    for name, g, r in zip(("q", "k", "v", "log_g", "state"), grads, ref):
-        assert bool(jnp.all(jnp.isfinite(g))), name
-        assert rel_err(g, r) < TOL, name
+    with no_races():
+        grads = gradients(kernel, weights, starts, diff)
+    assert_gradients_close(grads, gradients(reference, weights, starts, diff), NAMES, TOL)
 
 
 @pytest.mark.parametrize("backward", [False, True])
@@ -221,7 +198,7 @@ def test_compiled_gpu_calls_with_either_gate_go_to_mosaic_gpu(width):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
+@needs_gpu
 def test_gla_per_channel_on_gpu_matches_xla_form():
     """Compiled for the GPU: values and gradients against the op's XLA (chunked) form."""
     args, weights = inputs(2, 4, 1000, 128, seed=2, per_channel=True)
@@ -230,10 +207,8 @@ def test_gla_per_channel_on_gpu_matches_xla_form():
     out, final = jax.jit(kernel)(*args)
     ref_out, ref_final = reference(*args, impl="xla")
     assert rel_err(out, ref_out) < TOL and rel_err(final, ref_final) < TOL
-    grads = jax.jit(jax.grad(loss_of(kernel, weights, starts), argnums=range(5)))(
-        q, k, v, log_g, state)
+    diff = (q, k, v, log_g, state)
     xla = lambda *a: reference(*a, impl="xla")
-    ref = jax.jit(jax.grad(loss_of(xla, weights, starts), argnums=range(5)))(
-        q, k, v, log_g, state)
-    for name, g, r in zip(("q", "k", "v", "log_g", "state"), grads, ref):
-        assert rel_err(g, r) < TOL, name
+    assert_gradients_close(gradients(kernel, weights, starts, diff, jit=True),
+                           gradients(xla, weights, starts, diff, jit=True), NAMES, TOL,
+                           finite=False)

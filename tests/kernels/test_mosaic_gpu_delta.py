@@ -18,14 +18,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlm.kernels import backend
 from jaxlm.ops.delta_rule import gated_delta_rule as op
 from tests.helpers import rel_err
+from tests.kernels.mosaic_gpu_helpers import (assert_gradients_close, gradients, needs_gpu,
+                                              needs_mosaic_gpu)
 
-pytestmark = pytest.mark.skipif(not backend.mosaic_gpu_available(),
-                                reason="this JAX has no Mosaic GPU Pallas front end")
+pytestmark = needs_mosaic_gpu
 TOL = 1e-2
-ON_GPU = jax.default_backend() == "gpu"
 NAMES = ("q", "k", "v", "beta", "log_a", "state")
 
 
@@ -64,17 +63,6 @@ def reference(q, k, v, beta, log_a, starts, state, impl="reference"):
     return jnp.moveaxis(out, 2, 1), final
 
 
-def loss_of(fn, weights, starts):
-    w_out, w_state = weights
-
-    def loss(q, k, v, beta, log_a, state):
-        out, final = fn(q, k, v, beta, log_a, starts, state)
-        return (jnp.sum(out.astype(jnp.float64) * w_out)
-                + jnp.sum(final.astype(jnp.float64) * w_state))
-
-    return loss
-
-
 def kernel(*args):
     return mgpu().gated_delta_rule(*args, interpret=True)
 
@@ -94,11 +82,8 @@ def test_delta_gradients_match_reference_in_interpreter():
     args, weights = inputs(1, 1, 100, 64, seed=1, dtype=jnp.float16, dv=128)
     q, k, v, beta, log_a, starts, state = args
     diff = (q, k, v, beta, log_a, state)
-    grads = jax.grad(loss_of(kernel, weights, starts), argnums=range(6))(*diff)
-    ref = jax.grad(loss_of(reference, weights, starts), argnums=range(6))(*diff)
-    for name, g, r in zip(NAMES, grads, ref):
-        assert bool(jnp.all(jnp.isfinite(g))), name
-        assert rel_err(g, r) < TOL, name
+    assert_gradients_close(gradients(kernel, weights, starts, diff),
+                           gradients(reference, weights, starts, diff), NAMES, TOL)
 
 
 def test_wy_factors_solve_the_ut_system():
@@ -173,7 +158,7 @@ def test_dispatch_sends_compiled_gpu_calls_to_mosaic_gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
+@needs_gpu
 @pytest.mark.parametrize("length", [1000, 2048])
 def test_delta_on_gpu_matches_xla_form(length):
     """Compiled for the GPU: values and gradients against the op's XLA (chunked) form."""
@@ -187,9 +172,7 @@ def test_delta_on_gpu_matches_xla_form(length):
     via_op = op(t(q), t(k), t(v), t(beta), t(log_a), scale=1.0, initial_state=state,
                 segment_ids=jnp.cumsum(starts, axis=1), impl="pallas")
     assert rel_err(t(via_op), ref_out) < TOL
-    grads = jax.jit(jax.grad(loss_of(mgpu().gated_delta_rule, weights, starts),
-                             argnums=range(6)))(*diff)
     xla = lambda *a: reference(*a, impl="xla")
-    ref = jax.jit(jax.grad(loss_of(xla, weights, starts), argnums=range(6)))(*diff)
-    for name, g, r in zip(NAMES, grads, ref):
-        assert rel_err(g, r) < TOL, name
+    assert_gradients_close(gradients(mgpu().gated_delta_rule, weights, starts, diff, jit=True),
+                           gradients(xla, weights, starts, diff, jit=True), NAMES, TOL,
+                           finite=False)

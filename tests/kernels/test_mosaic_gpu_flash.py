@@ -16,15 +16,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlm.kernels import backend
 from jaxlm.ops import attention, block_sparse_attention
 from jaxlm.ops.attention import masked_attention
 from tests.helpers import rel_err
+from tests.kernels.mosaic_gpu_helpers import needs_gpu, needs_mosaic_gpu, no_races
 
-pytestmark = pytest.mark.skipif(not backend.mosaic_gpu_available(),
-                                reason="this JAX has no Mosaic GPU Pallas front end")
+pytestmark = needs_mosaic_gpu
 TOL = 1e-2
-ON_GPU = jax.default_backend() == "gpu"
 
 
 def kernel():
@@ -59,14 +57,12 @@ def test_causal_packed_rows_with_gqa_match_reference():
 def test_block_mask_skips_blocks_and_matches_reference(causal):
     """A per-head block mask over 3 blocks with skipped blocks; on head 1 query block 1 reads
     nothing (its output must be 0). Shared-memory race detection on."""
-    from jaxlm.kernels.mosaic_gpu import compat
-
     q, k, v = qkv(1, 192, 2, 2, 64, seed=1)
     mask = jnp.array([[[1, 0, 1], [1, 1, 0], [0, 1, 1]],
                       [[1, 1, 0], [0, 0, 0], [1, 0, 1]]], bool)[None]
-    compat.reset_races()
-    out = kernel()(q, k, v, causal=causal, block_mask=mask, interpret=True, detect_races=True)
-    assert not compat.races_found()
+    with no_races():
+        out = kernel()(q, k, v, causal=causal, block_mask=mask, interpret=True,
+                       detect_races=True)
     ref = block_sparse_attention(*f64(q, k, v), mask, block_size=64, causal=causal,
                                  impl="reference")
     assert rel_err(out, ref) < TOL
@@ -173,7 +169,7 @@ def test_rejects_what_it_cannot_run():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
+@needs_gpu
 @pytest.mark.parametrize("causal", [False, True])
 def test_on_gpu_matches_xla_form(causal):
     """Compiled for the GPU through impl='pallas': values and gradients against the XLA form,

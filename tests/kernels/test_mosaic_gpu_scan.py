@@ -19,14 +19,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxlm.kernels import backend
 from jaxlm.ops.selective import selective_scan as op
 from tests.helpers import rel_err
+from tests.kernels.mosaic_gpu_helpers import (assert_gradients_close, gradients, needs_gpu,
+                                              needs_mosaic_gpu, no_races)
 
-pytestmark = pytest.mark.skipif(not backend.mosaic_gpu_available(),
-                                reason="this JAX has no Mosaic GPU Pallas front end")
+pytestmark = needs_mosaic_gpu
 TOL = 1e-5
-ON_GPU = jax.default_backend() == "gpu"
 NAMES = ("u", "dt", "A", "B", "C", "state")
 
 
@@ -58,24 +57,10 @@ def reference(u, dt, A, B, C, starts, state, impl="reference"):
               return_final_state=True, segment_ids=jnp.cumsum(starts, axis=1), impl=impl)
 
 
-def loss_of(fn, weights, starts):
-    w_y, w_state = weights
-
-    def loss(u, dt, A, B, C, state):
-        y, final = fn(u, dt, A, B, C, starts, state)
-        return (jnp.sum(y.astype(jnp.float64) * w_y)
-                + jnp.sum(final.astype(jnp.float64) * w_state))
-
-    return loss
-
-
 def test_selective_scan_forward_matches_reference_in_interpreter():
-    from jaxlm.kernels.mosaic_gpu import compat
-
     args, _ = inputs(1, 40, 64, 16)
-    compat.reset_races()
-    y, final = mgpu().selective_scan(*args, interpret=True, detect_races=True)
-    assert not compat.races_found()
+    with no_races():
+        y, final = mgpu().selective_scan(*args, interpret=True, detect_races=True)
     ref_y, ref_final = reference(*args)
     assert y.dtype == jnp.float32 and final.dtype == jnp.float32
     assert rel_err(y, ref_y) < TOL
@@ -87,17 +72,12 @@ def test_selective_scan_gradients_match_reference_in_interpreter():
     """float16 u here (bfloat16 in the forward test); d_state 8, the smallest."""
     args, weights = inputs(1, 40, 64, 8, seed=1, dtype=jnp.float16)
     u, dt, A, B, C, starts, state = args
-    from jaxlm.kernels.mosaic_gpu import compat
-
-    compat.reset_races()
+    diff = (u, dt, A, B, C, state)
     kernel = lambda *a: mgpu().selective_scan(*a, interpret=True, detect_races=True)
-    grads = jax.grad(loss_of(kernel, weights, starts), argnums=range(6))(u, dt, A, B, C, state)
-    assert not compat.races_found()
-    ref = jax.grad(loss_of(reference, weights, starts), argnums=range(6))(u, dt, A, B, C, state)
-    for name, x, g, r in zip(NAMES, (u, dt, A, B, C, state), grads, ref):
-        assert g.dtype == x.dtype, name
-        assert bool(jnp.all(jnp.isfinite(g))), name
-        assert rel_err(g, r) < TOL, name
+    with no_races():
+        grads = gradients(kernel, weights, starts, diff)
+    assert [g.dtype for g in grads] == [x.dtype for x in diff]
+    assert_gradients_close(grads, gradients(reference, weights, starts, diff), NAMES, TOL)
 
 
 @pytest.mark.parametrize("backward,dtype", [(False, jnp.bfloat16), (True, jnp.bfloat16),
@@ -166,7 +146,7 @@ def test_portable_kernel_lowered_for_cuda_runs_the_mosaic_gpu_kernel():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not ON_GPU, reason="needs a GPU")
+@needs_gpu
 def test_selective_scan_on_gpu_matches_xla_form():
     """Compiled for the GPU, through the op (impl="pallas" goes to the Mosaic GPU kernel,
     with D, z, delta_bias and softplus around it): values and gradients against the op's XLA
@@ -188,8 +168,7 @@ def test_selective_scan_on_gpu_matches_xla_form():
     assert rel_err(jax.jit(loss("pallas"))(*args), jax.jit(loss("xla"))(*args)) < 1e-2
     grads = jax.jit(jax.grad(loss("pallas"), argnums=range(6)))(*args)
     ref = jax.jit(jax.grad(loss("xla"), argnums=range(6)))(*args)
-    for name, g, r in zip(NAMES, grads, ref):
-        assert rel_err(g, r) < 1e-2, name
+    assert_gradients_close(grads, ref, NAMES, 1e-2, finite=False)
 
 
 def test_selective_scan_full_reset_channel_in_interpreter():
