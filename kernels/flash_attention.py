@@ -50,9 +50,10 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     define it, in one kernel.
 
     q: [batch, length, heads, d]; k: [batch, length, kv_heads, d]; v: [batch, length,
-    kv_heads, dv]; segment_ids: [batch, length] or None; block_mask: bool [batch or 1,
-    heads or 1, n, n] with n = ceil(length / block_size), or None (every block). A query whose
-    mask allows no key gets 0. Any length works (padded to a multiple of ``block_size``).
+    kv_heads, dv]; segment_ids: int [batch, length] (equal id = same document, compared as
+    int32: :func:`jaxlm.ops.attention` passes one id per run of equal ids) or None;
+    block_mask: bool [batch or 1, heads or 1, n, n] with n = ceil(length / block_size), or
+    None (every block). A query whose mask allows no key gets 0. Any length works (padded to a multiple of ``block_size``).
     Returns [batch, length, heads, dv] in q's dtype; scores and softmax run in float32 or wider.
 
     On TPU (and interpreted on a CPU host) this runs the block-pipelined kernels of
@@ -166,7 +167,8 @@ def _query_range(cfg: _Config, j, n):
 def document_blocks(segment_ids: jax.Array, block: int) -> jax.Array:
     """Which (query block, key block) pairs can hold a query and a key of one document.
 
-    segment_ids: int [batch, length] (before padding). Returns bool [batch, n, n] with
+    segment_ids: int [batch, length] (before padding; compared as int32, as the kernels compare
+    them). Returns bool [batch, n, n] with
     n = ceil(length / block): [b, i, j] is True where the [min, max] ranges of the ids in
     query block i and in key block j of row b overlap. That keeps every pair holding a shared
     id (a shared id lies in both ranges) and is exactly those pairs when ids do not decrease

@@ -9,12 +9,13 @@ attention (masked blocks are not skipped) and no kernel: correct, not fast.
 One thread block (one warpgroup) per (batch row, query head, query block of 64) runs an online
 softmax in float32 registers over the key blocks its masks allow. Which key blocks those are
 is worked out in XLA before the kernel: per query block, the list of allowed key block indices
-(``block_mask``, with segment ids the blocks whose documents overlap the query block's
-(:func:`~jaxlm.kernels.flash_attention.document_blocks`), and, when causal, the blocks at or
-before the diagonal) and its length, as int32 arrays in GMEM. The kernel reads the count and the indices to drive a TMA ring of K, V
-and key segment-id blocks (one barrier per stage), so key blocks the mask rules out are never
-fetched. ``wgmma`` computes Q Kᵀ and P V (P through shared memory in the input dtype); causal
-and packed-document masks are applied inside each block. A query that can read no key gets 0.
+(``block_mask``; with segment ids, the blocks whose documents can meet the query block's,
+:func:`~jaxlm.kernels.flash_attention.document_blocks`; when causal, the blocks at or before
+the diagonal) and its length, as int32 arrays in GMEM. The kernel reads the count and the
+indices to drive a TMA ring of K, V and key segment-id blocks (one barrier per stage), so key
+blocks the mask rules out are never fetched. ``wgmma`` computes Q Kᵀ and P V (P through shared
+memory in the input dtype); causal, packed-document (equal int32 id = same document) and
+length masks are applied inside each block. A query that can read no key gets 0.
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ def _cast(x, layout, interpret):
     return x if interpret is not None else plgpu.layout_cast(x, layout)
 
 
-def _forward(q, k, v, seg, idx, count, *, heads, groups, mask_heads, mask_batch,
+def _forward(q, k, v, seg, idx, count, *, length, heads, groups, mask_heads, mask_batch,
              causal, scale, stages, interpret):
     """The kernel on flat heads-first inputs: q [batch * heads, padded, d], k [batch * kv_heads,
-    padded, d], v [batch * kv_heads, padded, dv], seg int32 [batch, padded] segment ids
-    (padded positions carry an id no real one has). Returns o [batch * heads, padded, dv]."""
+    padded, d], v [batch * kv_heads, padded, dv], seg int32 [batch, padded] segment ids; keys
+    at or past ``length`` (the padding) are masked. Returns o [batch * heads, padded, dv]."""
     programs, padded, d = q.shape
     dv = v.shape[-1]
     dt = q.dtype
@@ -102,7 +103,7 @@ def _forward(q, k, v, seg, idx, count, *, heads, groups, mask_heads, mask_batch,
             ks_cols = jax.lax.broadcast_in_dim(
                 compat.load(ks_r.at[slot], compat.col_layout(), interpret), shape, [1])
             s = compat.mma(q_s, compat.T(k_r.at[slot]), shape, interpret) * scale
-            allowed = qs_rows == ks_cols
+            allowed = (qs_rows == ks_cols) & (k_off + j * BLOCK < length)
             if causal:
                 allowed &= k_off + j * BLOCK <= q_pos
             s = jnp.where(allowed, s, -jnp.inf)
@@ -223,18 +224,14 @@ def _run(q, k, v, segment_ids, block_mask, cfg):
     padded = n * BLOCK
     flat = lambda x: jnp.pad(jnp.moveaxis(x, 2, 1), ((0, 0), (0, 0), (0, padded - length),
                                                       (0, 0))).reshape(-1, padded, x.shape[-1])
-    seg = (jnp.zeros((batch, length), jnp.int32) if segment_ids is None
-           else segment_ids.astype(jnp.int32))
-    # Padded keys get an id below every real one, so no real query reads them; padded queries
-    # read only them, and are cut off below.
-    low = jnp.min(seg) - 1 if length else 0
-    seg = jnp.pad(seg, ((0, 0), (0, padded - length)), constant_values=low)
+    seg = jnp.pad(jnp.zeros((batch, length), jnp.int32) if segment_ids is None
+                  else segment_ids, ((0, 0), (0, padded - length)))
     if segment_ids is not None:  # skip the key blocks of other documents than the query's
         documents = document_blocks(segment_ids, BLOCK)[:, None]
         block_mask = documents if block_mask is None else block_mask.astype(bool) & documents
     mb, mh = (1, 1) if block_mask is None else block_mask.shape[:2]
     idx, count = block_tables(block_mask, n, causal)
-    o = _forward(flat(q), flat(k), flat(v), seg, idx, count, heads=heads,
+    o = _forward(flat(q), flat(k), flat(v), seg, idx, count, length=length, heads=heads,
                  groups=heads // kv_heads, mask_heads=mh, mask_batch=mb, causal=causal,
                  scale=scale, stages=min(stages, n), interpret=interpret)
     return jnp.moveaxis(o.reshape(batch, heads, padded, dv)[:, :, :length], 1, 2)
@@ -279,9 +276,10 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
 
     q: [batch, length, heads, d]; k: [batch, length, kv_heads, d]; v: [batch, length,
     kv_heads, dv], one 16-bit dtype, d and dv 64 or 128, heads a multiple of kv_heads (GQA);
-    segment_ids: int [batch, length] (packed documents) or None; block_mask: bool
-    [batch or 1, heads or 1, n, n] with n = ceil(length / block_size), or None (every block):
-    key blocks it rules out are never fetched. ``scale`` defaults to d^-0.5; ``block_size``:
+    segment_ids: int [batch, length] (equal id = same document, compared as int32; key blocks
+    of other documents are not fetched) or None; block_mask: bool [batch or 1, heads or 1, n,
+    n] with n = ceil(length / block_size), or None (every block): key blocks it rules out are
+    never fetched. ``scale`` defaults to d^-0.5; ``block_size``:
     the block mask's block, a multiple of 64 (the kernel's blocks are 64; a coarser mask is
     refined to them); ``stages``: depth of the TMA ring; ``interpret``: run in Mosaic GPU's
     interpreter (``detect_races``: with its shared-memory race detection).
@@ -304,4 +302,6 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     depth = _stages(d, v.shape[-1], jnp.dtype(q.dtype).itemsize, stages)
     cfg = (causal, scale, depth,
            compat.interpret_params(detect_races) if interpret else None)
+    if segment_ids is not None:  # the kernel and the recomputing backward compare int32 ids
+        segment_ids = segment_ids.astype(jnp.int32)
     return _attention(q, k, v, segment_ids, block_mask, cfg)

@@ -18,13 +18,18 @@ kernel, whose mask helpers this module reuses), laid out for Mosaic:
   before any is reached. That int32 table goes to SMEM by scalar prefetch and drives both the
   index maps and the skip (a step is visited iff its table entry is its own block). Without a
   ``block_mask`` the index maps are arithmetic and no [n, n] table exists.
-* **Documents.** With segment ids, a step is visited only if its two blocks' id ranges overlap
-  (:func:`~jaxlm.kernels.flash_attention.document_blocks`), so a packed row costs about the sum
-  of its documents' squared lengths, not the row's. Per (row, block) the first and last walked
-  block with an overlap go to SMEM by scalar prefetch (two int32 [batch * n] arrays per
-  kernel): without a ``block_mask`` they also narrow the index maps' clamp, so no other
-  document's block is copied; with one, the fetch table stays per mask row and a skipped
-  step may still copy a block.
+* **Documents.** With segment ids, each own block walks only the span of blocks, from the
+  first to the last, whose id ranges overlap its own
+  (:func:`~jaxlm.kernels.flash_attention.document_blocks`; the relation is symmetric, so one
+  span serves the key walks and the query walk). For packed rows (ids that do not decrease)
+  that span is exactly the blocks of its documents, so a row costs about the sum of its
+  documents' squared lengths, not the row's; for other ids it is a superset. The spans (two
+  int32 [batch * n] arrays, first and last + 1) go to SMEM by scalar prefetch, and only while
+  they take at most 32 KiB (batch x n <= 4096, e.g. batch 8 at 64K tokens in blocks of 128);
+  past that a call walks as without segment ids (the in-block mask keeps it exact). Without
+  a ``block_mask`` they also narrow the index maps' clamp, so no block outside the span is
+  copied; with one, the fetch table stays per mask row and a skipped step may still copy a
+  block.
 * **GQA** by index map: query head h reads kv head h // groups.
 * **Matrix units.** Products take the input dtype (bfloat16) with float32 accumulation
   (``preferred_element_type``); probabilities are cast to v's dtype for p @ v.
@@ -46,7 +51,8 @@ without the non-finite entries.
 
 TPU rules: ``block_size`` a multiple of 128 (segment-id rows are lane-major blocks), the
 [n, n] fetch tables (n = ceil(length / block_size); two of them, 4 bytes per entry per
-distinct (batch, head) of the mask) must fit in SMEM. In interpret mode any block size works.
+distinct (batch, head) of the mask) must fit in SMEM, beside the document spans (at most
+32 KiB). In interpret mode any block size works.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from jaxlm.kernels.flash_attention import (_Config, _key_range, _probabilities, 
 _NAME = "tpu_flash_attention"
 _SEMANTICS = ("parallel", "parallel", "parallel", "arbitrary")
 _LANES = 128
+_SPANS_SMEM_BYTES = 32 * 1024  # the most SMEM the document spans may take
 
 
 @functools.partial(jax.jit, static_argnames=("causal", "window", "scale", "block_size",
@@ -79,7 +86,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
 
     q: [batch, length, heads, d]; k: [batch, length, kv_heads, d]; v: [batch, length,
     kv_heads, dv] (kv_heads divides heads); segment_ids: int [batch, length] (equal id = same
-    document) or None; block_mask: bool [batch or 1, heads or 1, n, n] with
+    document, compared as int32: :func:`jaxlm.ops.attention` passes one id per run of equal
+    ids) or None; block_mask: bool [batch or 1, heads or 1, n, n] with
     n = ceil(length / block_size), or None (every block). A query whose mask allows no key gets
     0. Any length works (padded inside to a multiple of ``block_size``). ``interpret=True``
     runs Pallas' TPU interpreter (``pltpu.InterpretParams()``: simulated VMEM, SMEM and DMAs)
@@ -102,8 +110,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
            jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, padded - length))))
     tables = None if block_mask is None else fetch_tables(cfg, block_mask, n)
     extent = None if block_mask is None else tuple(block_mask.shape[:2])
-    spans = None if segment_ids is None else document_spans(document_blocks(segment_ids,
-                                                                            block_size))
+    spans = (document_spans(document_blocks(segment_ids, block_size))
+             if segment_ids is not None and 2 * 4 * batch * n <= _SPANS_SMEM_BYTES else None)
     out = _attention(cfg, extent, to_heads(q), to_heads(k), to_heads(v), seg, tables, spans)
     return jnp.moveaxis(out, 1, 2)[:, :length]
 
@@ -138,21 +146,16 @@ def _fetch_table(allowed: jax.Array) -> jax.Array:
     return jnp.where(last >= 0, last, first).astype(jnp.int32)
 
 
-def _spans(allowed: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """allowed: bool [batch, n, m] -> (first allowed column, last allowed column + 1), each
-    flattened int32 [batch * n] (0, 0 in a row with none)."""
-    cols = jnp.arange(allowed.shape[-1], dtype=jnp.int32)
-    hi = jnp.max(jnp.where(allowed, cols + 1, 0), axis=-1)
-    lo = jnp.min(jnp.where(allowed, cols, allowed.shape[-1]), axis=-1)
+def document_spans(documents: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The scalar-prefetch spans of a call with segment ids: per (row, block), the first and
+    the last + 1 block that ``documents`` allows with it, each flattened int32 [batch * n]
+    (0, 0 in a row with none). documents: bool [batch, n, n] from
+    :func:`~jaxlm.kernels.flash_attention.document_blocks` (symmetric, so the spans serve the
+    walks over key blocks and over query blocks alike)."""
+    cols = jnp.arange(documents.shape[-1], dtype=jnp.int32)
+    hi = jnp.max(jnp.where(documents, cols + 1, 0), axis=-1)
+    lo = jnp.min(jnp.where(documents, cols, documents.shape[-1]), axis=-1)
     return jnp.where(hi > 0, lo, 0).reshape(-1), hi.reshape(-1)
-
-
-def document_spans(documents: jax.Array):
-    """The scalar-prefetch spans of a call with segment ids: ((per query block, the first and
-    last + 1 key block of its documents), (per key block, the same in query blocks)), each
-    int32 [batch * n]. documents: bool [batch, n, n] from
-    :func:`~jaxlm.kernels.flash_attention.document_blocks`."""
-    return _spans(documents), _spans(jnp.swapaxes(documents, -1, -2))
 
 
 def fetch_tables(cfg: _Config, block_mask: jax.Array, n: int):
@@ -209,7 +212,7 @@ class _Walk:
     """Grid (batch, heads, own block x, walked block y): which walked block a step fetches
     and whether it is visited. ``keys``: x is a query block, y a key block (forward, dQ);
     else x is a key block, y a query block (dK/dV). The step's scalar-prefetch refs are the
-    fetch table (with a block mask) and then, with ``documents``, the span refs
+    fetch table (with a block mask) and then, with ``documents``, the two span refs
     (:func:`document_spans`)."""
 
     def __init__(self, cfg: _Config, n: int, keys: bool, mask_extent, documents: bool = False):
@@ -317,7 +320,7 @@ def _plan(cfg: _Config, extent, tables, spans, n: int, keys: bool, seg):
     dQ) or query blocks (dK/dV)."""
     walk = _Walk(cfg, n, keys, extent, documents=spans is not None)
     prefetch = () if tables is None else (tables[0 if keys else 1],)
-    prefetch += () if spans is None else spans[0 if keys else 1]
+    prefetch += () if spans is None else spans
     return prefetch, walk, _specs(cfg, walk, seg is not None)
 
 

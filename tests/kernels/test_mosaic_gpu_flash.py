@@ -69,6 +69,19 @@ def test_block_mask_skips_blocks_and_matches_reference(causal):
     assert jnp.all(out[0, 64:128, 1] == 0)
 
 
+def test_padded_keys_are_never_read_whatever_the_ids():
+    """Ids at int32's extremes, length 80 (the last block half padding): a query whose id is
+    int32's largest must not read the padded keys (masked by position, not by an id)."""
+    info = jnp.iinfo(jnp.int32)
+    seg = jnp.concatenate([jnp.full((1, 32), info.min), jnp.full((1, 32), 5),
+                           jnp.full((1, 8), info.max), jnp.full((1, 8), 5)], 1).astype(jnp.int32)
+    q, k, v = qkv(1, 80, 1, 1, 64, seed=4)
+    out = kernel()(q, k, v, causal=False, segment_ids=seg, interpret=True)
+    mask = (seg[:, :, None] == seg[:, None, :])[:, None]
+    ref = masked_attention(*f64(q, k, v), mask, 64 ** -0.5)
+    assert rel_err(out, ref) < TOL
+
+
 def test_gradients_through_the_custom_vjp_match_reference():
     """Causal, packed rows, a block mask, GQA and a ragged length (100): gradients of q, k, v
     (the backward recomputes in XLA, block by block, in float32)."""
