@@ -53,8 +53,9 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     kv_heads, dv]; segment_ids: int [batch, length] (equal id = same document, compared as
     int32: :func:`jaxlm.ops.attention` passes one id per run of equal ids) or None;
     block_mask: bool [batch or 1, heads or 1, n, n] with n = ceil(length / block_size), or
-    None (every block). A query whose mask allows no key gets 0. Any length works (padded to a multiple of ``block_size``).
-    Returns [batch, length, heads, dv] in q's dtype; scores and softmax run in float32 or wider.
+    None (every block). A query whose mask allows no key gets 0. Any length works (padded to
+    a multiple of ``block_size``). Returns [batch, length, heads, dv] in q's dtype; scores and
+    softmax run in float32 or wider.
 
     On TPU (and interpreted on a CPU host) this runs the block-pipelined kernels of
     :mod:`jaxlm.kernels.tpu.flash_attention`. On GPU the whole-row kernels below run through
