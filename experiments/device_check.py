@@ -21,7 +21,9 @@ does not know is reported so, never timed on a guess. Each measurement runs unde
 marked skipped).
 
 Shapes: bfloat16, batch 4, 16 heads, head dim 128, lengths 4096 and 16384; the selective
-scan at batch 4, d_inner 16 x 128 = 2048, d_state 16, the same lengths.
+scan at batch 4, d_inner 16 x 128 = 2048, d_state 16, the same lengths. Attention also runs
+on rows packed with 16 documents (segment ids), where the kernels skip the block pairs of two
+documents.
 """
 
 from __future__ import annotations
@@ -175,6 +177,22 @@ def attention_case(batch, heads, length, dim, dtype, *, interpret):
     return (q, k, v), impls, 3, flops, nbytes
 
 
+def packed_attention_case(batch, heads, length, dim, dtype, *, interpret):
+    """Causal attention over rows packed with 16 documents of length / 16 (segment ids):
+    jaxlm's kernels skip the block pairs of two documents, the XLA form masks them. The
+    FLOPs count only the pairs within a document."""
+    keys = jax.random.split(jax.random.key(5), 3)
+    q, k, v = (jax.random.normal(keys[i], (batch, length, heads, dim), dtype) for i in range(3))
+    docs = 16
+    seg = jnp.broadcast_to(jnp.arange(length) * docs // length, (batch, length))
+    run = lambda impl: lambda *a: attention(*a, segment_ids=seg, impl=impl)
+    impls = {"jaxlm pallas": run("pallas_interpret" if interpret else "pallas"),
+             "jaxlm xla": run("xla")}
+    flops = 2 * batch * heads * length * length * dim // docs
+    nbytes = 4 * batch * heads * length * dim * jnp.dtype(dtype).itemsize
+    return (q, k, v), impls, 3, flops, nbytes
+
+
 def block_sparse_case(batch, heads, length, dim, dtype, *, interpret):
     """Non-causal attention over blocks of 64 with half the key blocks of every query block
     masked (a checkerboard): jaxlm's kernel (the Mosaic GPU forward on Hopper) against the
@@ -237,6 +255,7 @@ def scan_case(batch, heads, length, dim, dtype, *, interpret):
 CASES = {"gla per head (ssd)": gla_case,
          "gla per channel": functools.partial(gla_case, per_channel=True),
          "gated delta rule": delta_case, "attention causal": attention_case,
+         "attention causal, 16 packed documents": packed_attention_case,
          "block-sparse attention": block_sparse_case, "selective scan": scan_case}
 
 

@@ -20,7 +20,8 @@ def test_device_check_dry_run_writes_the_table(tmp_path):
     saved = json.loads((tmp_path / "device_check.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(report["rows"], default=str))
     rows = {(r["op"], r["impl"]): r for r in saved["rows"]}
-    for op in ("gla per head (ssd)", "gla per channel", "gated delta rule", "attention causal"):
+    for op in ("gla per head (ssd)", "gla per channel", "gated delta rule", "attention causal",
+               "attention causal, 16 packed documents"):
         row = rows[(op, "jaxlm xla")]
         assert row["passed"] and row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0
         assert {"op", "backend", "device", "dtype", "shape", "impl", "passed"} <= set(row)
