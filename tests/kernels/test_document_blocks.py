@@ -5,7 +5,8 @@ TPU kernel's grid walk visits exactly the reachable pairs of one document; and t
 with many short documents per row (most block pairs skipped) agree with the materialized
 reference in float64, values and gradients (tolerance 1e-10 relative: the same sums in another
 order), for the portable kernel (interpreted for GPU) and the TPU kernel (Pallas' TPU
-interpreter) with a block mask."""
+interpreter) with a block mask; and ids out of order or at int32's extremes, where the kernels
+compare ids by equality, against that mask."""
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,21 @@ def test_the_tpu_walk_visits_only_pairs_of_one_document():
     assert int(np.sum(np.asarray(documents))) < documents.size // 2  # most pairs skipped
 
 
+def odd_ids(length):
+    """Ids at int32's extremes, one document in two runs: int32 min, max, 5, then min again."""
+    info = np.iinfo(np.int32)
+    quarter = length // 4
+    return np.r_[[info.min] * quarter, [info.max] * quarter, [5] * quarter,
+                 [info.min] * (length - 3 * quarter)]
+
+
+def equal_id_mask(seg, causal, window=None):
+    """[batch, 1, length, length]: the kernels' mask, ids compared by equality."""
+    pos = jnp.arange(seg.shape[1])
+    mask = attention_mask(pos, pos, causal=causal, window=window)
+    return (mask & (seg[:, :, None] == seg[:, None, :]))[:, None]
+
+
 def value_and_grads(fn):
     def loss(q, k, v, weights):
         out = fn(q, k, v)
@@ -114,18 +130,17 @@ def test_portable_kernel_with_many_short_documents(causal, window):
 
 
 def test_tpu_kernel_with_documents_and_a_block_mask():
-    """Non-causal, a per-head block mask and packed rows (the fetch table and the document
-    spans together), batch 2, GQA."""
+    """Non-causal, a per-head block mask (the fetch table and the document spans together),
+    batch 2, GQA; row 0 packed, row 1 with ids out of order and at int32's extremes."""
     batch, length, heads, kv_heads, block = 2, 45, 2, 1, 8
     n = -(-length // block)
     q, k, v = inputs(2, batch, length, heads, kv_heads)
-    seg = jnp.asarray(packed_ids(np.random.default_rng(4), batch, length, 6))
+    seg = jnp.asarray(np.stack([packed_ids(np.random.default_rng(4), 1, length, 6)[0],
+                                odd_ids(length)]).astype(np.int32))
     block_mask = jnp.asarray(np.random.default_rng(5).random((1, heads, n, n)) < 0.7)
     tokens = jnp.repeat(jnp.repeat(block_mask, block, 2), block, 3)[..., :length, :length]
     pos = jnp.arange(length)
-    mask = tokens & attention_mask(pos, pos, causal=False, window=None, q_segment=seg,
-                                   k_segment=seg)[
-        :, None]
+    mask = tokens & equal_id_mask(seg, causal=False)
     weights = normal(10, q.shape)
     ref = value_and_grads(lambda q, k, v: masked_attention(q, k, v, mask, 8 ** -0.5))(
         q, k, v, weights)
@@ -135,31 +150,17 @@ def test_tpu_kernel_with_documents_and_a_block_mask():
     assert rel_err(got, ref) < TOL
 
 
-def equal_id_mask(seg, causal, window=None):
-    """[batch, 1, length, length]: the kernels' mask, ids compared by equality."""
-    pos = jnp.arange(seg.shape[1])
-    mask = attention_mask(pos, pos, causal=causal, window=window)
-    return (mask & (seg[:, :, None] == seg[:, None, :]))[:, None]
-
-
-@pytest.mark.parametrize("kernel", ["portable", "tpu"])
-def test_any_ids_are_compared_by_equality(kernel):
+def test_any_ids_are_compared_by_equality_in_the_portable_kernel():
     """Ids that repeat out of order (0, 1, 0, 1, ...; a document split in two runs) and ids at
     int32's extremes (the block ranges then span almost everything): skipping never drops a
-    pair that shares an id."""
-    info = np.iinfo(np.int32)
+    pair that shares an id. (The TPU kernel's case is row 1 of the test above.)"""
     batch, length, block = 2, 29, 8
-    seg = jnp.asarray(np.stack([
-        np.arange(length) % 2,
-        np.r_[[info.min] * 8, [info.max] * 8, [5] * 5, [info.min] * 8]]).astype(np.int32))
+    seg = jnp.asarray(np.stack([np.arange(length) % 2, odd_ids(length)]).astype(np.int32))
     q, k, v = inputs(3, batch, length, 2, 1)
     weights = normal(11, q.shape)
     ref = value_and_grads(lambda q, k, v: masked_attention(
         q, k, v, equal_id_mask(seg, causal=False), 8 ** -0.5))(q, k, v, weights)
-    if kernel == "portable":
-        run = lambda q, k, v: flash_attention(q, k, v, causal=False, segment_ids=seg,
-                                              block_size=block, interpret=True, platform="gpu")
-    else:
-        run = lambda q, k, v: tpu_flash.flash_attention(q, k, v, causal=False, segment_ids=seg,
-                                                        block_size=block, interpret=True)
-    assert rel_err(value_and_grads(run)(q, k, v, weights), ref) < TOL
+    got = value_and_grads(lambda q, k, v: flash_attention(
+        q, k, v, causal=False, segment_ids=seg, block_size=block, interpret=True,
+        platform="gpu"))(q, k, v, weights)
+    assert rel_err(got, ref) < TOL
