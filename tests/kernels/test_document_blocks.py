@@ -4,9 +4,9 @@ against the exact pairs sharing an id (equal for packed rows, a superset for any
 TPU kernel's grid walk visits exactly the reachable pairs of one document; and the kernels
 with many short documents per row (most block pairs skipped) agree with the materialized
 reference in float64, values and gradients (tolerance 1e-10 relative: the same sums in another
-order), for the portable kernel (interpreted for GPU) and the TPU kernel (Pallas' TPU
-interpreter) with a block mask; and ids out of order or at int32's extremes, where the kernels
-compare ids by equality, against that mask."""
+order), for the portable kernel (interpreted for GPU), also with ids out of order or at
+int32's extremes, which the kernels compare by equality. The TPU kernel's runs with documents
+are in test_tpu_flash_attention.py (packed rows; a block mask with out-of-order ids)."""
 
 import jax
 import jax.numpy as jnp
@@ -129,31 +129,11 @@ def test_portable_kernel_with_many_short_documents(causal, window):
     assert rel_err(got, ref) < TOL
 
 
-def test_tpu_kernel_with_documents_and_a_block_mask():
-    """Non-causal, a per-head block mask (the fetch table and the document spans together),
-    batch 2, GQA; row 0 packed, row 1 with ids out of order and at int32's extremes."""
-    batch, length, heads, kv_heads, block = 2, 45, 2, 1, 8
-    n = -(-length // block)
-    q, k, v = inputs(2, batch, length, heads, kv_heads)
-    seg = jnp.asarray(np.stack([packed_ids(np.random.default_rng(4), 1, length, 6)[0],
-                                odd_ids(length)]).astype(np.int32))
-    block_mask = jnp.asarray(np.random.default_rng(5).random((1, heads, n, n)) < 0.7)
-    tokens = jnp.repeat(jnp.repeat(block_mask, block, 2), block, 3)[..., :length, :length]
-    pos = jnp.arange(length)
-    mask = tokens & equal_id_mask(seg, causal=False)
-    weights = normal(10, q.shape)
-    ref = value_and_grads(lambda q, k, v: masked_attention(q, k, v, mask, 8 ** -0.5))(
-        q, k, v, weights)
-    got = value_and_grads(lambda q, k, v: tpu_flash.flash_attention(
-        q, k, v, causal=False, segment_ids=seg, block_mask=block_mask, block_size=block,
-        interpret=True))(q, k, v, weights)
-    assert rel_err(got, ref) < TOL
-
-
 def test_any_ids_are_compared_by_equality_in_the_portable_kernel():
     """Ids that repeat out of order (0, 1, 0, 1, ...; a document split in two runs) and ids at
     int32's extremes (the block ranges then span almost everything): skipping never drops a
-    pair that shares an id. (The TPU kernel's case is row 1 of the test above.)"""
+    pair that shares an id. (The TPU kernel's case, with a block mask, is in
+    test_tpu_flash_attention.py.)"""
     batch, length, block = 2, 29, 8
     seg = jnp.asarray(np.stack([np.arange(length) % 2, odd_ids(length)]).astype(np.int32))
     q, k, v = inputs(3, batch, length, 2, 1)

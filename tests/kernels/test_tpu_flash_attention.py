@@ -4,8 +4,8 @@ reference: values and gradients in float64 (tolerance 1e-10 relative: the same s
 order) and bfloat16 (3e-2 relative against the float64 reference on the same rounded inputs:
 bfloat16 operands and probabilities, float32 accumulation). Each configuration compiles the
 interpreter once (several seconds), so the cases combine features: causal + window + packed
-documents + GQA at batch 2; non-causal + window + a block mask with an empty query block at
-batch 1; no mask at all; bfloat16 causal + a per-row block mask. No length is a multiple of
+documents + GQA at batch 2; non-causal + window + a block mask with an empty query block +
+documents (one row with out-of-order ids) at batch 2; no mask at all; bfloat16 causal + a per-row block mask. No length is a multiple of
 the block. Then: the index maps never fetch a block the step does not use, non-finite values
 do not leak, and the kernels lower to Mosaic at 1K and 64K tokens."""
 
@@ -97,22 +97,29 @@ def test_non_finite_values_reach_only_the_queries_that_read_them():
     assert rel_err(grads, ref_grads) < TOL
 
 
-def test_non_causal_window_block_mask_float64():
-    """Batch 1, per-head block mask broadcast over the batch, query block 1 reads nothing."""
-    batch, length, heads, kv_heads, block, window = 1, 37, 2, 2, 8, 13
+def test_non_causal_window_block_mask_documents_float64():
+    """Per-head block mask broadcast over the batch (query block 1 reads nothing), a window,
+    and segment ids (the fetch table and the document spans together): row 0 packed, row 1
+    with ids out of order and at int32's extremes, compared by equality."""
+    batch, length, heads, kv_heads, block, window = 2, 37, 2, 2, 8, 13
     n = -(-length // block)
     q, k, v = qkv(2, batch, length, heads, kv_heads)
+    info = np.iinfo(np.int32)
+    seg = jnp.asarray(np.stack([np.asarray(packed(1, length, [[3, 11, 12, 30]])[0]),
+                                np.r_[[info.min] * 9, [info.max] * 9, [5] * 9,
+                                      [info.min] * 10]]).astype(np.int32))
     block_mask = jnp.asarray(np.random.default_rng(3).random((1, heads, n, n)) < 0.6)
     block_mask = block_mask.at[:, :, 1, :].set(False)
     tokens = jnp.repeat(jnp.repeat(block_mask, block, 2), block, 3)[..., :length, :length]
     pos = jnp.arange(length)
-    mask = tokens & attention_mask(pos, pos, causal=False, window=window)
+    same = (seg[:, :, None] == seg[:, None, :])[:, None]
+    mask = tokens & attention_mask(pos, pos, causal=False, window=window) & same
     weights = normal(8, q.shape)
     ref = value_and_grads(lambda q, k, v: masked_attention(q, k, v, mask, 8 ** -0.5))(
         q, k, v, weights)
     got = value_and_grads(lambda q, k, v: tpu_flash.flash_attention(
-        q, k, v, causal=False, window=window, block_mask=block_mask, block_size=block,
-        interpret=True))(q, k, v, weights)
+        q, k, v, causal=False, window=window, segment_ids=seg, block_mask=block_mask,
+        block_size=block, interpret=True))(q, k, v, weights)
     assert rel_err(got, ref) < TOL
     assert float(jnp.abs(got[0][1][:, block:2 * block]).max()) == 0.0  # the empty block
 
