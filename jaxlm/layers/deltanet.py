@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.layers.conv import ShortConv
-from jaxlm.layers.mamba import head_decay_init
+from jaxlm.layers.mamba import head_decay_init, head_log_decay
 from jaxlm.layers.registry import register_mixer
 from jaxlm.ops import gated_delta_rule_step
 from jaxlm.parallel.dispatch import gated_delta_rule
@@ -80,7 +80,7 @@ class DeltaNet(nnx.Module):
         log_alpha = None
         if self.gated:
             rate = jax.nn.softplus(self.alpha_proj(x) + self.dt_bias[...])
-            log_alpha = -jnp.exp(self.a_log[...]) * rate
+            log_alpha = head_log_decay(self.a_log[...], rate)
         return l2_normalize(q), l2_normalize(k), v, beta, log_alpha
 
     def _output(self, x, out):

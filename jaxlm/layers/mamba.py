@@ -32,6 +32,13 @@ def head_decay_init(key: jax.Array, n_heads: int, dt_min: float = 1e-3,
     return a_log, _dt_bias(jax.random.fold_in(key, 1), (n_heads,), dt_min, dt_max)
 
 
+def head_log_decay(a_log: jax.Array, dt: jax.Array) -> jax.Array:
+    """dt · A with A = −exp(a_log): the per-head log-decay of Mamba-2's step and Gated
+    DeltaNet (a_log [n_heads]; dt [..., n_heads], positive). A = −inf (a_log above about 88
+    in float32) stays a full reset with finite gradients in dt (:func:`finite_rate`)."""
+    return dt * finite_rate(-jnp.exp(a_log), dt.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class MambaConfig:
     d_state: int = 16
@@ -209,7 +216,7 @@ class Mamba2(nnx.Module):
         xs, b, c = self._heads(xbc)
         repeat = self.n_heads // self.n_groups
         b, c = (jnp.repeat(t, repeat, axis=1) for t in (b, c))
-        log_decay = dt * finite_rate(-jnp.exp(self.a_log[...]), dt.dtype)  # A = -inf: a reset
+        log_decay = head_log_decay(self.a_log[...], dt)
         y, ssm = gated_linear_attention_step(state["ssm"], c, b, dt[..., None] * xs, log_decay,
                                              scale=1.0)
         y = y + self.d_skip[...][:, None] * xs

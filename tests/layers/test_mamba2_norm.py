@@ -71,18 +71,9 @@ def scan_steps(m, x):
     return jnp.swapaxes(ys, 0, 1)
 
 
-def test_step_equals_parallel_with_two_groups_and_a_reset_head():
-    """Step form = parallel form (batch 2, length 7: not a multiple of the chunk), with head 0
-    at a_log = 1000 (A = -exp(1000) = -inf in float64): that head forgets its state at every
-    token in both forms, and the step form's gradients stay finite (exp(Δ·A)'s gradient in Δ
-    would be 0 · -inf = NaN without ``finite_rate``)."""
+def test_step_equals_parallel_with_two_groups():
     m = to_float64(Mamba2(8, expand=2, head_dim=4, n_groups=2, d_state=3, chunk_size=4,
                           rngs=nnx.Rngs(1)))
-    m.a_log[...] = m.a_log[...].at[0].set(1000.0)
     x = jax.random.normal(jax.random.key(2), (2, 7, 8), jnp.float64)
 
     assert rel_err(jax.jit(scan_steps)(m, x), m(x)) < 1e-12
-    grads = nnx.state(jax.grad(lambda m: jnp.sum(scan_steps(m, x) ** 2))(m))
-    a_log = grads.pop("a_log")[...]  # exp(1000)'s own gradient is inf: only the other heads'
-    assert bool(jnp.all(jnp.isfinite(a_log[1:])))
-    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))

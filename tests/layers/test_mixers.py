@@ -70,6 +70,26 @@ def test_packed_row_equals_documents_one_by_one(name):
     assert rel_err(packed, alone) < TOL
 
 
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet"])
+def test_an_infinite_decay_rate_is_a_reset_with_finite_gradients(name):
+    """Head 0 at a_log = 1000 (A = −exp(1000) = −inf in float64): it forgets its state at every
+    token in both forms, and both forms' gradients stay finite (the log-decay dt · A has the
+    gradient A in dt: −inf times the reset's 0 would be NaN without ``finite_rate``)."""
+    mixer = make_mixer(name)
+    mixer.a_log[...] = mixer.a_log[...].at[0].set(1000.0)
+    x = jax.random.normal(jax.random.key(3), (1, 9, D_MODEL), jnp.float64)
+    forms = (lambda m: m(x), lambda m: run_steps(m, x, 9))
+    parallel, recurrent, form_grads = jax.jit(lambda m: (
+        forms[0](m), forms[1](m),
+        [jax.grad(lambda m: jnp.sum(form(m) ** 2))(m) for form in forms]))(mixer)
+    assert rel_err(recurrent, parallel) < TOL
+    for grads in form_grads:
+        grads = nnx.state(grads)
+        a_log = grads.pop("a_log")[...]  # exp(1000)'s own gradient is inf: the other heads'
+        assert bool(jnp.all(jnp.isfinite(a_log[1:])))
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
 @pytest.mark.parametrize("options", [dict(feature_map="taylor", feature_dim=3),
                                      dict(feature_map="relu", normalize=False)])
 def test_linear_attention_feature_maps(options):
