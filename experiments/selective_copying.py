@@ -9,8 +9,8 @@ markers where the model must write the data tokens in order. 2-layer models of w
 steps of fresh data (at 1500 Mamba was still climbing, at 0.43). The paper's finding: a
 time-invariant SSM (S4D) cannot do it (it cannot tell data from noise by content), the gated
 H3 partly can, and the selective SSM (Mamba) solves it. Under ``--preset zoology`` here Mamba
-solves it (1.000 at lr 1e-2), H3 and S4D reach 0.74 and 0.81 (RESULTS.md). Mamba's paper uses length 4096 and 16 tokens (the
-``full`` preset).
+solves it (1.000 at lr 1e-2), H3 and S4D reach 0.74 and 0.81 (RESULTS.md). Mamba's paper
+uses length 4096 and 16 tokens (the ``full`` preset).
 """
 
 from jaxlm.config import Config, ProbeConfig, TrainConfig

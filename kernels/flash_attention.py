@@ -169,9 +169,8 @@ def document_blocks(segment_ids: jax.Array, block: int) -> jax.Array:
     """Which (query block, key block) pairs can hold a query and a key of one document.
 
     segment_ids: int [batch, length] (before padding; compared as int32, as the kernels compare
-    them). Returns bool [batch, n, n] with
-    n = ceil(length / block): [b, i, j] is True where the [min, max] ranges of the ids in
-    query block i and in key block j of row b overlap. That keeps every pair holding a shared
+    them). Returns bool [batch, n, n] with n = ceil(length / block): [b, i, j] is True where
+    the [min, max] ranges of the ids in query block i and in key block j of row b overlap. That keeps every pair holding a shared
     id (a shared id lies in both ranges) and is exactly those pairs when ids do not decrease
     along the row (packed documents, the usual layout), so the kernels skip every block pair
     of two different documents there. The last block's padding does not count."""

@@ -279,10 +279,10 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = 
     segment_ids: int [batch, length] (equal id = same document, compared as int32; key blocks
     of other documents are not fetched) or None; block_mask: bool [batch or 1, heads or 1, n,
     n] with n = ceil(length / block_size), or None (every block): key blocks it rules out are
-    never fetched. ``scale`` defaults to d^-0.5; ``block_size``:
-    the block mask's block, a multiple of 64 (the kernel's blocks are 64; a coarser mask is
-    refined to them); ``stages``: depth of the TMA ring; ``interpret``: run in Mosaic GPU's
-    interpreter (``detect_races``: with its shared-memory race detection).
+    never fetched. ``scale`` defaults to d^-0.5; ``block_size``: the block mask's block, a
+    multiple of 64 (the kernel's blocks are 64; a coarser mask is refined to them);
+    ``stages``: depth of the TMA ring; ``interpret``: run in Mosaic GPU's interpreter
+    (``detect_races``: with its shared-memory race detection).
     Any length (padded to whole blocks). Returns [batch, length, heads, dv] in q's dtype; a
     query that reads no key gets 0. Raises ValueError for what the kernel cannot take.
     """

@@ -226,19 +226,20 @@ class _Walk:
 
     def __call__(self, b, h, x, y, *refs):
         """(the walked block to fetch, whether the step is visited) as int32 / bool."""
-        if self.extent is not None:
+        table, spans = (refs[0], refs[1:]) if self.extent is not None else (None, refs)
+        if self.documents:  # the span of row b's block x
+            span_lo, span_hi = (ref[b * self.n + x] for ref in spans)
+        if table is not None:
             mb, mh = self.extent
             row = (b if mb > 1 else 0) * mh + (h if mh > 1 else 0)
-            fetch = refs[0][(row * self.n + x) * self.n + y]
+            fetch = table[(row * self.n + x) * self.n + y]
             fetch, visited = jnp.maximum(fetch, 0), fetch == y
             if self.documents:
-                lo, hi = refs[1][b * self.n + x], refs[2][b * self.n + x]
-                visited &= (y >= lo) & (y < hi)
+                visited &= (y >= span_lo) & (y < span_hi)
             return fetch, visited
         lo, hi = (_key_range if self.keys else _query_range)(self.cfg, x, self.n)
         if self.documents:
-            lo = jnp.maximum(lo, refs[0][b * self.n + x])
-            hi = jnp.minimum(hi, refs[1][b * self.n + x])
+            lo, hi = jnp.maximum(lo, span_lo), jnp.minimum(hi, span_hi)
         fetch = jnp.maximum(jnp.minimum(jnp.maximum(y, lo), hi - 1), 0)
         return fetch, (y >= lo) & (y < hi)
 
